@@ -1,0 +1,1 @@
+//! An emulation of the CodeDeploy agent running a revision's hooks.
