@@ -1,1 +1,22 @@
-pub fn x(){}
+//! portswap: zero-downtime deployments behind nginx on one host, by alternating the app
+//! between two ports. The hook binaries `stop`, `start`, `health` and `switch` are thin
+//! wrappers over [`commands`]; everything else here is one concern per module.
+
+pub mod apps;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod duration;
+pub mod error;
+pub mod fsio;
+pub mod health;
+pub mod process;
+pub mod procfs;
+pub mod release;
+pub mod signals;
+pub mod state;
+pub mod switcher;
+pub mod template;
+pub mod users;
+
+pub use error::{Error, Result};

@@ -1,0 +1,223 @@
+//! What every hook binary shares: flags, `--help`/`--version`, logging, the SIGTERM rule and
+//! the one-line verdict that ends the output.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::error::{Error, Result};
+use crate::signals;
+
+/// The version of every portswap binary.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Description of one hook binary.
+#[derive(Debug)]
+pub struct Hook {
+    /// Executable name: `stop`, `start`, `health`, `switch`.
+    pub name: &'static str,
+    /// One paragraph for `--help`.
+    pub about: &'static str,
+    /// Its own boolean flags with their help.
+    pub switches: &'static [(&'static str, &'static str)],
+    /// Whether it takes `--port PORT`.
+    pub takes_port: bool,
+}
+
+/// Parsed command line.
+#[derive(Debug, Default, Clone)]
+pub struct Args {
+    /// `--config PATH`.
+    pub config: Option<PathBuf>,
+    /// `--port PORT`.
+    pub port: Option<u16>,
+    /// The boolean flags given.
+    pub switches: Vec<&'static str>,
+}
+
+impl Args {
+    /// Whether `flag` (e.g. `--force`) was given.
+    pub fn has(&self, flag: &str) -> bool {
+        self.switches.contains(&flag)
+    }
+}
+
+enum Parsed {
+    Run(Args),
+    Help,
+    Version,
+}
+
+fn parse(hook: &Hook, argv: Vec<OsString>) -> Result<Parsed> {
+    let usage = |msg: String| Error::Usage(format!("{msg}; see `{} --help`", hook.name));
+    let mut args = Args::default();
+    let mut iter = argv.into_iter();
+    while let Some(raw) = iter.next() {
+        let text = raw
+            .to_str()
+            .ok_or_else(|| usage(format!("argument {raw:?} is not UTF-8")))?
+            .to_string();
+        let (flag, inline) = match text.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (text.clone(), None),
+        };
+        let mut value = |name: &str| -> Result<String> {
+            inline
+                .clone()
+                .or_else(|| iter.next().and_then(|v| v.into_string().ok()))
+                .ok_or_else(|| usage(format!("{name} needs a value")))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "-V" | "--version" => return Ok(Parsed::Version),
+            "--config" => args.config = Some(PathBuf::from(value("--config")?)),
+            "--port" if hook.takes_port => {
+                let v = value("--port")?;
+                let port = v.parse::<u16>().ok().filter(|p| *p != 0);
+                args.port = Some(
+                    port.ok_or_else(|| usage(format!("--port {v}: not a port (1 to 65535)")))?,
+                );
+            }
+            other => match hook.switches.iter().find(|(name, _)| *name == other) {
+                Some((name, _)) if inline.is_none() => args.switches.push(name),
+                _ => return Err(usage(format!("unknown argument `{text}`"))),
+            },
+        }
+    }
+    Ok(Parsed::Run(args))
+}
+
+fn help(hook: &Hook) -> String {
+    let mut text = format!(
+        "{name} {VERSION} (portswap)\n{about}\n\nUsage: {name} [--config PATH]{port}{switches}\n\nOptions:\n  \
+         --config PATH   configuration file (default: $PORTSWAP_CONFIG, else portswap.yml beside\n                  \
+         this executable, else /etc/portswap/portswap.yml)\n",
+        name = hook.name,
+        about = hook.about,
+        port = if hook.takes_port { " [--port PORT]" } else { "" },
+        switches = hook.switches.iter().map(|(n, _)| format!(" [{n}]")).collect::<String>(),
+    );
+    if hook.takes_port {
+        text.push_str("  --port PORT     act on this slot instead of the idle one\n");
+    }
+    for (name, about) in hook.switches {
+        text.push_str(&format!("  {name:<15} {about}\n"));
+    }
+    text.push_str(
+        "  -h, --help      print this help\n  -V, --version   print the version\n\nExit codes: 0 done, 1 failed, \
+         2 bad configuration, flags or state, 3 another hook holds the lock, 4 refused (live slot or\nforeign \
+         process), 143 stopped by SIGTERM.\nLogs go to stderr (RUST_LOG=debug for more); the last line is the \
+         verdict.\n",
+    );
+    text
+}
+
+/// Writes one line; a closed stdout/stderr (the agent gave up on us) is not an error.
+fn say(mut out: impl Write, line: &str) {
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn init_logging(hook: &'static str) {
+    let deployment = std::env::var("DEPLOYMENT_ID")
+        .ok()
+        .filter(|d| !d.is_empty());
+    let tag = match deployment {
+        Some(id) => format!("{hook} {id}"),
+        None => hook.to_string(),
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(move |buf, record| {
+            let level = record.level().to_string().to_lowercase();
+            writeln!(
+                buf,
+                "[{} {tag}] {level}: {}",
+                buf.timestamp_millis(),
+                record.args()
+            )
+        })
+        .target(env_logger::Target::Stderr)
+        .init();
+}
+
+/// Runs a hook binary: parses flags, sets up logging and SIGTERM handling, runs `body`, and
+/// ends with the one-line verdict and the matching exit code.
+pub fn run(hook: &'static Hook, body: fn(&Args) -> Result<String>) -> ExitCode {
+    let parsed = parse(hook, std::env::args_os().skip(1).collect());
+    let args = match parsed {
+        Ok(Parsed::Help) => {
+            say(std::io::stdout(), help(hook).trim_end());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Parsed::Version) => {
+            say(
+                std::io::stdout(),
+                &format!("{} {VERSION} (portswap)", hook.name),
+            );
+            return ExitCode::SUCCESS;
+        }
+        Ok(Parsed::Run(args)) => args,
+        Err(e) => {
+            say(std::io::stderr(), &verdict(hook, Err(&e)));
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    init_logging(hook.name);
+    signals::install(format!(
+        "portswap {}: FAILED: stopped by SIGTERM (the CodeDeploy hook timeout?); the live app was not touched",
+        hook.name
+    ));
+    let result = body(&args);
+    say(std::io::stderr(), &verdict(hook, result.as_ref()));
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => ExitCode::from(e.exit_code()),
+    }
+}
+
+/// The last line of a hook's output.
+fn verdict(hook: &Hook, result: std::result::Result<&String, &Error>) -> String {
+    let line = match result {
+        Ok(summary) => format!("portswap {}: OK: {summary}", hook.name),
+        Err(e) => format!(
+            "portswap {}: FAILED (exit {}): {e}",
+            hook.name,
+            e.exit_code()
+        ),
+    };
+    line.replace('\n', " | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOOK: Hook = Hook {
+        name: "stop",
+        about: "x",
+        switches: &[("--force", "f")],
+        takes_port: true,
+    };
+
+    fn args(list: &[&str]) -> Result<Parsed> {
+        parse(&HOOK, list.iter().map(OsString::from).collect())
+    }
+
+    #[test]
+    fn parses_flags() {
+        let Parsed::Run(a) = args(&["--config=/a.yml", "--port", "8082", "--force"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(a.config.as_deref(), Some(std::path::Path::new("/a.yml")));
+        assert_eq!(a.port, Some(8082));
+        assert!(a.has("--force"));
+        assert!(matches!(args(&["--help"]).unwrap(), Parsed::Help));
+        assert!(matches!(args(&["--port", "0"]), Err(Error::Usage(_))));
+        assert!(matches!(args(&["--port"]), Err(Error::Usage(_))));
+        assert!(matches!(args(&["--rollback"]), Err(Error::Usage(_))));
+        assert!(matches!(args(&["--force=yes"]), Err(Error::Usage(_))));
+        assert!(help(&HOOK).contains("--force"));
+    }
+}

@@ -1,0 +1,52 @@
+//! `health`: wait until the app on the idle slot answers its health check (ValidateService).
+
+use super::start::{app_died, log_tail};
+use super::Context;
+use crate::cli::{Args, Hook};
+use crate::duration::show;
+use crate::error::Result;
+use crate::health;
+use crate::procfs::ProcId;
+
+/// The `health` binary.
+pub const HOOK: Hook = Hook {
+    name: "health",
+    about: "Probes the new version on the idle slot (http://127.0.0.1:PORT/PATH) until it is healthy,\n\
+            fails at once if the app process died, and gives up after health.timeout. nginx is not\n\
+            touched. CodeDeploy: ValidateService, before switch.",
+    switches: &[],
+    takes_port: false,
+};
+
+/// Runs `health`.
+pub fn run(args: &Args) -> Result<String> {
+    let ctx = Context::locked(HOOK.name, args)?;
+    let (_, idle) = ctx.sides()?;
+    let record = ctx.state.app_record(idle.port);
+    if record.is_none() {
+        log::warn!(
+            "no app recorded on port {} by start; probing it anyway",
+            idle.port
+        );
+    }
+    let rules = &ctx.config.health;
+    let dead = || {
+        let r = record.as_ref()?;
+        let process = ProcId {
+            pid: r.pid,
+            start_time: r.start_time,
+        };
+        (!process.is_alive()).then(|| app_died(r, "has exited").to_string())
+    };
+    let (status, took) = health::wait_healthy(idle.port, rules, dead).inspect_err(|_| {
+        if let Some(r) = &record {
+            log_tail(r);
+        }
+    })?;
+    Ok(format!(
+        "port {} is healthy: {} answered {status} after {}",
+        idle.port,
+        rules.path,
+        show(took)
+    ))
+}

@@ -1,0 +1,70 @@
+//! The four hooks (and the status view) as functions the thin binaries call.
+
+pub mod health;
+pub mod start;
+pub mod status;
+pub mod stop;
+pub mod switch;
+
+use crate::cli::Args;
+use crate::config::{self, Config, Slot};
+use crate::error::Result;
+use crate::state::{self, LockGuard, StateDir};
+use crate::switcher::nginx::NginxSwitcher;
+use crate::switcher::Switcher;
+
+/// Everything a hook works with, loaded once; holds the lock when opened with [`Context::locked`].
+pub struct Context {
+    /// The checked configuration.
+    pub config: Config,
+    /// The state directory.
+    pub state: StateDir,
+    /// `DEPLOYMENT_ID`, or `manual-<unix time>` when run by hand.
+    pub deployment_id: String,
+    /// How traffic is pointed at a slot.
+    pub switcher: Box<dyn Switcher>,
+    _lock: Option<LockGuard>,
+}
+
+impl Context {
+    /// Loads the configuration and state without taking the lock (read-only views).
+    pub fn unlocked(args: &Args) -> Result<Context> {
+        let path = config::locate(args.config.as_deref())?;
+        let config = Config::load(&path)?;
+        log::debug!("configuration {}", path.display());
+        let state = StateDir::open(&config.state_dir)?;
+        let deployment_id = std::env::var("DEPLOYMENT_ID")
+            .ok()
+            .filter(|d| !d.trim().is_empty())
+            .unwrap_or_else(|| format!("manual-{}", state::now_secs()));
+        let switcher = Box::new(NginxSwitcher::new(&config));
+        Ok(Context {
+            config,
+            state,
+            deployment_id,
+            switcher,
+            _lock: None,
+        })
+    }
+
+    /// Loads everything and takes the exclusive lock for the whole run of `hook`.
+    pub fn locked(hook: &str, args: &Args) -> Result<Context> {
+        let mut ctx = Context::unlocked(args)?;
+        let holder = format!("{hook} ({})", ctx.deployment_id);
+        ctx._lock = Some(ctx.state.lock(&holder, ctx.config.lock_wait)?);
+        Ok(ctx)
+    }
+
+    /// The live slot (if any) and the idle one, as every hook sees them.
+    pub fn sides(&self) -> Result<(Option<&Slot>, &Slot)> {
+        let live = self
+            .switcher
+            .live_port()?
+            .and_then(|port| self.config.slot(port));
+        let idle = match live {
+            Some(slot) => self.config.other_slot(slot.port),
+            None => &self.config.slots[0],
+        };
+        Ok((live, idle))
+    }
+}

@@ -1,0 +1,183 @@
+//! `start`: free the idle slot, stage the release, start the app detached (ApplicationStart).
+
+use std::path::PathBuf;
+use std::process::Child;
+
+use super::Context;
+use crate::cli::{Args, Hook};
+use crate::config::Slot;
+use crate::error::{Error, Result};
+use crate::process::{self, LaunchSpec};
+use crate::procfs::ProcId;
+use crate::release::{self, Release};
+use crate::state::{self, AppRecord};
+use crate::{apps, fsio, signals, template, users};
+
+/// The `start` binary.
+pub const HOOK: Hook = Hook {
+    name: "start",
+    about: "Starts the new version on the idle slot: stops what still runs there, copies the artifacts\n\
+            into a fresh release directory, and starts the app detached (own session, log file).\n\
+            CodeDeploy: ApplicationStart.",
+    switches: &[],
+    takes_port: false,
+};
+
+/// Last lines of the app log shown when it fails.
+const TAIL_LINES: usize = 8;
+
+/// Runs `start`.
+pub fn run(args: &Args) -> Result<String> {
+    let ctx = Context::locked(HOOK.name, args)?;
+    let (_, idle) = ctx.sides()?;
+    let stopped = apps::stop_slot(&ctx.config, &ctx.state, idle.port, false)?;
+    log::info!("idle slot {}: {stopped}", idle.port);
+    let release = release::stage(
+        &ctx.state.releases_dir(),
+        &ctx.deployment_id,
+        idle.port,
+        &ctx.config.app.artifacts,
+    )?;
+    let spec = launch_spec(&ctx, idle, &release)?;
+    log::info!("starting on port {}: {}", idle.port, spec.argv.join(" "));
+    let (mut child, record) = signals::critical(|| -> Result<(Child, AppRecord)> {
+        let child = process::launch(&spec)?;
+        let pid = child.id() as i32;
+        let start_time = ProcId::of(pid).map(|p| p.start_time).unwrap_or(0);
+        let record = AppRecord {
+            pid,
+            start_time,
+            port: idle.port,
+            profile: idle.profile.clone(),
+            deployment_id: ctx.deployment_id.clone(),
+            command: spec.argv.clone(),
+            release_dir: release.dir.clone(),
+            log_file: spec.log_file.clone(),
+            started_at: state::now_secs(),
+        };
+        ctx.state.save_app_record(&record)?;
+        Ok((child, record))
+    })?;
+    let mut exit = None;
+    process::wait_for(ctx.config.app.start_check, || {
+        exit = child.try_wait().ok().flatten();
+        exit.is_some()
+    });
+    if let Some(status) = exit {
+        ctx.state.clear_app_record(idle.port)?;
+        log_tail(&record);
+        return Err(app_died(&record, &format!("exited at once ({status})")));
+    }
+    let in_use: Vec<PathBuf> = ctx
+        .config
+        .slots
+        .iter()
+        .filter_map(|s| ctx.state.app_record(s.port))
+        .map(|r| r.release_dir)
+        .collect();
+    for dir in release::prune(
+        &ctx.state.releases_dir(),
+        ctx.config.app.keep_releases,
+        &in_use,
+    ) {
+        log::info!("pruned old release {}", dir.display());
+    }
+    Ok(format!(
+        "started pid {} on port {} (profile {}, deployment {}); log {}",
+        record.pid,
+        record.port,
+        record.profile,
+        record.deployment_id,
+        record.log_file.display()
+    ))
+}
+
+/// Logs the last lines of the app's log, for the operator reading the hook output.
+pub fn log_tail(record: &AppRecord) {
+    for line in fsio::tail(&record.log_file, TAIL_LINES) {
+        log::error!("app log: {line}");
+    }
+}
+
+/// The error for an app that died, naming its last log line.
+pub fn app_died(record: &AppRecord, how: &str) -> Error {
+    let tail = fsio::tail(&record.log_file, 1);
+    let last = tail
+        .last()
+        .map(|l| format!("; last log line: {l}"))
+        .unwrap_or_else(|| "; its log is empty".into());
+    Error::Failed(format!(
+        "the app on port {} (pid {}) {how}{last} (log {})",
+        record.port,
+        record.pid,
+        record.log_file.display()
+    ))
+}
+
+fn launch_spec(ctx: &Context, slot: &Slot, release: &Release) -> Result<LaunchSpec> {
+    let app = &ctx.config.app;
+    let release_dir = release.dir.to_string_lossy().into_owned();
+    let artifact = release
+        .artifacts
+        .first()
+        .map(|a| a.to_string_lossy().into_owned());
+    let lookup = |name: &str| match name {
+        "port" => Some(slot.port.to_string()),
+        "profile" => Some(slot.profile.clone()),
+        "deployment_id" => Some(ctx.deployment_id.clone()),
+        "release_dir" => Some(release_dir.clone()),
+        "artifact" => artifact.clone(),
+        _ => None,
+    };
+    if artifact.is_none() && app.command.iter().any(|a| a.contains("{artifact}")) {
+        return Err(Error::Config(format!(
+            "{}: app.command uses {{artifact}} but app.artifacts is empty",
+            ctx.config.path.display()
+        )));
+    }
+    let argv: Vec<String> = app
+        .command
+        .iter()
+        .map(|a| template::expand(a, lookup))
+        .collect();
+    let config_dir = ctx
+        .config
+        .path
+        .parent()
+        .unwrap_or(std::path::Path::new("/"));
+    let workdir = config_dir.join(template::expand(&app.workdir, lookup));
+    fsio::ensure_dir(&app.log_dir, 0o755)?;
+    let account = match &app.user {
+        Some(user) if nix::unistd::geteuid().is_root() => Some(users::lookup(user)?),
+        Some(user) => {
+            log::warn!("app.user `{user}` ignored: the hook does not run as root, the app runs as the hook's user");
+            None
+        }
+        None => None,
+    };
+    if let Some(account) = &account {
+        let _ = nix::unistd::chown(
+            &release.dir,
+            Some(account.uid.into()),
+            Some(account.gid.into()),
+        );
+    }
+    let env_keys: Vec<&str> = app.env.keys().map(String::as_str).collect();
+    if !env_keys.is_empty() {
+        log::info!(
+            "app environment: {} (values not logged)",
+            env_keys.join(", ")
+        );
+    }
+    Ok(LaunchSpec {
+        argv,
+        workdir,
+        env: app
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        log_file: app.log_dir.join(format!("app-{}.log", slot.port)),
+        account,
+    })
+}

@@ -1,0 +1,79 @@
+//! The read-only status view: live port, and each slot's app.
+
+use std::fmt::Write;
+
+use super::Context;
+use crate::error::Result;
+use crate::procfs::{self, ProcId};
+use crate::state;
+
+fn uptime(seconds: u64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// The status as text: the live port and one line per slot.
+pub fn render(ctx: &Context) -> Result<String> {
+    let mut out = String::new();
+    let live = ctx.switcher.live_port();
+    let live_port = *live.as_ref().unwrap_or(&None);
+    let _ = match &live {
+        Ok(Some(port)) => writeln!(
+            out,
+            "live port: {port} ({})",
+            ctx.config.nginx.include.display()
+        ),
+        Ok(None) => writeln!(
+            out,
+            "live port: none ({} does not exist)",
+            ctx.config.nginx.include.display()
+        ),
+        Err(e) => writeln!(out, "live port: unknown: {e}"),
+    };
+    if let Some(last) = ctx.state.switch_record() {
+        let previous = last.previous.map_or("none".into(), |p| p.to_string());
+        let ago = uptime(state::now_secs().saturating_sub(last.at));
+        let _ = writeln!(
+            out,
+            "last switch: {previous} -> {} {ago} ago (deployment {})",
+            last.live, last.deployment_id
+        );
+    }
+    for slot in &ctx.config.slots {
+        let role = if live_port == Some(slot.port) {
+            "live"
+        } else {
+            "idle"
+        };
+        let app = match ctx.state.app_record(slot.port) {
+            Some(r)
+                if (ProcId {
+                    pid: r.pid,
+                    start_time: r.start_time,
+                })
+                .is_alive() =>
+            {
+                format!(
+                    "pid {} up {} deployment {} release {}",
+                    r.pid,
+                    uptime(state::now_secs().saturating_sub(r.started_at)),
+                    r.deployment_id,
+                    r.release_dir.display()
+                )
+            }
+            Some(r) => format!(
+                "not running (pid {} of deployment {} exited)",
+                r.pid, r.deployment_id
+            ),
+            None => match procfs::listeners(slot.port).first() {
+                Some(pid) => format!("unrecorded pid {pid} listens: {}", procfs::describe(*pid)),
+                None => "not running".into(),
+            },
+        };
+        let _ = writeln!(out, "slot {} {:<8} {role}  {app}", slot.port, slot.profile);
+    }
+    Ok(out.trim_end().to_string())
+}

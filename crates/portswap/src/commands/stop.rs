@@ -1,0 +1,39 @@
+//! `stop`: stop the app on the idle slot (ApplicationStop).
+
+use super::Context;
+use crate::apps;
+use crate::cli::{Args, Hook};
+use crate::error::{Error, Result};
+
+/// The `stop` binary.
+pub const HOOK: Hook = Hook {
+    name: "stop",
+    about: "Stops the application on the idle slot (the port nginx does not send traffic to), so the\n\
+            new version can start there. Never stops the live slot unless --force. Nothing running is\n\
+            success. CodeDeploy: ApplicationStop.",
+    switches: &[("--force", "also stop the live slot, or a foreign process on the port")],
+    takes_port: true,
+};
+
+/// Runs `stop`.
+pub fn run(args: &Args) -> Result<String> {
+    let ctx = Context::locked(HOOK.name, args)?;
+    let (live, idle) = ctx.sides()?;
+    let target = match args.port {
+        Some(port) => ctx.config.slot(port).ok_or_else(|| {
+            Error::Usage(format!(
+                "--port {port} is not a slot ({} or {})",
+                ctx.config.slots[0].port, ctx.config.slots[1].port
+            ))
+        })?,
+        None => idle,
+    };
+    let force = args.has("--force");
+    if live.is_some_and(|l| l.port == target.port) && !force {
+        return Err(Error::Refused(format!(
+            "port {} is live (nginx sends traffic to it); stop the idle slot, or pass --force",
+            target.port
+        )));
+    }
+    apps::stop_slot(&ctx.config, &ctx.state, target.port, force)
+}

@@ -1,0 +1,113 @@
+//! `switch`: point nginx at the idle slot once it is healthy (ValidateService), or back at
+//! the previous one with `--rollback`; `--status` shows the state read-only.
+
+use std::time::Duration;
+
+use super::{status, Context};
+use crate::cli::{Args, Hook};
+use crate::config::Health;
+use crate::duration::show;
+use crate::error::{Error, Result};
+use crate::health;
+use crate::signals;
+use crate::state::{self, SwitchRecord};
+
+/// The `switch` binary.
+pub const HOOK: Hook = Hook {
+    name: "switch",
+    about: "Points nginx at the idle slot: checks it answers its health check, rewrites the include\n\
+            file atomically, runs the nginx config test (restoring the include if it fails), reloads\n\
+            nginx, and returns once no new request can reach the old port. The old version keeps\n\
+            running for rollback. CodeDeploy: ValidateService, after health.",
+    switches: &[
+        ("--rollback", "switch back to the previous port (after a health probe of it)"),
+        ("--force", "switch even if the target does not answer its health check"),
+        ("--status", "print the live port and each slot's app, change nothing"),
+    ],
+    takes_port: false,
+};
+
+/// Runs `switch`.
+pub fn run(args: &Args) -> Result<String> {
+    if args.has("--status") {
+        let ctx = Context::unlocked(args)?;
+        println_safe(&status::render(&ctx)?);
+        return Ok("status shown, nothing changed".into());
+    }
+    let ctx = Context::locked(HOOK.name, args)?;
+    let (live, idle) = ctx.sides()?;
+    let live_port = live.map(|s| s.port);
+    let rollback = args.has("--rollback");
+    let target = if rollback {
+        let live_port = live_port
+            .ok_or_else(|| Error::Refused("nothing is live yet: nothing to roll back to".into()))?;
+        let recorded = ctx.state.switch_record().and_then(|r| r.previous);
+        recorded
+            .filter(|p| *p != live_port && ctx.config.slot(*p).is_some())
+            .unwrap_or(idle.port)
+    } else {
+        idle.port
+    };
+    if !rollback {
+        let live_record = live_port.and_then(|p| ctx.state.app_record(p));
+        if live_record.is_some_and(|r| r.deployment_id == ctx.deployment_id) {
+            return Ok(format!(
+                "port {} already serves deployment {}; nothing to do",
+                live_port.unwrap_or(0),
+                ctx.deployment_id
+            ));
+        }
+    }
+    if args.has("--force") {
+        log::warn!("--force: not checking the health of port {target}");
+    } else {
+        check_target(target, &ctx.config.health, rollback)?;
+    }
+    let switched = signals::critical(|| -> Result<_> {
+        let switched = ctx.switcher.switch_to(target)?;
+        let record = SwitchRecord {
+            live: target,
+            previous: live_port,
+            deployment_id: ctx.deployment_id.clone(),
+            at: state::now_secs(),
+        };
+        if let Err(e) = ctx.state.save_switch(&record) {
+            log::warn!("switched, but could not record it for --rollback: {e}");
+        }
+        Ok(switched)
+    })?;
+    log::info!("{}", switched.detail);
+    let was = live_port.map_or("nothing live".to_string(), |p| format!("was {p}"));
+    Ok(format!(
+        "nginx now sends all new requests to port {target} ({was}{}); switch took {}",
+        if rollback { ", rollback" } else { "" },
+        show(switched.elapsed)
+    ))
+}
+
+/// The target must answer its health check: at once for a normal switch (health ran just
+/// before), within a few seconds for a rollback.
+fn check_target(port: u16, rules: &Health, rollback: bool) -> Result<()> {
+    let result = if rollback {
+        let quick = Health {
+            timeout: rules.timeout.min(Duration::from_secs(10)),
+            ..rules.clone()
+        };
+        health::wait_healthy(port, &quick, || None).map(|_| ())
+    } else {
+        health::probe(port, rules, Duration::from_secs(2))
+            .map(|_| ())
+            .map_err(Error::Failed)
+    };
+    result.map_err(|e| {
+        Error::Failed(format!("refusing to switch to port {port}, it is not healthy: {e}; nginx unchanged (--force overrides)"))
+    })
+}
+
+/// Prints to stdout, ignoring a closed stdout.
+fn println_safe(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
+}

@@ -1,0 +1,525 @@
+//! The configuration file `portswap.yml`: where it is found, what it holds, how it is checked.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::duration;
+use crate::error::{Error, Result};
+use crate::template::{self, Template};
+
+/// Name of the configuration file looked for beside the executable.
+pub const FILE_NAME: &str = "portswap.yml";
+/// Environment variable naming the configuration file.
+pub const ENV_VAR: &str = "PORTSWAP_CONFIG";
+/// Last place looked at.
+pub const SYSTEM_PATH: &str = "/etc/portswap/portswap.yml";
+
+/// One of the two ports the application alternates between.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// TCP port on 127.0.0.1.
+    pub port: u16,
+    /// Name handed to the app as `{profile}` (Spring profile in the legacy setup).
+    pub profile: String,
+}
+
+/// How to stage and run the application.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// Absolute patterns (wildcards in the file name only) of files copied into each release.
+    pub artifacts: Vec<PathBuf>,
+    /// argv with placeholders; never passed through a shell.
+    pub command: Vec<String>,
+    /// Working directory (placeholders allowed); default the release directory.
+    pub workdir: String,
+    /// Extra environment for the app. Values are never logged.
+    pub env: BTreeMap<String, String>,
+    /// Directory of the per-slot app logs.
+    pub log_dir: PathBuf,
+    /// User to run the app as when the hook runs as root.
+    pub user: Option<String>,
+    /// How long `start` watches the new process for an immediate exit.
+    pub start_check: Duration,
+    /// How many release directories to keep.
+    pub keep_releases: usize,
+}
+
+/// What makes the new version healthy.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// Request path, starting with `/`.
+    pub path: String,
+    /// Expected status; `None` accepts any 2xx.
+    pub status: Option<u16>,
+    /// Optional substring the body must contain.
+    pub body_contains: Option<String>,
+    /// Overall time the app gets to become healthy.
+    pub timeout: Duration,
+}
+
+/// How nginx is pointed at a port.
+#[derive(Debug, Clone)]
+pub struct Nginx {
+    /// The include file nginx reads the live port from.
+    pub include: PathBuf,
+    /// What the include holds, with `{port}`.
+    pub template: Template,
+    /// argv of the configuration test.
+    pub test_command: Vec<String>,
+    /// argv that reloads nginx; `None` sends SIGHUP to the master named in `pid_file`.
+    pub reload_command: Option<Vec<String>>,
+    /// The master's pid file, used to signal it and to watch its workers.
+    pub pid_file: PathBuf,
+    /// How long a reload may take to complete.
+    pub reload_timeout: Duration,
+}
+
+/// The whole, checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// The two slots, in order: the first is idle when nothing is live.
+    pub slots: [Slot; 2],
+    /// The application.
+    pub app: App,
+    /// The health check.
+    pub health: Health,
+    /// nginx.
+    pub nginx: Nginx,
+    /// Grace period between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+    /// Where pid records, the lock, history, releases and (by default) logs live.
+    pub state_dir: PathBuf,
+    /// How long a hook waits for the lock.
+    pub lock_wait: Duration,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    slots: Option<Vec<RawSlot>>,
+    app: Option<RawApp>,
+    #[serde(default)]
+    health: RawHealth,
+    #[serde(default)]
+    nginx: RawNginx,
+    #[serde(default)]
+    stop: RawStop,
+    #[serde(default)]
+    state: RawState,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlot {
+    port: u16,
+    profile: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    #[serde(default)]
+    artifacts: Vec<String>,
+    command: Vec<String>,
+    workdir: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    log_dir: Option<String>,
+    user: Option<String>,
+    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    start_check: Option<Duration>,
+    keep_releases: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    path: Option<String>,
+    status: Option<u16>,
+    body_contains: Option<String>,
+    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    timeout: Option<Duration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNginx {
+    include: Option<String>,
+    template: Option<String>,
+    test_command: Option<Vec<String>>,
+    reload_command: Option<Vec<String>>,
+    pid_file: Option<String>,
+    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    reload_timeout: Option<Duration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStop {
+    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    grace: Option<Duration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    dir: Option<String>,
+    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    lock_wait: Option<Duration>,
+}
+
+/// Finds the configuration file: `--config`, then `$PORTSWAP_CONFIG`, then `portswap.yml`
+/// beside the executable, then `/etc/portswap/portswap.yml`.
+pub fn locate(flag: Option<&Path>) -> Result<PathBuf> {
+    if let Some(path) = flag {
+        return must_exist(path, "--config");
+    }
+    if let Some(path) = std::env::var_os(ENV_VAR).filter(|v| !v.is_empty()) {
+        return must_exist(Path::new(&path), ENV_VAR);
+    }
+    let mut tried = Vec::new();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
+        let beside = dir.join(FILE_NAME);
+        if beside.is_file() {
+            return Ok(beside);
+        }
+        tried.push(beside.display().to_string());
+    }
+    if Path::new(SYSTEM_PATH).is_file() {
+        return Ok(PathBuf::from(SYSTEM_PATH));
+    }
+    tried.push(SYSTEM_PATH.to_string());
+    Err(Error::Config(format!(
+        "no configuration found (looked at {}); pass --config PATH or set {ENV_VAR}",
+        tried.join(", ")
+    )))
+}
+
+fn must_exist(path: &Path, source: &str) -> Result<PathBuf> {
+    if path.is_file() {
+        Ok(path.to_path_buf())
+    } else {
+        Err(Error::Config(format!(
+            "{}: configuration file named by {source} does not exist",
+            path.display()
+        )))
+    }
+}
+
+impl Config {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Config> {
+        let bytes = fs::read(path)
+            .map_err(|e| Error::Config(format!("{}: cannot read: {e}", path.display())))?;
+        check_ownership(path)?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            Error::Config(format!(
+                "{}: not UTF-8 (invalid byte at offset {}); save the file as UTF-8",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            ))
+        })?;
+        let absolute = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map(|d| d.join(path))
+                .unwrap_or_else(|_| path.to_path_buf())
+        };
+        Config::parse(&text, &absolute)
+    }
+
+    /// Parses configuration text as if it were read from `path` (relative paths resolve
+    /// against its directory).
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            serde_yaml::from_str(text)
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
+        };
+        Checker {
+            path,
+            dir: path.parent().unwrap_or(Path::new("/")),
+        }
+        .build(raw)
+    }
+
+    /// The slot on `port`, if it is one of the two.
+    pub fn slot(&self, port: u16) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.port == port)
+    }
+
+    /// The slot that is not on `port`.
+    pub fn other_slot(&self, port: u16) -> &Slot {
+        if self.slots[0].port == port {
+            &self.slots[1]
+        } else {
+            &self.slots[0]
+        }
+    }
+}
+
+/// Refuses a configuration that other users could have written when running as root:
+/// its argv runs with our privileges.
+fn check_ownership(path: &Path) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let meta = fs::metadata(path).map_err(|e| Error::io("cannot stat", path, e))?;
+    let mode = meta.mode();
+    let unsafe_reason = if meta.uid() != 0 {
+        Some(format!("is owned by uid {}", meta.uid()))
+    } else if mode & 0o002 != 0 {
+        Some("is writable by every user".to_string())
+    } else if mode & 0o020 != 0 && meta.gid() != 0 {
+        Some(format!("is writable by group {}", meta.gid()))
+    } else {
+        None
+    };
+    match unsafe_reason {
+        Some(reason) => Err(Error::Config(format!(
+            "{}: {reason} and portswap runs as root; fix: chown root:root and chmod 644 it",
+            path.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+struct Checker<'a> {
+    path: &'a Path,
+    dir: &'a Path,
+}
+
+impl Checker<'_> {
+    fn err(&self, key: &str, msg: impl std::fmt::Display) -> Error {
+        Error::Config(format!("{}: {key}: {msg}", self.path.display()))
+    }
+
+    fn path_of(&self, key: &str, value: &str) -> Result<PathBuf> {
+        if value.trim().is_empty() {
+            return Err(self.err(key, "must not be empty"));
+        }
+        Ok(self.dir.join(value))
+    }
+
+    fn argv(&self, key: &str, argv: Vec<String>) -> Result<Vec<String>> {
+        match argv.first() {
+            None => Err(self.err(
+                key,
+                "must list a program and its arguments, e.g. [\"nginx\", \"-t\"]",
+            )),
+            Some(program) if program.trim().is_empty() => {
+                Err(self.err(key, "the program (first item) is empty"))
+            }
+            Some(_) => Ok(argv),
+        }
+    }
+
+    fn build(&self, raw: RawConfig) -> Result<Config> {
+        let slots = self.slots(raw.slots)?;
+        let state_dir = self.path_of(
+            "state.dir",
+            raw.state.dir.as_deref().unwrap_or("/var/lib/portswap"),
+        )?;
+        let app = self.app(raw.app, &state_dir)?;
+        let health = self.health(raw.health)?;
+        let nginx = self.nginx(raw.nginx)?;
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            slots,
+            app,
+            health,
+            nginx,
+            stop_grace: raw.stop.grace.unwrap_or(Duration::from_secs(10)),
+            state_dir,
+            lock_wait: raw.state.lock_wait.unwrap_or(Duration::from_secs(30)),
+        })
+    }
+
+    fn slots(&self, raw: Option<Vec<RawSlot>>) -> Result<[Slot; 2]> {
+        let Some(raw) = raw else {
+            return Ok([
+                Slot {
+                    port: 8081,
+                    profile: "real1".into(),
+                },
+                Slot {
+                    port: 8082,
+                    profile: "real2".into(),
+                },
+            ]);
+        };
+        let [a, b]: [RawSlot; 2] = raw.try_into().map_err(|v: Vec<RawSlot>| {
+            self.err(
+                "slots",
+                format!("must list exactly 2 slots, found {}", v.len()),
+            )
+        })?;
+        for (i, s) in [&a, &b].into_iter().enumerate() {
+            if s.port == 0 {
+                return Err(self.err(&format!("slots[{i}].port"), "must be 1 to 65535"));
+            }
+            if s.profile.trim().is_empty() {
+                return Err(self.err(&format!("slots[{i}].profile"), "must not be empty"));
+            }
+        }
+        if a.port == b.port {
+            return Err(self.err(
+                "slots[1].port",
+                format!(
+                    "duplicates slots[0].port {}; the slots need two ports",
+                    a.port
+                ),
+            ));
+        }
+        if a.profile == b.profile {
+            return Err(self.err(
+                "slots[1].profile",
+                format!("duplicates slots[0].profile `{}`", a.profile),
+            ));
+        }
+        Ok([
+            Slot {
+                port: a.port,
+                profile: a.profile,
+            },
+            Slot {
+                port: b.port,
+                profile: b.profile,
+            },
+        ])
+    }
+
+    fn app(&self, raw: Option<RawApp>, state_dir: &Path) -> Result<App> {
+        let raw = raw.ok_or_else(|| self.err("app", "missing; it needs at least `command`"))?;
+        let command = self.argv("app.command", raw.command)?;
+        for (i, arg) in command.iter().enumerate() {
+            template::check_placeholders(arg)
+                .map_err(|m| self.err(&format!("app.command[{i}]"), m))?;
+        }
+        let workdir = raw.workdir.unwrap_or_else(|| "{release_dir}".into());
+        template::check_placeholders(&workdir).map_err(|m| self.err("app.workdir", m))?;
+        let mut artifacts = Vec::new();
+        for (i, pattern) in raw.artifacts.iter().enumerate() {
+            let key = format!("app.artifacts[{i}]");
+            let path = self.path_of(&key, pattern)?;
+            let parent_has_wildcard = path
+                .parent()
+                .is_some_and(|p| p.to_string_lossy().contains(['*', '?']));
+            if parent_has_wildcard {
+                return Err(self.err(&key, "wildcards are allowed in the file name only"));
+            }
+            artifacts.push(path);
+        }
+        for key in raw.env.keys() {
+            if key.is_empty() || key.contains(['=', '\0']) {
+                return Err(self.err("app.env", format!("`{key}` is not a valid variable name")));
+            }
+        }
+        if raw.user.as_deref().is_some_and(|u| u.trim().is_empty()) {
+            return Err(self.err(
+                "app.user",
+                "must not be empty (leave it out to keep the hook's user)",
+            ));
+        }
+        let keep_releases = raw.keep_releases.unwrap_or(3);
+        if keep_releases < 2 {
+            return Err(self.err(
+                "app.keep_releases",
+                "must be at least 2 (one release per slot)",
+            ));
+        }
+        let log_dir = match raw.log_dir {
+            Some(dir) => self.path_of("app.log_dir", &dir)?,
+            None => state_dir.join("logs"),
+        };
+        Ok(App {
+            artifacts,
+            command,
+            workdir,
+            env: raw.env,
+            log_dir,
+            user: raw.user,
+            start_check: raw.start_check.unwrap_or(Duration::from_millis(250)),
+            keep_releases,
+        })
+    }
+
+    fn health(&self, raw: RawHealth) -> Result<Health> {
+        let path = raw.path.unwrap_or_else(|| "/health".into());
+        if !path.starts_with('/') || path.contains(char::is_whitespace) {
+            return Err(self.err(
+                "health.path",
+                format!("`{path}` must start with / and hold no spaces"),
+            ));
+        }
+        if let Some(status) = raw.status {
+            if !(100..=599).contains(&status) {
+                return Err(self.err(
+                    "health.status",
+                    format!("{status} is not an HTTP status (100 to 599)"),
+                ));
+            }
+        }
+        let timeout = raw.timeout.unwrap_or(Duration::from_secs(60));
+        if timeout.is_zero() {
+            return Err(self.err("health.timeout", "must be more than 0"));
+        }
+        Ok(Health {
+            path,
+            status: raw.status,
+            body_contains: raw.body_contains,
+            timeout,
+        })
+    }
+
+    fn nginx(&self, raw: RawNginx) -> Result<Nginx> {
+        let include = self.path_of(
+            "nginx.include",
+            raw.include
+                .as_deref()
+                .unwrap_or("/etc/nginx/conf.d/service-url.inc"),
+        )?;
+        let template = Template::new(raw.template.unwrap_or_else(|| template::DEFAULT.into()))
+            .map_err(|m| self.err("nginx.template", m))?;
+        let test_command = self.argv(
+            "nginx.test_command",
+            raw.test_command
+                .unwrap_or_else(|| vec!["nginx".into(), "-t".into(), "-q".into()]),
+        )?;
+        let reload_command = raw
+            .reload_command
+            .map(|argv| self.argv("nginx.reload_command", argv))
+            .transpose()?;
+        let pid_file = self.path_of(
+            "nginx.pid_file",
+            raw.pid_file.as_deref().unwrap_or("/run/nginx.pid"),
+        )?;
+        let reload_timeout = raw.reload_timeout.unwrap_or(Duration::from_secs(5));
+        if reload_timeout < Duration::from_millis(200) {
+            return Err(self.err(
+                "nginx.reload_timeout",
+                "must be at least 200ms (nginx itself needs ~110ms)",
+            ));
+        }
+        Ok(Nginx {
+            include,
+            template,
+            test_command,
+            reload_command,
+            pid_file,
+            reload_timeout,
+        })
+    }
+}

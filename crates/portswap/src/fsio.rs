@@ -1,0 +1,136 @@
+//! File writes that never leave a half-written file and never follow a planted symlink.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use nix::libc;
+
+use crate::error::{Error, Result};
+
+/// Replaces `path` with `bytes` atomically: a new temp file in the same directory
+/// (created exclusively, so no symlink is followed), fsync, rename over, fsync the directory.
+/// The file gets `mode`; as root, an existing file's owner is kept.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.portswap-{}.tmp", std::process::id()));
+    let previous_owner = fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| (m.uid(), m.gid()));
+    let result = (|| {
+        let _ = fs::remove_file(&temp);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&temp)
+            .map_err(|e| Error::io("cannot create", &temp, e))?;
+        file.write_all(bytes)
+            .map_err(|e| Error::io("cannot write", &temp, e))?;
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("cannot chmod", &temp, e))?;
+        if let Some((uid, gid)) = previous_owner.filter(|_| nix::unistd::geteuid().is_root()) {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                .map_err(|e| Error::io("cannot chown", &temp, e))?;
+        }
+        file.sync_all()
+            .map_err(|e| Error::io("cannot fsync", &temp, e))?;
+        fs::rename(&temp, path).map_err(|e| Error::io("cannot rename into place", path, e))?;
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+/// Reads a small text file without following a symlink; `Ok(None)` when it does not exist.
+pub fn read_small(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("cannot read", path, e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("cannot read", path, e))?;
+    if bytes.len() as u64 > limit {
+        return Err(Error::State(format!(
+            "{}: larger than {limit} bytes; not a portswap file",
+            path.display()
+        )));
+    }
+    Ok(Some(bytes))
+}
+
+/// Creates `dir` (and parents) with `mode` when missing.
+pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .map_err(|e| Error::io("cannot create directory", dir, e))
+}
+
+/// The last `lines` lines of a log file, for error messages.
+pub fn tail(path: &Path, lines: usize) -> Vec<String> {
+    let Ok(mut file) = File::open(path) else {
+        return Vec::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(16 * 1024);
+    let _ = std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start));
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_refuses_nothing_half_done() {
+        let dir = std::env::temp_dir().join(format!("portswap-fsio-{}", std::process::id()));
+        ensure_dir(&dir, 0o755).unwrap();
+        let target = dir.join("a.inc");
+        write_atomic(&target, b"one\n", 0o644).unwrap();
+        write_atomic(&target, b"two\n", 0o644).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"two\n");
+        assert_eq!(fs::metadata(&target).unwrap().mode() & 0o777, 0o644);
+        // A symlink at the target is replaced, not followed.
+        let victim = dir.join("victim");
+        fs::write(&victim, "keep").unwrap();
+        let link = dir.join("link.inc");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        write_atomic(&link, b"new\n", 0o600).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+        assert!(fs::symlink_metadata(&link).unwrap().is_file());
+        assert!(read_small(&dir.join("missing"), 10).unwrap().is_none());
+        assert!(read_small(&target, 2).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,109 @@
+//! Probing the app on 127.0.0.1 until it is healthy, it dies, or time runs out.
+
+use std::io::Read;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::config::Health;
+use crate::duration::show;
+use crate::error::{Error, Result};
+
+/// Why a single probe did not pass.
+pub type ProbeFailure = String;
+
+/// One request to `http://127.0.0.1:{port}{path}` judged by the configured rules.
+pub fn probe(port: u16, rules: &Health, timeout: Duration) -> Result<u16, ProbeFailure> {
+    let url = format!("http://127.0.0.1:{port}{}", rules.path);
+    let agent = ureq::AgentBuilder::new()
+        .timeout(timeout)
+        .redirects(0)
+        .build();
+    let response = match agent.get(&url).call() {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(ureq::Error::Transport(t)) => return Err(transport_reason(&t)),
+    };
+    let status = response.status();
+    let status_ok = rules
+        .status
+        .map_or((200..300).contains(&status), |want| want == status);
+    if !status_ok {
+        let wanted = rules.status.map_or("2xx".to_string(), |s| s.to_string());
+        return Err(format!("{url} answered {status}, expected {wanted}"));
+    }
+    if let Some(needle) = &rules.body_contains {
+        let mut body = String::new();
+        let _ = response
+            .into_reader()
+            .take(64 * 1024)
+            .read_to_string(&mut body);
+        if !body.contains(needle.as_str()) {
+            return Err(format!(
+                "{url} answered {status} without `{needle}` in the body"
+            ));
+        }
+    }
+    Ok(status)
+}
+
+fn transport_reason(t: &ureq::Transport) -> String {
+    let detail = t.to_string();
+    if detail.contains("Connection refused") {
+        "connection refused (nothing listens yet)".to_string()
+    } else {
+        detail
+    }
+}
+
+/// Probes until healthy or `rules.timeout` has passed: first after 20 ms, backing off to
+/// 100 ms during the first 10 s (most apps are ready by then, and a late probe adds straight
+/// to the deploy time), then to 1 s; a progress line about every second. `dead()` is asked between probes and ends the
+/// wait at once with its reason when the app has died.
+pub fn wait_healthy(
+    port: u16,
+    rules: &Health,
+    mut dead: impl FnMut() -> Option<String>,
+) -> Result<(u16, Duration)> {
+    let started = Instant::now();
+    let deadline = started + rules.timeout;
+    let mut pause = Duration::from_millis(20);
+    let mut last_progress = started;
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let failure = match probe(
+            port,
+            rules,
+            left.clamp(Duration::from_millis(100), Duration::from_secs(5)),
+        ) {
+            Ok(status) => return Ok((status, started.elapsed())),
+            Err(failure) => failure,
+        };
+        if let Some(reason) = dead() {
+            return Err(Error::Failed(reason));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Error::Failed(format!(
+                "not healthy after {} ({tries} probes); last: {failure}",
+                show(rules.timeout)
+            )));
+        }
+        if now.duration_since(last_progress) >= Duration::from_secs(1) {
+            log::info!(
+                "waiting for port {port}: {failure} ({} of {})",
+                show(started.elapsed()),
+                show(rules.timeout)
+            );
+            last_progress = now;
+        }
+        thread::sleep(pause.min(deadline - now));
+        let cap = if started.elapsed() < Duration::from_secs(10) {
+            100
+        } else {
+            1000
+        };
+        pause = (pause * 2).min(Duration::from_millis(cap));
+    }
+}

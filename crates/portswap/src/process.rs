@@ -1,0 +1,209 @@
+//! Starting the app detached from the hook, and stopping it: SIGTERM, grace, SIGKILL.
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::libc;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::error::{Error, Result};
+use crate::procfs::{self, ProcId};
+use crate::users::Account;
+
+/// What to run and how.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    /// argv, placeholders already expanded.
+    pub argv: Vec<String>,
+    /// Working directory.
+    pub workdir: PathBuf,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// Log file that receives stdout and stderr (appended).
+    pub log_file: PathBuf,
+    /// Account to drop to (only when running as root).
+    pub account: Option<Account>,
+}
+
+/// Resolves a program name through PATH plus the usual system directories (hooks run with
+/// a near-empty PATH).
+pub fn resolve_program(program: &str) -> Result<PathBuf> {
+    if program.contains('/') {
+        return Ok(PathBuf::from(program));
+    }
+    let mut path = std::env::var("PATH").unwrap_or_default();
+    path.push_str(":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    which::which_in(program, Some(path), cwd).map_err(|_| {
+        Error::Failed(format!(
+            "program `{program}` not found in PATH or the system directories"
+        ))
+    })
+}
+
+/// Marks every inherited descriptor above stderr close-on-exec so the app inherits none.
+fn close_inherited_descriptors() {
+    let Ok(dir) = fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds.into_iter().filter(|fd| *fd > 2) {
+        // SAFETY: fcntl on a descriptor number only changes its flags; unknown ones fail harmlessly.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
+/// Starts the app in a new session, stdin from /dev/null, stdout/stderr appended to its log.
+pub fn launch(spec: &LaunchSpec) -> Result<Child> {
+    let program = resolve_program(&spec.argv[0])?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&spec.log_file)
+        .map_err(|e| Error::io("cannot open app log", &spec.log_file, e))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| Error::io("cannot open app log", &spec.log_file, e))?;
+    close_inherited_descriptors();
+    let mut command = Command::new(&program);
+    command
+        .args(&spec.argv[1..])
+        .current_dir(&spec.workdir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)));
+    if let Some(account) = &spec.account {
+        let _ = nix::unistd::chown(
+            &spec.log_file,
+            Some(account.uid.into()),
+            Some(account.gid.into()),
+        );
+        command
+            .uid(account.uid)
+            .gid(account.gid)
+            .env("HOME", &account.home)
+            .env("USER", &account.name)
+            .env("LOGNAME", &account.name);
+    }
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    command.spawn().map_err(|e| {
+        Error::Failed(format!(
+            "cannot start {}: {e} (workdir {})",
+            program.display(),
+            spec.workdir.display()
+        ))
+    })
+}
+
+/// How a stop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Exited after SIGTERM within the grace period.
+    Terminated(Duration),
+    /// Needed SIGKILL after the grace period.
+    Killed(Duration),
+}
+
+/// Signals `target` (its whole process group when it leads one) with SIGTERM, waits up to
+/// `grace` for it to exit and for `port` to be free, then SIGKILLs it and waits up to 5 s more.
+pub fn terminate(target: ProcId, port: u16, grace: Duration) -> Result<Stopped> {
+    let started = Instant::now();
+    let leads_group =
+        procfs::parent_and_group(target.pid).is_some_and(|(_, pgid)| pgid == target.pid);
+    let send = |signal: Signal| {
+        if !target.is_alive() {
+            return;
+        }
+        let result = if leads_group {
+            killpg(Pid::from_raw(target.pid), signal)
+        } else {
+            kill(Pid::from_raw(target.pid), signal)
+        };
+        if let Err(e) = result {
+            log::warn!("cannot send {signal} to pid {}: {e}", target.pid);
+        }
+    };
+    let gone = || !target.is_alive() && !procfs::port_in_use(port);
+    send(Signal::SIGTERM);
+    if wait_for(grace, gone) {
+        return Ok(Stopped::Terminated(started.elapsed()));
+    }
+    log::warn!(
+        "pid {} still running after {}: sending SIGKILL",
+        target.pid,
+        crate::duration::show(grace)
+    );
+    send(Signal::SIGKILL);
+    if wait_for(Duration::from_secs(5), gone) {
+        return Ok(Stopped::Killed(started.elapsed()));
+    }
+    Err(Error::Failed(format!(
+        "pid {} {} and port {port} {} 5s after SIGKILL",
+        target.pid,
+        if target.is_alive() {
+            "still runs"
+        } else {
+            "exited"
+        },
+        if procfs::port_in_use(port) {
+            "is still in use"
+        } else {
+            "is free"
+        }
+    )))
+}
+
+/// Polls `done` with a short, growing interval until it holds or `limit` passes.
+pub fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if done() {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// True when `pid`'s executable is `program` or lives under `dir` (a release directory):
+/// the test for "this is the configured app, not a foreign process".
+pub fn runs_program(pid: i32, program: Option<&Path>, dir: &Path) -> bool {
+    let Some(exe) = procfs::exe(pid) else {
+        return false;
+    };
+    let exe = fs::canonicalize(&exe).unwrap_or(exe);
+    let same_program = program
+        .and_then(|p| fs::canonicalize(p).ok())
+        .is_some_and(|p| p == exe);
+    let canonical_dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    same_program || exe.starts_with(canonical_dir)
+}

@@ -1,0 +1,169 @@
+//! What /proc says about processes and listening sockets (no lsof needed).
+
+use std::fs;
+use std::path::PathBuf;
+
+/// A process identified by pid and start time, so that a reused pid is never mistaken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcId {
+    /// Process id.
+    pub pid: i32,
+    /// Start time in clock ticks since boot (field 22 of /proc/PID/stat).
+    pub start_time: u64,
+}
+
+/// The fields of /proc/PID/stat after the command name.
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &text[text.rfind(')')? + 1..];
+    Some(after.split_whitespace().map(str::to_string).collect())
+}
+
+impl ProcId {
+    /// The running process `pid`, if it exists and is not a zombie.
+    pub fn of(pid: i32) -> Option<ProcId> {
+        let fields = stat_fields(pid)?;
+        // fields[0] is field 3 (state); start time is field 22.
+        if fields.first().map(String::as_str) == Some("Z") {
+            return None;
+        }
+        Some(ProcId {
+            pid,
+            start_time: fields.get(19)?.parse().ok()?,
+        })
+    }
+
+    /// True while this very process (same pid and start time) runs and is not a zombie.
+    pub fn is_alive(&self) -> bool {
+        ProcId::of(self.pid).is_some_and(|now| now.start_time == self.start_time)
+    }
+}
+
+/// The parent pid and process group of `pid`.
+pub fn parent_and_group(pid: i32) -> Option<(i32, i32)> {
+    let fields = stat_fields(pid)?;
+    Some((fields.get(1)?.parse().ok()?, fields.get(2)?.parse().ok()?))
+}
+
+/// The argv of `pid` (for nginx: its process title), empty when unreadable.
+pub fn cmdline(pid: i32) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The executable of `pid`, when readable.
+pub fn exe(pid: i32) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
+/// All pids in /proc.
+pub fn all_pids() -> Vec<i32> {
+    fs::read_dir("/proc")
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The children of `parent`.
+pub fn children(parent: i32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|p| parent_and_group(*p).is_some_and(|(ppid, _)| ppid == parent))
+        .collect()
+}
+
+/// Socket inodes listening on TCP `port` (IPv4 and IPv6, any address).
+pub fn listening_inodes(port: u16) -> Vec<u64> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (cols.get(1), cols.get(3), cols.get(9))
+            else {
+                continue;
+            };
+            let local_port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if *state == "0A" && local_port == Some(port) {
+                if let Ok(inode) = inode.parse() {
+                    inodes.push(inode);
+                }
+            }
+        }
+    }
+    inodes
+}
+
+/// True when something listens on TCP `port`.
+pub fn port_in_use(port: u16) -> bool {
+    !listening_inodes(port).is_empty()
+}
+
+/// The processes holding a socket that listens on `port`.
+pub fn listeners(port: u16) -> Vec<i32> {
+    let wanted: Vec<String> = listening_inodes(port)
+        .iter()
+        .map(|i| format!("socket:[{i}]"))
+        .collect();
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    all_pids()
+        .into_iter()
+        .filter(|pid| {
+            fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.flatten().any(|fd| {
+                    fs::read_link(fd.path())
+                        .is_ok_and(|target| wanted.iter().any(|w| target.as_os_str() == w.as_str()))
+                })
+            })
+        })
+        .collect()
+}
+
+/// The command of `pid` as one line for messages.
+pub fn describe(pid: i32) -> String {
+    let argv = cmdline(pid);
+    let text = if argv.is_empty() {
+        "?".to_string()
+    } else {
+        argv.join(" ")
+    };
+    text.chars().take(160).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sees_itself_and_its_listener() {
+        let me = ProcId::of(std::process::id() as i32).unwrap();
+        assert!(me.is_alive());
+        assert!(!ProcId {
+            start_time: me.start_time + 1,
+            ..me
+        }
+        .is_alive());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(port_in_use(port));
+        assert_eq!(listeners(port), vec![me.pid]);
+        drop(listener);
+        assert!(!port_in_use(port));
+    }
+}

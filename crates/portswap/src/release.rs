@@ -1,0 +1,199 @@
+//! Release directories: each deployment's artifacts copied where the next Install cannot
+//! overwrite them under a running app.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::fsio;
+
+/// A staged release.
+#[derive(Debug, Clone)]
+pub struct Release {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// The staged files, newest source first (`{artifact}` is the first).
+    pub artifacts: Vec<PathBuf>,
+}
+
+/// Matches a file name against a pattern with `*` and `?`.
+pub fn matches(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// The regular files a pattern names, newest first.
+pub fn expand(pattern: &Path) -> Result<Vec<PathBuf>> {
+    let name = pattern
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !name.contains(['*', '?']) {
+        return Ok(if pattern.is_file() {
+            vec![pattern.to_path_buf()]
+        } else {
+            Vec::new()
+        });
+    }
+    let dir = pattern.parent().unwrap_or(Path::new("/"));
+    let entries = fs::read_dir(dir).map_err(|e| Error::io("cannot list", dir, e))?;
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| matches(&name, &e.file_name().to_string_lossy()))
+        .filter(|e| e.path().is_file())
+        .map(|e| {
+            (
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH),
+                e.path(),
+            )
+        })
+        .collect();
+    found.sort_by(|a, b| b.cmp(a));
+    Ok(found.into_iter().map(|(_, p)| p).collect())
+}
+
+/// A directory-name-safe form of a deployment id.
+fn safe_name(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Copies the artifacts into a fresh `<releases>/<deployment>-<port>` directory.
+pub fn stage(
+    releases: &Path,
+    deployment_id: &str,
+    port: u16,
+    patterns: &[PathBuf],
+) -> Result<Release> {
+    let dir = releases.join(format!("{}-{port}", safe_name(deployment_id)));
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(|e| Error::io("cannot clear old release", &dir, e))?;
+    }
+    fsio::ensure_dir(&dir, 0o755)?;
+    copy_artifacts(&dir, patterns)
+        .map(|artifacts| Release {
+            dir: dir.clone(),
+            artifacts,
+        })
+        .inspect_err(|_| {
+            let _ = fs::remove_dir_all(&dir);
+        })
+}
+
+fn copy_artifacts(dir: &Path, patterns: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut artifacts = Vec::new();
+    for (i, pattern) in patterns.iter().enumerate() {
+        let sources = expand(pattern)?;
+        if sources.is_empty() {
+            return Err(Error::Failed(format!(
+                "app.artifacts[{i}]: nothing matches {}; is the artifact in the revision?",
+                pattern.display()
+            )));
+        }
+        for source in sources {
+            let target = dir.join(source.file_name().unwrap_or_default());
+            fs::copy(&source, &target)
+                .map_err(|e| Error::io("cannot copy artifact", &source, e))?;
+            artifacts.push(target);
+        }
+    }
+    Ok(artifacts)
+}
+
+/// Removes the oldest release directories beyond `keep`, never one listed in `in_use`.
+pub fn prune(releases: &Path, keep: usize, in_use: &[PathBuf]) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(releases) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| {
+            (
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH),
+                e.path(),
+            )
+        })
+        .collect();
+    dirs.sort_by(|a, b| b.cmp(a));
+    let mut removed = Vec::new();
+    for (_, dir) in dirs.into_iter().skip(keep) {
+        if in_use.contains(&dir) {
+            continue;
+        }
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => removed.push(dir),
+            Err(e) => log::warn!("cannot prune {}: {e}", dir.display()),
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(matches("*.jar", "app-1.0.jar"));
+        assert!(matches("app-?.jar", "app-2.jar"));
+        assert!(!matches("*.jar", "app.jar.bak"));
+        assert!(matches("*", ""));
+        assert!(!matches("a*b", "ac"));
+    }
+
+    #[test]
+    fn stages_and_prunes_but_keeps_in_use() {
+        let root = std::env::temp_dir().join(format!("portswap-release-{}", std::process::id()));
+        let src = root.join("src");
+        fsio::ensure_dir(&src, 0o755).unwrap();
+        fs::write(src.join("app.jar"), "v1").unwrap();
+        let releases = root.join("releases");
+        let missing = stage(&releases, "d-0", 1, &[src.join("*.war")]);
+        assert!(matches!(missing, Err(Error::Failed(_))));
+        assert!(
+            !releases.join("d-0-1").exists(),
+            "a failed stage leaves no directory"
+        );
+        let mut dirs = Vec::new();
+        for i in 0..4 {
+            let r = stage(&releases, &format!("d-{i}"), 8081, &[src.join("*.jar")]).unwrap();
+            assert_eq!(fs::read_to_string(&r.artifacts[0]).unwrap(), "v1");
+            let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000 + i);
+            fs::File::open(&r.dir).unwrap().set_modified(t).unwrap();
+            dirs.push(r.dir);
+        }
+        let removed = prune(&releases, 2, &[dirs[0].clone()]);
+        assert_eq!(removed, vec![dirs[1].clone()]);
+        assert!(dirs[0].exists() && dirs[2].exists() && dirs[3].exists());
+        fs::remove_dir_all(&root).unwrap();
+    }
+}

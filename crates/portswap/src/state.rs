@@ -1,0 +1,253 @@
+//! The state directory: the lock, what `start` recorded per slot, the last switch, history.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::libc;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::fsio;
+
+/// What `start` recorded about the app it started on a slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppRecord {
+    /// Process id (also its process group: the app leads its own session).
+    pub pid: i32,
+    /// Start time of that pid in clock ticks since boot, to detect pid reuse.
+    pub start_time: u64,
+    /// The slot's port.
+    pub port: u16,
+    /// The slot's profile.
+    pub profile: String,
+    /// `DEPLOYMENT_ID` of the deployment that started it.
+    pub deployment_id: String,
+    /// The argv it was started with.
+    pub command: Vec<String>,
+    /// The release directory it runs from.
+    pub release_dir: PathBuf,
+    /// Its log file.
+    pub log_file: PathBuf,
+    /// When it was started, seconds since the Unix epoch.
+    pub started_at: u64,
+}
+
+/// The outcome of the last switch, for `--rollback` and the status view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchRecord {
+    /// Port nginx sends traffic to since the switch.
+    pub live: u16,
+    /// Port it sent traffic to before, if any.
+    pub previous: Option<u16>,
+    /// `DEPLOYMENT_ID` of the switch, or `manual-...`.
+    pub deployment_id: String,
+    /// When, seconds since the Unix epoch.
+    pub at: u64,
+}
+
+/// The state directory of one host.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+/// Holds the exclusive lock until dropped.
+#[derive(Debug)]
+pub struct LockGuard {
+    _lock: Flock<File>,
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl StateDir {
+    /// Uses `dir`, creating it (mode 0755) when missing.
+    pub fn open(dir: &Path) -> Result<StateDir> {
+        fsio::ensure_dir(dir, 0o755)?;
+        Ok(StateDir {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The directory itself.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where release directories go.
+    pub fn releases_dir(&self) -> PathBuf {
+        self.dir.join("releases")
+    }
+
+    fn app_record_path(&self, port: u16) -> PathBuf {
+        self.dir.join(format!("slot-{port}.yml"))
+    }
+
+    fn switch_record_path(&self) -> PathBuf {
+        self.dir.join("switch.yml")
+    }
+
+    /// Takes the exclusive lock, waiting up to `wait` for another hook to release it.
+    pub fn lock(&self, holder: &str, wait: Duration) -> Result<LockGuard> {
+        let path = self.dir.join("lock");
+        let deadline = Instant::now() + wait;
+        let mut announced = false;
+        loop {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .map_err(|e| Error::io("cannot open lock", &path, e))?;
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(mut lock) => {
+                    let _ = lock.set_len(0);
+                    let _ = writeln!(lock, "{holder} pid {}", std::process::id());
+                    return Ok(LockGuard { _lock: lock });
+                }
+                Err((_, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {
+                    let owner = std::fs::read_to_string(&path).unwrap_or_default();
+                    let owner = owner.trim();
+                    if Instant::now() >= deadline {
+                        return Err(Error::Busy(format!(
+                            "another portswap hook ({}) holds {} after waiting {}; retry when it has finished",
+                            if owner.is_empty() { "unknown" } else { owner },
+                            path.display(),
+                            crate::duration::show(wait)
+                        )));
+                    }
+                    if !announced {
+                        log::info!(
+                            "waiting for the lock held by {owner} (up to {})",
+                            crate::duration::show(wait)
+                        );
+                        announced = true;
+                    }
+                    thread::sleep(Duration::from_millis(20));
+                }
+                Err((_, errno)) => return Err(Error::io("cannot lock", &path, errno.into())),
+            }
+        }
+    }
+
+    /// The record of the app on `port`. A record that cannot be read is reported as a
+    /// warning and treated as missing: the port itself is then the source of truth.
+    pub fn app_record(&self, port: u16) -> Option<AppRecord> {
+        self.read_record(&self.app_record_path(port))
+    }
+
+    /// Saves the record of the app `start` just started (mode 0600).
+    pub fn save_app_record(&self, record: &AppRecord) -> Result<()> {
+        self.write_record(&self.app_record_path(record.port), record)
+    }
+
+    /// Forgets the app on `port`.
+    pub fn clear_app_record(&self, port: u16) -> Result<()> {
+        let path = self.app_record_path(port);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io("cannot remove", &path, e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The last switch, if recorded and readable.
+    pub fn switch_record(&self) -> Option<SwitchRecord> {
+        self.read_record(&self.switch_record_path())
+    }
+
+    /// Records a switch and appends a line to `history.log`.
+    pub fn save_switch(&self, record: &SwitchRecord) -> Result<()> {
+        self.write_record(&self.switch_record_path(), record)?;
+        let path = self.dir.join("history.log");
+        let line = format!(
+            "{} switch {} -> {} deployment {}\n",
+            record.at,
+            record
+                .previous
+                .map_or("none".to_string(), |p| p.to_string()),
+            record.live,
+            record.deployment_id
+        );
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .map_err(|e| Error::io("cannot append to", &path, e))
+    }
+
+    fn read_record<T: for<'de> Deserialize<'de>>(&self, path: &Path) -> Option<T> {
+        let parsed = fsio::read_small(path, 64 * 1024).and_then(|bytes| match bytes {
+            None => Ok(None),
+            Some(bytes) => serde_yaml::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::State(format!("{}: {e}", path.display()))),
+        });
+        parsed.unwrap_or_else(|e| {
+            log::warn!("ignoring unreadable state file: {e}");
+            None
+        })
+    }
+
+    fn write_record<T: Serialize>(&self, path: &Path, record: &T) -> Result<()> {
+        let text = serde_yaml::to_string(record)
+            .map_err(|e| Error::State(format!("{}: {e}", path.display())))?;
+        fsio::write_atomic(path, text.as_bytes(), 0o600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_garbage_reads_as_missing() {
+        let dir = std::env::temp_dir().join(format!("portswap-state-{}", std::process::id()));
+        let state = StateDir::open(&dir).unwrap();
+        let record = AppRecord {
+            pid: 1,
+            start_time: 2,
+            port: 8081,
+            profile: "real1".into(),
+            deployment_id: "d-1".into(),
+            command: vec!["app".into()],
+            release_dir: "/r".into(),
+            log_file: "/l".into(),
+            started_at: 3,
+        };
+        state.save_app_record(&record).unwrap();
+        assert_eq!(state.app_record(8081), Some(record));
+        std::fs::write(dir.join("slot-8082.yml"), "pid: [").unwrap();
+        assert_eq!(state.app_record(8082), None);
+        state.clear_app_record(8081).unwrap();
+        state.clear_app_record(8081).unwrap();
+        assert_eq!(state.app_record(8081), None);
+        let held = state.lock("test", Duration::ZERO).unwrap();
+        assert!(matches!(
+            state.lock("second", Duration::from_millis(50)),
+            Err(Error::Busy(_))
+        ));
+        drop(held);
+        state.lock("third", Duration::ZERO).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

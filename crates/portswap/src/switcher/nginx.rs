@@ -1,0 +1,224 @@
+//! The nginx switch: rewrite the include atomically, test the config, reload, and wait until
+//! every worker from before the reload has stopped accepting.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::workers::Workers;
+use super::{Switched, Switcher};
+use crate::config::{Config, Nginx};
+use crate::duration::show;
+use crate::error::{Error, Result};
+use crate::process::{resolve_program, wait_for};
+use crate::{fsio, procfs};
+
+/// Switches by rewriting nginx's include file and reloading nginx.
+#[derive(Debug, Clone)]
+pub struct NginxSwitcher {
+    nginx: Nginx,
+    ports: [u16; 2],
+}
+
+impl NginxSwitcher {
+    /// The switcher the configuration describes.
+    pub fn new(config: &Config) -> NginxSwitcher {
+        NginxSwitcher {
+            nginx: config.nginx.clone(),
+            ports: [config.slots[0].port, config.slots[1].port],
+        }
+    }
+
+    fn include(&self) -> &Path {
+        &self.nginx.include
+    }
+
+    fn read_include(&self) -> Result<Option<Vec<u8>>> {
+        fsio::read_small(self.include(), 64 * 1024)
+    }
+
+    /// Puts the include back as it was (or removes it when there was none).
+    fn restore(&self, previous: &Option<Vec<u8>>) {
+        let result = match previous {
+            Some(bytes) => fsio::write_atomic(self.include(), bytes, 0o644),
+            None => std::fs::remove_file(self.include())
+                .map_err(|e| Error::io("cannot remove", self.include(), e)),
+        };
+        match result {
+            Ok(()) => log::info!("restored {}", self.include().display()),
+            Err(e) => log::error!("could not restore {}: {e}", self.include().display()),
+        }
+    }
+
+    /// The running master, from the pid file; an error says what is wrong with nginx.
+    fn master(&self) -> Result<i32> {
+        let pid_file = &self.nginx.pid_file;
+        let bytes = fsio::read_small(pid_file, 64)?.ok_or_else(|| {
+            Error::Failed(format!(
+                "nginx is not running: no pid file {} (start nginx first)",
+                pid_file.display()
+            ))
+        })?;
+        let text = String::from_utf8_lossy(&bytes);
+        let pid: i32 = text.trim().parse().map_err(|_| {
+            Error::Failed(format!(
+                "nginx pid file {} holds `{}`, not a pid",
+                pid_file.display(),
+                text.trim()
+            ))
+        })?;
+        let title = procfs::cmdline(pid).join(" ");
+        if procfs::ProcId::of(pid).is_none() || !title.contains("nginx: master process") {
+            return Err(Error::Failed(format!(
+                "nginx is not running: pid file {} names pid {pid}, which is {} (stale pid file)",
+                pid_file.display(),
+                if title.is_empty() {
+                    "gone".to_string()
+                } else {
+                    format!("`{title}`")
+                }
+            )));
+        }
+        Ok(pid)
+    }
+
+    fn run(&self, what: &str, argv: &[String]) -> Result<()> {
+        let program = resolve_program(&argv[0])?;
+        let output = Command::new(&program)
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| {
+                Error::Failed(format!("{what} `{}` could not run: {e}", argv.join(" ")))
+            })?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let detail = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no output")
+            .trim()
+            .to_string();
+        let hint = if detail.contains("sudo")
+            || detail.contains("not permitted")
+            || detail.contains("Permission denied")
+        {
+            "; allow it for this user in sudoers (see README, non-root operation)"
+        } else {
+            ""
+        };
+        Err(Error::Failed(format!(
+            "{what} `{}` failed ({}): {detail}{hint}",
+            argv.join(" "),
+            output.status
+        )))
+    }
+
+    fn reload(&self, master: i32) -> Result<()> {
+        match &self.nginx.reload_command {
+            Some(argv) => self.run("nginx reload", argv),
+            None => kill(Pid::from_raw(master), Signal::SIGHUP).map_err(|e| {
+                let hint = if e == nix::errno::Errno::EPERM {
+                    "; run as the nginx user or set nginx.reload_command with a sudoers rule (see README)"
+                } else {
+                    ""
+                };
+                Error::Failed(format!("cannot signal the nginx master (pid {master}): {e}{hint}"))
+            }),
+        }
+    }
+
+    fn switch_steps(&self, port: u16, previous: &Option<Vec<u8>>) -> Result<String> {
+        let master = self.master()?;
+        fsio::write_atomic(
+            self.include(),
+            self.nginx.template.render(port).as_bytes(),
+            0o644,
+        )?;
+        let tested = Instant::now();
+        if let Err(e) = self.run("nginx config test", &self.nginx.test_command) {
+            self.restore(previous);
+            return Err(e);
+        }
+        let test_time = tested.elapsed();
+        let before = Workers::of(master);
+        let reload_started = Instant::now();
+        if let Err(e) = self.reload(master) {
+            self.restore(previous);
+            return Err(e);
+        }
+        let mut now = Workers::default();
+        let done = wait_for(self.nginx.reload_timeout, || {
+            now = Workers::of(master);
+            now.reload_done(&before)
+        });
+        if !done {
+            self.restore(previous);
+            let reason = if procfs::ProcId::of(master).is_none() {
+                "the nginx master exited".to_string()
+            } else if now.serving == before.serving {
+                "nginx kept its old workers: it rejected the configuration (see its error log)"
+                    .to_string()
+            } else {
+                format!("old workers still accept connections: {:?}", before.serving)
+            };
+            return Err(Error::Failed(format!(
+                "reload not complete after {}: {reason}; include restored",
+                show(self.nginx.reload_timeout)
+            )));
+        }
+        Ok(format!(
+            "config test {}, reload {} (workers {:?} -> {:?})",
+            show(test_time),
+            show(reload_started.elapsed()),
+            before.serving,
+            now.serving
+        ))
+    }
+}
+
+impl Switcher for NginxSwitcher {
+    fn live_port(&self) -> Result<Option<u16>> {
+        let Some(bytes) = self.read_include()? else {
+            return Ok(None);
+        };
+        let fix = "fix: write a valid include (or delete it if nothing is live) and retry";
+        let text = String::from_utf8(bytes).map_err(|_| {
+            Error::State(format!(
+                "include {} is not UTF-8; {fix}",
+                self.include().display()
+            ))
+        })?;
+        let port = self.nginx.template.parse_port(&text).map_err(|why| {
+            Error::State(format!(
+                "include {}: {why}; {fix}",
+                self.include().display()
+            ))
+        })?;
+        if !self.ports.contains(&port) {
+            return Err(Error::State(format!(
+                "include {} sends traffic to port {port}, which is neither slot ({} or {}); {fix}",
+                self.include().display(),
+                self.ports[0],
+                self.ports[1]
+            )));
+        }
+        Ok(Some(port))
+    }
+
+    fn switch_to(&self, port: u16) -> Result<Switched> {
+        let started = Instant::now();
+        let previous = self.read_include()?;
+        let detail = self.switch_steps(port, &previous)?;
+        Ok(Switched {
+            elapsed: started.elapsed(),
+            detail,
+        })
+    }
+}

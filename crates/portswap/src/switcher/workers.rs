@@ -1,0 +1,65 @@
+//! Watching an nginx master's workers to tell when a reload has taken effect.
+
+use crate::procfs;
+
+/// The master's children that are workers, split into serving and shutting down.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Workers {
+    /// Workers that accept new connections.
+    pub serving: Vec<i32>,
+    /// Workers titled `worker process is shutting down`.
+    pub shutting_down: Vec<i32>,
+}
+
+impl Workers {
+    /// Reads the worker processes of `master` from /proc.
+    pub fn of(master: i32) -> Workers {
+        let mut workers = Workers::default();
+        for pid in procfs::children(master) {
+            let title = procfs::cmdline(pid).join(" ");
+            if title.contains("worker process is shutting down") {
+                workers.shutting_down.push(pid);
+            } else if title.contains("worker process") {
+                workers.serving.push(pid);
+            }
+        }
+        workers
+    }
+
+    /// True once a reload from `before` is complete: new workers serve and none of the
+    /// workers that served before still does.
+    pub fn reload_done(&self, before: &Workers) -> bool {
+        let has_new = self.serving.iter().any(|p| !before.serving.contains(p));
+        let old_still_serving = self.serving.iter().any(|p| before.serving.contains(p));
+        has_new && !old_still_serving
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reload_done_needs_new_workers_and_no_old_serving() {
+        let before = Workers {
+            serving: vec![1, 2],
+            shutting_down: vec![],
+        };
+        assert!(!before.reload_done(&before));
+        let mid = Workers {
+            serving: vec![1, 2, 3, 4],
+            shutting_down: vec![],
+        };
+        assert!(!mid.reload_done(&before));
+        let done = Workers {
+            serving: vec![3, 4],
+            shutting_down: vec![1, 2],
+        };
+        assert!(done.reload_done(&before));
+        let rejected = Workers {
+            serving: vec![1, 2],
+            shutting_down: vec![],
+        };
+        assert!(!rejected.reload_done(&before));
+    }
+}

@@ -1,0 +1,58 @@
+//! Looking up the account to run the app as, from /etc/passwd (no NSS in a static binary).
+
+use std::fs;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+/// A local account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// Login name.
+    pub name: String,
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Home directory.
+    pub home: PathBuf,
+}
+
+/// Finds `name` (or a numeric uid) in `/etc/passwd`.
+pub fn lookup(name: &str) -> Result<Account> {
+    let passwd = fs::read_to_string("/etc/passwd")
+        .map_err(|e| Error::Failed(format!("cannot read /etc/passwd: {e}")))?;
+    parse(&passwd, name)
+        .ok_or_else(|| Error::Failed(format!("app.user: no user `{name}` in /etc/passwd")))
+}
+
+fn parse(passwd: &str, name: &str) -> Option<Account> {
+    passwd.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() < 7 || (f[0] != name && f[2] != name) {
+            return None;
+        }
+        Some(Account {
+            name: f[0].into(),
+            uid: f[2].parse().ok()?,
+            gid: f[3].parse().ok()?,
+            home: f[5].into(),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_passwd_lines() {
+        let text =
+            "root:x:0:0:root:/root:/bin/bash\nec2-user:x:1000:1001::/home/ec2-user:/bin/bash\n";
+        let a = super::parse(text, "ec2-user").unwrap();
+        assert_eq!(
+            (a.uid, a.gid, a.home.to_str().unwrap()),
+            (1000, 1001, "/home/ec2-user")
+        );
+        assert_eq!(super::parse(text, "1000").unwrap().name, "ec2-user");
+        assert!(super::parse(text, "nobody").is_none());
+    }
+}
