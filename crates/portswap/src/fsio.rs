@@ -21,6 +21,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    remove_stale_temps(dir, &name);
     let temp = dir.join(format!(".{name}.portswap-{}.tmp", std::process::id()));
     let previous_owner = fs::symlink_metadata(path)
         .ok()
@@ -55,6 +56,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         let _ = fs::remove_file(&temp);
     }
     result
+}
+
+/// Removes temp files of earlier writers of `name` that were killed mid-write.
+fn remove_stale_temps(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.portswap-");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let pid = file
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+            .and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some_and(|pid| crate::procfs::ProcId::of(pid).is_none()) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Reads a small text file without following a symlink; `Ok(None)` when it does not exist.
@@ -117,7 +136,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("portswap-fsio-{}", std::process::id()));
         ensure_dir(&dir, 0o755).unwrap();
         let target = dir.join("a.inc");
+        let stale = dir.join(".a.inc.portswap-999999999.tmp");
+        fs::write(&stale, "half").unwrap();
         write_atomic(&target, b"one\n", 0o644).unwrap();
+        assert!(!stale.exists(), "a dead writer's temp file is cleaned up");
         write_atomic(&target, b"two\n", 0o644).unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"two\n");
         assert_eq!(fs::metadata(&target).unwrap().mode() & 0o777, 0o644);
