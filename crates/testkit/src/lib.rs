@@ -1,3 +1,18 @@
 //! Test and benchmark support for portswap. Not part of the product.
+//!
+//! - [`bins`]: find (and build once) the workspace executables.
+//! - [`net`]: free ports, a tiny blocking HTTP GET client, polling with a deadline.
+//! - [`nginx`]: a private nginx per test, configured like the legacy deployment.
+//! - [`fixture`]: run `fixture-app` (the stand-in application) as a child.
+//! - [`agent`]: an emulation of the CodeDeploy agent running a revision's hooks.
 
 pub mod agent;
+pub mod bins;
+pub mod fixture;
+pub mod net;
+pub mod nginx;
+
+pub use bins::{bin, ensure_built};
+pub use fixture::FixtureApp;
+pub use net::{free_port, http_get, port_is_listening, wait_until, Response};
+pub use nginx::NginxSandbox;

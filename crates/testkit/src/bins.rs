@@ -1,0 +1,144 @@
+//! Locating (and building) the workspace's executables: `stop`, `start`, `health`, `switch`
+//! and `fixture-app`.
+//!
+//! Tests run from `target/<triple>/<profile>/deps/`, benches from `target/<triple>/<profile>/`;
+//! the executables live in `target/<triple>/<profile>/`. Integration tests of one package do
+//! not get the binaries of other packages built, so [`ensure_built`] runs `cargo build` once
+//! per process.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The workspace root, fixed at compile time.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+}
+
+/// The directory holding the built executables: the directory of the running executable,
+/// or its parent when that directory is named `deps`.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("testkit: cannot find the current executable");
+    let dir = exe
+        .parent()
+        .expect("testkit: the current executable has no directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().unwrap_or(dir).to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// Builds every binary of the workspace once per process (`$CARGO build --bins --workspace`
+/// in the workspace root, with the profile, target triple and target directory of the
+/// running executable), so that a plain `cargo test` finds them. Panics with cargo's output
+/// when the build fails.
+///
+/// Set `PORTSWAP_TESTKIT_NO_BUILD=1` to skip the build (binaries built beforehand).
+pub fn ensure_built() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        if std::env::var_os("PORTSWAP_TESTKIT_NO_BUILD").is_some_and(|v| v != "0") {
+            return;
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let args = build_args(&bin_dir());
+        let out = Command::new(&cargo)
+            .args(&args)
+            .current_dir(workspace_root())
+            .output()
+            .unwrap_or_else(|e| panic!("testkit: cannot run {cargo:?}: {e}"));
+        if !out.status.success() {
+            panic!(
+                "testkit: `{} {}` failed ({}):\n{}",
+                cargo.to_string_lossy(),
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    });
+}
+
+/// The `cargo` arguments that rebuild the binaries into `profile_dir`
+/// (`<target-dir>[/<triple>]/<profile>`).
+fn build_args(profile_dir: &Path) -> Vec<String> {
+    let mut args = vec!["build".to_string(), "--bins".into(), "--workspace".into()];
+    let profile = profile_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match profile.as_str() {
+        "debug" => {}
+        // `cargo bench` builds with the `bench` profile, which writes into `release`.
+        "release" => args.push("--release".into()),
+        other => args.extend(["--profile".into(), other.to_string()]),
+    }
+    let Some(parent) = profile_dir.parent() else {
+        return args;
+    };
+    // `<target-dir>/<triple>/<profile>` when a target is named, else `<target-dir>/<profile>`.
+    let triple = parent
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| n.contains('-') && parent.join("../CACHEDIR.TAG").exists());
+    let target_dir = match &triple {
+        Some(t) => {
+            args.extend(["--target".into(), t.clone()]);
+            parent.parent()
+        }
+        None => Some(parent),
+    };
+    if let Some(dir) = target_dir {
+        args.extend(["--target-dir".into(), dir.to_string_lossy().into_owned()]);
+    }
+    args
+}
+
+/// The path of the workspace executable `name` (e.g. `"switch"`, `"fixture-app"`), after
+/// [`ensure_built`]. Panics if it does not exist.
+pub fn bin(name: &str) -> PathBuf {
+    ensure_built();
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "testkit: executable {} not found (was it built?)",
+        path.display()
+    );
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_args_follow_the_layout() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("target");
+        std::fs::create_dir_all(target.join("x86_64-unknown-linux-gnu/release")).unwrap();
+        std::fs::create_dir_all(target.join("debug")).unwrap();
+        std::fs::write(target.join("CACHEDIR.TAG"), "").unwrap();
+
+        let args = build_args(&target.join("x86_64-unknown-linux-gnu/release"));
+        let t = target.to_string_lossy().into_owned();
+        assert_eq!(
+            args,
+            [
+                "build",
+                "--bins",
+                "--workspace",
+                "--release",
+                "--target",
+                "x86_64-unknown-linux-gnu",
+                "--target-dir",
+                &t
+            ]
+        );
+        let args = build_args(&target.join("debug"));
+        assert_eq!(args, ["build", "--bins", "--workspace", "--target-dir", &t]);
+    }
+}
