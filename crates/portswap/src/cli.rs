@@ -130,15 +130,35 @@ fn init_logging(hook: &'static str) {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(move |buf, record| {
             let level = record.level().to_string().to_lowercase();
-            writeln!(
-                buf,
-                "[{} {tag}] {level}: {}",
-                buf.timestamp_millis(),
-                record.args()
-            )
+            writeln!(buf, "[{} {tag}] {level}: {}", utc_now(), record.args())
         })
         .target(env_logger::Target::Stderr)
         .init();
+}
+
+/// The current UTC time as `2026-11-25T06:40:01.123Z` (no time-zone database needed).
+fn utc_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (days, secs) = ((now.as_secs() / 86_400) as i64, now.as_secs() % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+        now.subsec_millis()
+    )
 }
 
 /// Runs a hook binary: parses flags, sets up logging and SIGTERM handling, runs `body`, and
