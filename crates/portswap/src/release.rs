@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use crate::fsio;
@@ -54,21 +55,26 @@ pub fn expand(pattern: &Path) -> Result<Vec<PathBuf>> {
     }
     let dir = pattern.parent().unwrap_or(Path::new("/"));
     let entries = fs::read_dir(dir).map_err(|e| Error::io("cannot list", dir, e))?;
-    let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
-        .flatten()
-        .filter(|e| matches(&name, &e.file_name().to_string_lossy()))
-        .filter(|e| e.path().is_file())
-        .map(|e| {
+    let files = entries.flatten().map(|e| e.path()).filter(|p| p.is_file());
+    Ok(newest_first(files.filter(|p| {
+        matches(&name, &p.file_name().unwrap_or_default().to_string_lossy())
+    })))
+}
+
+/// Sorts paths by modification time, newest first.
+fn newest_first(paths: impl Iterator<Item = PathBuf>) -> Vec<PathBuf> {
+    let mut dated: Vec<(SystemTime, PathBuf)> = paths
+        .map(|p| {
             (
-                e.metadata()
+                fs::metadata(&p)
                     .and_then(|m| m.modified())
-                    .unwrap_or(std::time::UNIX_EPOCH),
-                e.path(),
+                    .unwrap_or(UNIX_EPOCH),
+                p,
             )
         })
         .collect();
-    found.sort_by(|a, b| b.cmp(a));
-    Ok(found.into_iter().map(|(_, p)| p).collect())
+    dated.sort_by(|a, b| b.cmp(a));
+    dated.into_iter().map(|(_, p)| p).collect()
 }
 
 /// A directory-name-safe form of a deployment id.
@@ -131,21 +137,9 @@ pub fn prune(releases: &Path, keep: usize, in_use: &[PathBuf]) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(releases) else {
         return Vec::new();
     };
-    let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = entries
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .map(|e| {
-            (
-                e.metadata()
-                    .and_then(|m| m.modified())
-                    .unwrap_or(std::time::UNIX_EPOCH),
-                e.path(),
-            )
-        })
-        .collect();
-    dirs.sort_by(|a, b| b.cmp(a));
+    let dirs = newest_first(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
     let mut removed = Vec::new();
-    for (_, dir) in dirs.into_iter().skip(keep) {
+    for dir in dirs.into_iter().skip(keep) {
         if in_use.contains(&dir) {
             continue;
         }
