@@ -35,10 +35,12 @@ fn from_secs(seconds: f64) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-/// Formats a duration for log lines: `850ms` or `1.23s`.
+/// Formats a duration for log lines: `850ms`, `30s` or `1.23s`.
 pub fn show(d: Duration) -> String {
     if d < Duration::from_secs(1) {
         format!("{}ms", d.as_millis())
+    } else if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
     } else {
         format!("{:.2}s", d.as_secs_f64())
     }
@@ -82,5 +84,8 @@ mod tests {
         assert!(parse("5h").is_err());
         assert!(parse("-1s").is_err());
         assert!(parse("999999").is_err());
+        assert_eq!(show(Duration::from_millis(250)), "250ms");
+        assert_eq!(show(Duration::from_secs(30)), "30s");
+        assert_eq!(show(Duration::from_millis(30_250)), "30.25s");
     }
 }

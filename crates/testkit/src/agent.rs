@@ -11,6 +11,16 @@
 //! timeout the whole group gets one SIGTERM and our ends of its pipes are closed; after it exits
 //! its stdout and stderr must reach EOF within the same timeout.
 //!
+//! ```no_run
+//! use std::path::Path;
+//! use portswap_testkit::agent::Agent;
+//!
+//! let agent = Agent::new(Path::new("/tmp/agent"), "dg-1").destination_root(Path::new("/tmp/dest"));
+//! let report = agent.deploy(Path::new("/tmp/revision"), "d-1", &[("RUST_LOG", "info")]);
+//! assert!(report.success(), "{report}");
+//! println!("{:?}", report.script("hooks/switch").map(|s| s.duration));
+//! ```
+//!
 //! Deviation kept for test hygiene: the real agent blocks forever on a hook that ignores
 //! SIGTERM; this one waits [`Agent::sigterm_patience`], then SIGKILLs the group and says so.
 
@@ -1385,6 +1395,21 @@ mod tests {
             .unwrap()
             .1
             .starts_with("Script does not exist at specified location"));
+    }
+
+    #[test]
+    fn runas_goes_through_su() {
+        if !nix::unistd::geteuid().is_root() || !Path::new("/bin/su").exists() {
+            eprintln!("skipped: needs root and /bin/su");
+            return;
+        }
+        let spec = "version: 0.0\nos: linux\nhooks:\n  BeforeInstall:\n    - location: who.sh\n      runas: root\n      timeout: 10\n";
+        let rev = Rev::new(spec).script("who.sh", "echo \"uid=$(id -u) event=$LIFECYCLE_EVENT\"");
+        let (_root, agent) = agent();
+        let report = agent.deploy(rev.path(), "d-1", &[]);
+        assert!(report.success(), "{report}");
+        let tail = &report.script("who.sh").unwrap().output_tail;
+        assert!(tail.contains("uid=0"), "{tail}");
     }
 
     #[test]
