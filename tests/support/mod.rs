@@ -26,16 +26,38 @@ impl Outcome {
 
     /// Panics with the whole output unless the hook succeeded.
     pub fn ok(self) -> Outcome {
-        assert_eq!(self.code, 0, "{} failed:\n{}{}", self.hook, self.stdout, self.stderr);
-        assert!(self.last_line().starts_with(&format!("portswap {}: OK", self.hook)), "{}", self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "{} failed:\n{}{}",
+            self.hook, self.stdout, self.stderr
+        );
+        assert!(
+            self.last_line()
+                .starts_with(&format!("portswap {}: OK", self.hook)),
+            "{}",
+            self.stderr
+        );
         self
     }
 
     /// Panics unless the hook failed with `code` and a verdict line containing `needle`.
     pub fn fails(self, code: i32, needle: &str) -> Outcome {
-        assert_eq!(self.code, code, "{} exit code; output:\n{}{}", self.hook, self.stdout, self.stderr);
-        assert!(self.last_line().starts_with(&format!("portswap {}: FAILED", self.hook)), "{}", self.stderr);
-        assert!(self.last_line().contains(needle), "verdict lacks `{needle}`: {}", self.last_line());
+        assert_eq!(
+            self.code, code,
+            "{} exit code; output:\n{}{}",
+            self.hook, self.stdout, self.stderr
+        );
+        assert!(
+            self.last_line()
+                .starts_with(&format!("portswap {}: FAILED", self.hook)),
+            "{}",
+            self.stderr
+        );
+        assert!(
+            self.last_line().contains(needle),
+            "verdict lacks `{needle}`: {}",
+            self.last_line()
+        );
         self
     }
 }
@@ -52,6 +74,8 @@ pub struct Settings {
     pub test_command: Option<Vec<String>>,
     /// Raw YAML appended at the end (extra sections).
     pub extra: String,
+    /// `app.user`.
+    pub app_user: Option<String>,
 }
 
 impl Default for Settings {
@@ -63,6 +87,7 @@ impl Default for Settings {
             lock_wait: "5s",
             test_command: None,
             extra: String::new(),
+            app_user: None,
         }
     }
 }
@@ -91,10 +116,16 @@ impl Site {
         let root = dir.path();
         fs::create_dir_all(root.join("nginx")).unwrap();
         fs::create_dir_all(root.join("revision")).unwrap();
-        fs::copy(bins::bin("fixture-app"), root.join("revision/fixture-app")).expect("copy fixture-app");
+        fs::copy(bins::bin("fixture-app"), root.join("revision/fixture-app"))
+            .expect("copy fixture-app");
         let nginx = NginxSandbox::start(&root.join("nginx"), &root.join("service-url.inc"));
         let ports = [net::free_port(), net::free_port()];
-        let site = Site { dir, nginx, ports, settings };
+        let site = Site {
+            dir,
+            nginx,
+            ports,
+            settings,
+        };
         site.write_config();
         site
     }
@@ -114,16 +145,27 @@ impl Site {
 
     /// Writes portswap.yml from the settings.
     pub fn write_config(&self) {
-        let mut app_command: Vec<String> =
-            ["{artifact}", "--port", "{port}", "--profile", "{profile}", "--version", "{deployment_id}"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+        let mut app_command: Vec<String> = [
+            "{artifact}",
+            "--port",
+            "{port}",
+            "--profile",
+            "{profile}",
+            "--version",
+            "{deployment_id}",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         app_command.extend(self.settings.app_args.iter().cloned());
-        let test_command = self.settings.test_command.clone().unwrap_or_else(|| self.nginx.test_command());
+        let test_command = self
+            .settings
+            .test_command
+            .clone()
+            .unwrap_or_else(|| self.nginx.test_command());
         let text = format!(
             "slots:\n  - {{ port: {p0}, profile: real1 }}\n  - {{ port: {p1}, profile: real2 }}\n\
-             app:\n  artifacts: [\"revision/fixture-app\"]\n  command: {cmd}\n\
+             app:\n  artifacts: [\"revision/fixture-app\"]\n  command: {cmd}\n{user}\
              health:\n  path: /health\n  timeout: {ht}\n\
              nginx:\n  include: service-url.inc\n  test_command: {test}\n  pid_file: {pid}\n\
              stop:\n  grace: {grace}\n\
@@ -137,6 +179,12 @@ impl Site {
             grace = self.settings.grace,
             lw = self.settings.lock_wait,
             extra = self.settings.extra,
+            user = self
+                .settings
+                .app_user
+                .as_ref()
+                .map(|u| format!("  user: {u}\n"))
+                .unwrap_or_default(),
         );
         fs::write(self.config_path(), text).unwrap();
     }
@@ -155,7 +203,10 @@ impl Site {
             .args(args)
             .current_dir("/")
             .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .env("PORTSWAP_CONFIG", self.config_path())
             .stdin(Stdio::null());
         if let Some(id) = deployment {
@@ -215,7 +266,12 @@ impl Site {
     /// The port the include names (or `None`).
     pub fn included_port(&self) -> Option<u16> {
         let text = self.include_text()?;
-        let digits: String = text.rsplit(':').next()?.chars().take_while(char::is_ascii_digit).collect();
+        let digits: String = text
+            .rsplit(':')
+            .next()?
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
         digits.parse().ok()
     }
 
@@ -231,7 +287,10 @@ impl Drop for Site {
     fn drop(&mut self) {
         for port in self.ports {
             if let Some(pid) = self.recorded_pid(port) {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }
