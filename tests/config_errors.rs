@@ -29,52 +29,219 @@ fn run_with(config: &[u8], hook: &str, args: &[&str]) -> Run {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    let last = stderr.lines().last().unwrap_or("").replace(&*dir.path().to_string_lossy(), "DIR");
-    Run { code: output.status.code().unwrap_or(-1), last }
+    let last = stderr
+        .lines()
+        .last()
+        .unwrap_or("")
+        .replace(&*dir.path().to_string_lossy(), "DIR");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        last,
+    }
 }
 
 /// (what is wrong, config text, words the verdict must contain)
 const CASES: &[(&str, &str, &[&str])] = &[
-    ("unknown top-level key", "{VALID}colour: red\n", &["unknown field `colour`"]),
-    ("unknown nested key", "app:\n  command: [x]\n  comand: [y]\n", &["app", "comand"]),
-    ("missing app", "health:\n  path: /h\n", &["app: missing", "command"]),
-    ("missing command", "app:\n  artifacts: []\n", &["missing field `command`"]),
-    ("empty command", "app:\n  command: []\n", &["app.command", "program"]),
-    ("empty program", "app:\n  command: [\"\"]\n", &["app.command", "empty"]),
-    ("command not a list", "app:\n  command: java -jar x\n", &["app.command", "sequence"]),
-    ("unknown placeholder", "app:\n  command: [x, \"{prot}\"]\n", &["app.command[1]", "{prot}"]),
-    ("workdir placeholder", "app:\n  command: [x]\n  workdir: \"{home}\"\n", &["app.workdir", "{home}"]),
-    ("wildcard in directory", "app:\n  command: [x]\n  artifacts: [\"*/app.jar\"]\n", &["app.artifacts[0]", "file name only"]),
-    ("bad env name", "app:\n  command: [x]\n  env: { \"A=B\": c }\n", &["app.env", "A=B"]),
-    ("empty user", "app:\n  command: [x]\n  user: \"\"\n", &["app.user", "empty"]),
-    ("keep_releases too low", "app:\n  command: [x]\n  keep_releases: 1\n", &["app.keep_releases", "at least 2"]),
-    ("keep_releases wrong type", "app:\n  command: [x]\n  keep_releases: many\n", &["keep_releases", "invalid type"]),
-    ("start_check bad unit", "app:\n  command: [x]\n  start_check: 5h\n", &["start_check", "unit"]),
-    ("one slot", "{VALID}slots:\n  - { port: 1, profile: a }\n", &["slots", "exactly 2"]),
-    ("three slots", "{VALID}slots: [{port: 1, profile: a}, {port: 2, profile: b}, {port: 3, profile: c}]\n", &["slots", "exactly 2"]),
-    ("duplicate ports", "{VALID}slots: [{port: 8081, profile: a}, {port: 8081, profile: b}]\n", &["slots[1].port", "duplicates"]),
-    ("duplicate profiles", "{VALID}slots: [{port: 1, profile: a}, {port: 2, profile: a}]\n", &["slots[1].profile", "duplicates"]),
-    ("port zero", "{VALID}slots: [{port: 0, profile: a}, {port: 2, profile: b}]\n", &["slots[0].port", "1 to 65535"]),
-    ("port too large", "{VALID}slots: [{port: 70000, profile: a}, {port: 2, profile: b}]\n", &["slots[0].port", "70000"]),
-    ("port not a number", "{VALID}slots: [{port: http, profile: a}, {port: 2, profile: b}]\n", &["slots[0].port", "invalid type"]),
-    ("slot without profile", "{VALID}slots: [{port: 1}, {port: 2, profile: b}]\n", &["slots[0]", "profile"]),
-    ("empty profile", "{VALID}slots: [{port: 1, profile: \"\"}, {port: 2, profile: b}]\n", &["slots[0].profile", "empty"]),
-    ("health path", "{VALID}health:\n  path: health\n", &["health.path", "start with /"]),
-    ("health status range", "{VALID}health:\n  status: 99\n", &["health.status", "99"]),
-    ("health timeout zero", "{VALID}health:\n  timeout: 0\n", &["health.timeout", "more than 0"]),
-    ("health timeout garbage", "{VALID}health:\n  timeout: soon\n", &["health.timeout", "soon"]),
-    ("health timeout negative", "{VALID}health:\n  timeout: -3\n", &["health.timeout", "out of range"]),
-    ("template without port", "{VALID}nginx:\n  template: \"set $service_url http://127.0.0.1:8081;\"\n", &["nginx.template", "{port}"]),
-    ("template other placeholder", "{VALID}nginx:\n  template: \"{host}:{port}\"\n", &["nginx.template", "{host}"]),
-    ("empty test command", "{VALID}nginx:\n  test_command: []\n", &["nginx.test_command", "program"]),
-    ("empty reload command", "{VALID}nginx:\n  reload_command: []\n", &["nginx.reload_command", "program"]),
-    ("empty include path", "{VALID}nginx:\n  include: \"\"\n", &["nginx.include", "empty"]),
-    ("reload timeout too short", "{VALID}nginx:\n  reload_timeout: 50ms\n", &["nginx.reload_timeout", "200ms"]),
-    ("stop grace garbage", "{VALID}stop:\n  grace: [1]\n", &["stop.grace", "duration"]),
-    ("unknown stop key", "{VALID}stop:\n  signal: KILL\n", &["stop", "unknown field `signal`"]),
-    ("empty state dir", "app:\n  command: [x]\nstate:\n  dir: \"\"\n", &["state.dir", "empty"]),
-    ("lock wait garbage", "app:\n  command: [x]\nstate:\n  lock_wait: forever\n", &["lock_wait", "forever"]),
-    ("duplicate key", "{VALID}health:\n  path: /a\n  path: /b\n", &["duplicate"]),
+    (
+        "unknown top-level key",
+        "{VALID}colour: red\n",
+        &["unknown field `colour`"],
+    ),
+    (
+        "unknown nested key",
+        "app:\n  command: [x]\n  comand: [y]\n",
+        &["app", "comand"],
+    ),
+    (
+        "missing app",
+        "health:\n  path: /h\n",
+        &["app: missing", "command"],
+    ),
+    (
+        "missing command",
+        "app:\n  artifacts: []\n",
+        &["missing field `command`"],
+    ),
+    (
+        "empty command",
+        "app:\n  command: []\n",
+        &["app.command", "program"],
+    ),
+    (
+        "empty program",
+        "app:\n  command: [\"\"]\n",
+        &["app.command", "empty"],
+    ),
+    (
+        "command not a list",
+        "app:\n  command: java -jar x\n",
+        &["app.command", "sequence"],
+    ),
+    (
+        "unknown placeholder",
+        "app:\n  command: [x, \"{prot}\"]\n",
+        &["app.command[1]", "{prot}"],
+    ),
+    (
+        "workdir placeholder",
+        "app:\n  command: [x]\n  workdir: \"{home}\"\n",
+        &["app.workdir", "{home}"],
+    ),
+    (
+        "wildcard in directory",
+        "app:\n  command: [x]\n  artifacts: [\"*/app.jar\"]\n",
+        &["app.artifacts[0]", "file name only"],
+    ),
+    (
+        "bad env name",
+        "app:\n  command: [x]\n  env: { \"A=B\": c }\n",
+        &["app.env", "A=B"],
+    ),
+    (
+        "empty user",
+        "app:\n  command: [x]\n  user: \"\"\n",
+        &["app.user", "empty"],
+    ),
+    (
+        "keep_releases too low",
+        "app:\n  command: [x]\n  keep_releases: 1\n",
+        &["app.keep_releases", "at least 2"],
+    ),
+    (
+        "keep_releases wrong type",
+        "app:\n  command: [x]\n  keep_releases: many\n",
+        &["keep_releases", "invalid type"],
+    ),
+    (
+        "start_check bad unit",
+        "app:\n  command: [x]\n  start_check: 5h\n",
+        &["start_check", "unit"],
+    ),
+    (
+        "one slot",
+        "{VALID}slots:\n  - { port: 1, profile: a }\n",
+        &["slots", "exactly 2"],
+    ),
+    (
+        "three slots",
+        "{VALID}slots: [{port: 1, profile: a}, {port: 2, profile: b}, {port: 3, profile: c}]\n",
+        &["slots", "exactly 2"],
+    ),
+    (
+        "duplicate ports",
+        "{VALID}slots: [{port: 8081, profile: a}, {port: 8081, profile: b}]\n",
+        &["slots[1].port", "duplicates"],
+    ),
+    (
+        "duplicate profiles",
+        "{VALID}slots: [{port: 1, profile: a}, {port: 2, profile: a}]\n",
+        &["slots[1].profile", "duplicates"],
+    ),
+    (
+        "port zero",
+        "{VALID}slots: [{port: 0, profile: a}, {port: 2, profile: b}]\n",
+        &["slots[0].port", "1 to 65535"],
+    ),
+    (
+        "port too large",
+        "{VALID}slots: [{port: 70000, profile: a}, {port: 2, profile: b}]\n",
+        &["slots[0].port", "70000"],
+    ),
+    (
+        "port not a number",
+        "{VALID}slots: [{port: http, profile: a}, {port: 2, profile: b}]\n",
+        &["slots[0].port", "invalid type"],
+    ),
+    (
+        "slot without profile",
+        "{VALID}slots: [{port: 1}, {port: 2, profile: b}]\n",
+        &["slots[0]", "profile"],
+    ),
+    (
+        "empty profile",
+        "{VALID}slots: [{port: 1, profile: \"\"}, {port: 2, profile: b}]\n",
+        &["slots[0].profile", "empty"],
+    ),
+    (
+        "health path",
+        "{VALID}health:\n  path: health\n",
+        &["health.path", "start with /"],
+    ),
+    (
+        "health status range",
+        "{VALID}health:\n  status: 99\n",
+        &["health.status", "99"],
+    ),
+    (
+        "health timeout zero",
+        "{VALID}health:\n  timeout: 0\n",
+        &["health.timeout", "more than 0"],
+    ),
+    (
+        "health timeout garbage",
+        "{VALID}health:\n  timeout: soon\n",
+        &["health.timeout", "soon"],
+    ),
+    (
+        "health timeout negative",
+        "{VALID}health:\n  timeout: -3\n",
+        &["health.timeout", "out of range"],
+    ),
+    (
+        "template without port",
+        "{VALID}nginx:\n  template: \"set $service_url http://127.0.0.1:8081;\"\n",
+        &["nginx.template", "{port}"],
+    ),
+    (
+        "template other placeholder",
+        "{VALID}nginx:\n  template: \"{host}:{port}\"\n",
+        &["nginx.template", "{host}"],
+    ),
+    (
+        "empty test command",
+        "{VALID}nginx:\n  test_command: []\n",
+        &["nginx.test_command", "program"],
+    ),
+    (
+        "empty reload command",
+        "{VALID}nginx:\n  reload_command: []\n",
+        &["nginx.reload_command", "program"],
+    ),
+    (
+        "empty include path",
+        "{VALID}nginx:\n  include: \"\"\n",
+        &["nginx.include", "empty"],
+    ),
+    (
+        "reload timeout too short",
+        "{VALID}nginx:\n  reload_timeout: 50ms\n",
+        &["nginx.reload_timeout", "200ms"],
+    ),
+    (
+        "stop grace garbage",
+        "{VALID}stop:\n  grace: [1]\n",
+        &["stop.grace", "duration"],
+    ),
+    (
+        "unknown stop key",
+        "{VALID}stop:\n  signal: KILL\n",
+        &["stop", "unknown field `signal`"],
+    ),
+    (
+        "empty state dir",
+        "app:\n  command: [x]\nstate:\n  dir: \"\"\n",
+        &["state.dir", "empty"],
+    ),
+    (
+        "lock wait garbage",
+        "app:\n  command: [x]\nstate:\n  lock_wait: forever\n",
+        &["lock_wait", "forever"],
+    ),
+    (
+        "duplicate key",
+        "{VALID}health:\n  path: /a\n  path: /b\n",
+        &["duplicate"],
+    ),
     ("not a mapping", "- just\n- a list\n", &["invalid type"]),
     ("broken YAML", "app: [\n", &["DIR/portswap.yml"]),
 ];
@@ -90,17 +257,30 @@ fn every_configuration_error_exits_2_naming_file_and_key() {
             && run.last.contains("DIR/portswap.yml")
             && needles.iter().all(|n| run.last.contains(n));
         if !ok {
-            failures.push(format!("{what}: exit {} `{}` (wanted {needles:?})", run.code, run.last));
+            failures.push(format!(
+                "{what}: exit {} `{}` (wanted {needles:?})",
+                run.code, run.last
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases wrong:\n{}", failures.len(), CASES.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        failures.len(),
+        CASES.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn non_utf8_configuration_is_refused_with_the_offset() {
     let run = run_with(b"app:\n  command: [\"\xff\"]\n", "start", &[]);
     assert_eq!(run.code, 2, "{}", run.last);
-    assert!(run.last.contains("not UTF-8") && run.last.contains("offset 18"), "{}", run.last);
+    assert!(
+        run.last.contains("not UTF-8") && run.last.contains("offset 18"),
+        "{}",
+        run.last
+    );
 }
 
 #[test]
@@ -115,7 +295,11 @@ fn bad_flags_exit_2_and_name_the_flag() {
     ] {
         let run = run_with(VALID.as_bytes(), hook, args);
         assert_eq!(run.code, 2, "{hook} {args:?}: {}", run.last);
-        assert!(run.last.contains(needle) && run.last.contains("--help"), "{hook} {args:?}: {}", run.last);
+        assert!(
+            run.last.contains(needle) && run.last.contains("--help"),
+            "{hook} {args:?}: {}",
+            run.last
+        );
     }
 }
 
@@ -123,7 +307,11 @@ fn bad_flags_exit_2_and_name_the_flag() {
 fn a_port_that_is_not_a_slot_is_a_usage_error() {
     let run = run_with(VALID.as_bytes(), "stop", &["--port", "9"]);
     assert_eq!(run.code, 2, "{}", run.last);
-    assert!(run.last.contains("--port 9 is not a slot (8081 or 8082)"), "{}", run.last);
+    assert!(
+        run.last.contains("--port 9 is not a slot (8081 or 8082)"),
+        "{}",
+        run.last
+    );
 }
 
 #[test]
@@ -134,28 +322,57 @@ fn configuration_is_found_by_env_var_beside_the_executable_or_reported_missing()
     let hooks = dir.path().join("hooks");
     fs::create_dir_all(&hooks).unwrap();
     fs::copy(bins::bin("stop"), hooks.join("stop")).unwrap();
-    fs::write(hooks.join("portswap.yml"), "app:\n  command: [x]\nstate:\n  dir: ../state\nnginx:\n  include: ../none.inc\n").unwrap();
-    let out = Command::new(hooks.join("stop")).current_dir("/").env_clear().output().unwrap();
+    fs::write(
+        hooks.join("portswap.yml"),
+        "app:\n  command: [x]\nstate:\n  dir: ../state\nnginx:\n  include: ../none.inc\n",
+    )
+    .unwrap();
+    let out = Command::new(hooks.join("stop"))
+        .current_dir("/")
+        .env_clear()
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(dir.path().join("state").is_dir(), "relative paths resolve against the config's directory");
+    assert!(
+        dir.path().join("state").is_dir(),
+        "relative paths resolve against the config's directory"
+    );
 
     let missing = dir.path().join("nope.yml");
-    let out = Command::new(bins::bin("stop")).env("PORTSWAP_CONFIG", &missing).output().unwrap();
+    let out = Command::new(bins::bin("stop"))
+        .env("PORTSWAP_CONFIG", &missing)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr.contains("nope.yml") && stderr.contains("PORTSWAP_CONFIG"), "{stderr}");
+    assert!(
+        stderr.contains("nope.yml") && stderr.contains("PORTSWAP_CONFIG"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn help_and_version_for_every_hook() {
     bins::ensure_built();
     for hook in ["stop", "start", "health", "switch"] {
-        let help = Command::new(bins::bin(hook)).arg("--help").output().unwrap();
+        let help = Command::new(bins::bin(hook))
+            .arg("--help")
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&help.stdout);
-        assert!(help.status.success() && text.contains("Usage:") && text.contains("Exit codes"), "{hook}: {text}");
-        let version = Command::new(bins::bin(hook)).arg("--version").output().unwrap();
+        assert!(
+            help.status.success() && text.contains("Usage:") && text.contains("Exit codes"),
+            "{hook}: {text}"
+        );
+        let version = Command::new(bins::bin(hook))
+            .arg("--version")
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&version.stdout);
-        assert_eq!(text.trim(), format!("{hook} {} (portswap)", env!("CARGO_PKG_VERSION")));
+        assert_eq!(
+            text.trim(),
+            format!("{hook} {} (portswap)", env!("CARGO_PKG_VERSION"))
+        );
     }
 }

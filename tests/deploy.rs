@@ -9,7 +9,11 @@ use support::{wait, Site};
 /// Right after `switch` returns, every new request must reach the new version.
 fn assert_all_requests_reach(site: &Site, version: &str) {
     for _ in 0..20 {
-        assert_eq!(site.live_version().as_deref(), Some(version), "a request reached another version");
+        assert_eq!(
+            site.live_version().as_deref(),
+            Some(version),
+            "a request reached another version"
+        );
     }
 }
 
@@ -17,16 +21,27 @@ fn assert_all_requests_reach(site: &Site, version: &str) {
 fn three_deployments_alternate_ports_and_keep_the_old_version_for_rollback() {
     let site = Site::new();
     let [a, b] = site.ports;
-    assert!(site.include_text().is_none(), "first deployment starts with no include");
+    assert!(
+        site.include_text().is_none(),
+        "first deployment starts with no include"
+    );
 
     site.deploy_ok("d-1");
-    assert_eq!(site.included_port(), Some(a), "first deployment goes to the first slot");
+    assert_eq!(
+        site.included_port(),
+        Some(a),
+        "first deployment goes to the first slot"
+    );
     assert_all_requests_reach(&site, "d-1");
 
     site.deploy_ok("d-2");
     assert_eq!(site.included_port(), Some(b));
     assert_all_requests_reach(&site, "d-2");
-    assert_eq!(site.version_on(a).as_deref(), Some("d-1"), "the old version stays up for rollback");
+    assert_eq!(
+        site.version_on(a).as_deref(),
+        Some("d-1"),
+        "the old version stays up for rollback"
+    );
 
     site.deploy_ok("d-3");
     assert_eq!(site.included_port(), Some(a));
@@ -68,13 +83,25 @@ fn an_app_that_dies_is_reported_by_start_or_health_with_its_log() {
     site.set(|s| s.app_args.push("--fail-start".into()));
     let outcomes = site.deploy("d-2");
     let last = outcomes.into_iter().last().unwrap();
-    assert_eq!(last.hook, "start", "an immediate exit is caught by start itself");
+    assert_eq!(
+        last.hook, "start",
+        "an immediate exit is caught by start itself"
+    );
     let last = last.fails(1, "exited at once");
-    assert!(last.stderr.contains("app log:"), "the app log tail is shown: {}", last.stderr);
+    assert!(
+        last.stderr.contains("app log:"),
+        "the app log tail is shown: {}",
+        last.stderr
+    );
     assert_all_requests_reach(&site, "d-1");
 
     site.set(|s| {
-        s.app_args = vec!["--exit-after-ms".into(), "400".into(), "--start-delay-ms".into(), "5000".into()];
+        s.app_args = vec![
+            "--exit-after-ms".into(),
+            "400".into(),
+            "--start-delay-ms".into(),
+            "5000".into(),
+        ];
         s.health_timeout = "30s";
     });
     let started = std::time::Instant::now();
@@ -82,7 +109,10 @@ fn an_app_that_dies_is_reported_by_start_or_health_with_its_log() {
     let last = outcomes.into_iter().last().unwrap();
     assert_eq!(last.hook, "health");
     last.fails(1, "has exited");
-    assert!(started.elapsed() < Duration::from_secs(10), "a crash is reported without waiting for the timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a crash is reported without waiting for the timeout"
+    );
     assert_all_requests_reach(&site, "d-1");
 }
 
@@ -95,8 +125,13 @@ fn config_test_failure_restores_the_include() {
     site.hook("start", &[], Some("d-2")).ok();
     site.hook("health", &[], Some("d-2")).ok();
     site.set(|s| s.test_command = Some(vec!["false".into()]));
-    site.hook("switch", &[], Some("d-2")).fails(1, "config test");
-    assert_eq!(site.include_text().unwrap(), before, "include restored byte for byte");
+    site.hook("switch", &[], Some("d-2"))
+        .fails(1, "config test");
+    assert_eq!(
+        site.include_text().unwrap(),
+        before,
+        "include restored byte for byte"
+    );
     assert_all_requests_reach(&site, "d-1");
 }
 
@@ -109,11 +144,22 @@ fn stop_is_idempotent_and_never_touches_the_live_slot() {
     site.deploy_ok("d-1");
     site.deploy_ok("d-2");
     let out = site.hook("stop", &[], None).ok();
-    assert!(out.last_line().contains(&format!("port {a}")), "stop targets the idle slot: {}", out.last_line());
-    wait(Duration::from_secs(2), "idle port freed", || site.version_on(a).is_none());
+    assert!(
+        out.last_line().contains(&format!("port {a}")),
+        "stop targets the idle slot: {}",
+        out.last_line()
+    );
+    wait(Duration::from_secs(2), "idle port freed", || {
+        site.version_on(a).is_none()
+    });
     let again = site.hook("stop", &[], None).ok();
-    assert!(again.last_line().contains("nothing runs"), "{}", again.last_line());
-    site.hook("stop", &["--port", &b.to_string()], None).fails(4, "is live");
+    assert!(
+        again.last_line().contains("nothing runs"),
+        "{}",
+        again.last_line()
+    );
+    site.hook("stop", &["--port", &b.to_string()], None)
+        .fails(4, "is live");
     assert_all_requests_reach(&site, "d-2");
 }
 
@@ -132,8 +178,14 @@ fn start_replaces_a_leftover_app_and_refuses_a_foreign_process() {
     site.hook("stop", &[], None).ok();
 
     let foreign = std::net::TcpListener::bind(("127.0.0.1", a)).unwrap();
-    let out = site.hook("start", &[], Some("d-3")).fails(4, "not the configured app");
-    assert!(out.last_line().contains(&std::process::id().to_string()), "names the pid: {}", out.last_line());
+    let out = site
+        .hook("start", &[], Some("d-3"))
+        .fails(4, "not the configured app");
+    assert!(
+        out.last_line().contains(&std::process::id().to_string()),
+        "names the pid: {}",
+        out.last_line()
+    );
     drop(foreign);
     site.hook("start", &[], Some("d-3")).ok();
 }
@@ -154,8 +206,14 @@ fn rollback_returns_to_the_previous_port_after_probing_it() {
     assert_all_requests_reach(&site, "d-2");
 
     site.hook("stop", &[], None).ok();
-    let refused = site.hook("switch", &["--rollback"], None).fails(1, "not healthy");
-    assert!(refused.last_line().contains("nginx unchanged"), "{}", refused.last_line());
+    let refused = site
+        .hook("switch", &["--rollback"], None)
+        .fails(1, "not healthy");
+    assert!(
+        refused.last_line().contains("nginx unchanged"),
+        "{}",
+        refused.last_line()
+    );
     assert_all_requests_reach(&site, "d-2");
 }
 
@@ -165,7 +223,11 @@ fn switch_is_idempotent_within_one_deployment() {
     site.deploy_ok("d-1");
     site.deploy_ok("d-2");
     let again = site.hook("switch", &[], Some("d-2")).ok();
-    assert!(again.last_line().contains("nothing to do"), "{}", again.last_line());
+    assert!(
+        again.last_line().contains("nothing to do"),
+        "{}",
+        again.last_line()
+    );
     assert_all_requests_reach(&site, "d-2");
 }
 
@@ -174,7 +236,12 @@ fn status_shows_live_port_and_slots() {
     let site = Site::new();
     site.deploy_ok("d-1");
     let out = site.hook("switch", &["--status"], None).ok();
-    assert!(out.stdout.contains(&format!("live port: {}", site.ports[0])), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains(&format!("live port: {}", site.ports[0])),
+        "{}",
+        out.stdout
+    );
     assert!(out.stdout.contains("deployment d-1"), "{}", out.stdout);
     assert!(out.stdout.contains("not running"), "{}", out.stdout);
 }
@@ -184,11 +251,19 @@ fn a_second_hook_waits_for_the_lock_then_fails_cleanly() {
     let mut site = Site::new();
     site.set(|s| s.lock_wait = "300ms");
     std::fs::create_dir_all(site.state()).unwrap();
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(site.state().join("lock")).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(site.state().join("lock"))
+        .unwrap();
     let held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
     let out = site.hook("start", &[], Some("d-1")).fails(3, "holds");
     assert!(out.last_line().contains("lock"), "{}", out.last_line());
-    assert!(site.recorded_pid(site.ports[0]).is_none(), "nothing started while locked out");
+    assert!(
+        site.recorded_pid(site.ports[0]).is_none(),
+        "nothing started while locked out"
+    );
     drop(held);
     site.hook("start", &[], Some("d-1")).ok();
 }

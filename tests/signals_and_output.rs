@@ -48,11 +48,19 @@ fn sigterm_stops_a_waiting_hook_at_once_with_a_verdict() {
     let status = child.wait().unwrap();
     let took = sent.elapsed();
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert_eq!(status.code(), Some(143), "{stderr}");
     assert!(took < Duration::from_secs(2), "took {took:?}");
     let last = stderr.lines().last().unwrap();
-    assert!(last.starts_with("portswap health: FAILED") && last.contains("SIGTERM"), "{last}");
+    assert!(
+        last.starts_with("portswap health: FAILED") && last.contains("SIGTERM"),
+        "{last}"
+    );
 }
 
 #[test]
@@ -73,5 +81,9 @@ fn closed_stdout_and_stderr_do_not_make_a_hook_panic() {
     drop(child.stdout.take());
     drop(child.stderr.take());
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(1), "an unhealthy app is exit 1, not a panic (101) or a signal");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "an unhealthy app is exit 1, not a panic (101) or a signal"
+    );
 }

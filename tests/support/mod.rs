@@ -300,3 +300,300 @@ impl Drop for Site {
 pub fn wait(limit: Duration, what: &str, f: impl FnMut() -> bool) {
     net::wait_until(limit, what, f).unwrap_or_else(|e| panic!("{e}"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fault-suite helpers (tests/faults*.rs, tests/security.rs).
+// ---------------------------------------------------------------------------------------------
+
+/// Requests through nginx in a background thread, one connection each, until [`Traffic::finish`].
+pub struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Traffic {
+    /// Stops the requests; returns what each answered: the `X-App-Version`, or `error: ...`.
+    pub fn finish(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle.join().expect("traffic thread")
+    }
+
+    /// Stops the requests and panics unless every one of them (at least one) reached `version`.
+    pub fn assert_all(self, version: &str) {
+        let seen = self.finish();
+        assert!(!seen.is_empty(), "no request was made");
+        let wrong: Vec<&String> = seen.iter().filter(|v| *v != version).collect();
+        assert!(
+            wrong.is_empty(),
+            "{} of {} requests through nginx did not reach {version}: {:?}",
+            wrong.len(),
+            seen.len(),
+            &wrong[..wrong.len().min(5)]
+        );
+    }
+}
+
+impl Site {
+    /// Starts requests through nginx (the live version is expected to answer each one).
+    pub fn traffic(&self) -> Traffic {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let port = self.nginx.port();
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            // At least one request, even if finish() comes at once.
+            loop {
+                let answer = match net::http_get(port, "/") {
+                    Ok(r) if r.status == 200 => r
+                        .header("X-App-Version")
+                        .unwrap_or("no version header")
+                        .to_string(),
+                    Ok(r) => format!("error: status {}", r.status),
+                    Err(e) => format!("error: {e}"),
+                };
+                seen.push(answer);
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    return seen;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Traffic { stop, handle }
+    }
+
+    /// Like [`Site::hook`], with `adjust` applied to the command before it runs.
+    pub fn hook_with(
+        &self,
+        name: &str,
+        args: &[&str],
+        deployment: Option<&str>,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Outcome {
+        let mut command = Command::new(bins::bin(name));
+        command
+            .args(args)
+            .current_dir("/")
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("PORTSWAP_CONFIG", self.config_path())
+            .stdin(Stdio::null());
+        if let Some(id) = deployment {
+            command.env("DEPLOYMENT_ID", id);
+        }
+        adjust(&mut command);
+        let output = command.output().expect("run hook");
+        Outcome {
+            hook: name.to_string(),
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Edits portswap.yml as YAML (keys the [`Settings`] do not cover). [`Site::set`] rewrites
+    /// the file from the settings and drops such edits.
+    pub fn edit_config(&self, change: impl FnOnce(&mut serde_yaml::Mapping)) {
+        let text = fs::read_to_string(self.config_path()).unwrap();
+        let mut value: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        change(value.as_mapping_mut().expect("portswap.yml is a mapping"));
+        fs::write(self.config_path(), serde_yaml::to_string(&value).unwrap()).unwrap();
+    }
+
+    /// Sets `section.key` in portswap.yml to `value` (YAML text).
+    pub fn set_key(&self, section: &str, key: &str, value: &str) {
+        let value: serde_yaml::Value = serde_yaml::from_str(value).unwrap();
+        self.edit_config(|map| {
+            let entry = map
+                .entry(section.into())
+                .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+            entry
+                .as_mapping_mut()
+                .expect("a section")
+                .insert(key.into(), value);
+        });
+    }
+
+    /// portswap temp files (`.NAME.portswap-PID.tmp`) left in the include's and the state
+    /// directory.
+    pub fn temp_files(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for dir in [self.root().to_path_buf(), self.state()] {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') && name.contains(".portswap-") && name.ends_with(".tmp") {
+                    found.push(entry.path());
+                }
+            }
+        }
+        found
+    }
+
+    /// Panics unless nothing is half-written: the include is absent or exactly the render for
+    /// one slot, every state record parses, and no temp file is left.
+    pub fn assert_nothing_half_written(&self) {
+        if let Some(text) = self.include_text() {
+            let valid: Vec<String> = self
+                .ports
+                .iter()
+                .map(|p| format!("set $service_url http://127.0.0.1:{p};\n"))
+                .collect();
+            assert!(
+                valid.contains(&text),
+                "include is not a complete render: {text:?}"
+            );
+        }
+        let mut records: Vec<PathBuf> = self
+            .ports
+            .iter()
+            .map(|p| self.state().join(format!("slot-{p}.yml")))
+            .collect();
+        records.push(self.state().join("switch.yml"));
+        for path in records {
+            if let Ok(text) = fs::read_to_string(&path) {
+                let parsed: Result<serde_yaml::Mapping, _> = serde_yaml::from_str(&text);
+                assert!(
+                    parsed.is_ok_and(|m| !m.is_empty()),
+                    "{} is not a complete record: {text:?}",
+                    path.display()
+                );
+            }
+        }
+        assert_eq!(
+            self.temp_files(),
+            Vec::<PathBuf>::new(),
+            "temp files left behind"
+        );
+    }
+
+    /// Runs the hooks of a deployment up to and including `last` (`"start"`, `"health"`, ...),
+    /// each expected to succeed.
+    pub fn run_until(&self, id: &str, last: &str) {
+        for hook in ["stop", "start", "health", "switch"] {
+            self.hook(hook, &[], Some(id)).ok();
+            if hook == last {
+                return;
+            }
+        }
+    }
+}
+
+/// A throwaway system user (`portswap-test-<random>`), deleted on drop.
+pub struct TestUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+static USERADD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl TestUser {
+    /// Creates the user, or prints a SKIPPED line naming `row` and returns `None` when that is
+    /// impossible (not root, no useradd).
+    pub fn create(row: &str) -> Option<TestUser> {
+        let _serial = USERADD.lock().unwrap_or_else(|e| e.into_inner());
+        if !nix::unistd::geteuid().is_root() {
+            println!("SKIPPED {row}: needs root to create a throwaway user");
+            return None;
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!(
+            "portswap-test-{:x}",
+            (nanos ^ std::process::id().wrapping_mul(2_654_435_761)) & 0xff_ffff
+        );
+        let mut last = String::new();
+        for _ in 0..20 {
+            match Command::new("useradd")
+                .args([
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    &name,
+                ])
+                .output()
+            {
+                Ok(out) if out.status.success() => {
+                    let user = nix::unistd::User::from_name(&name).ok().flatten()?;
+                    return Some(TestUser {
+                        name,
+                        uid: user.uid.as_raw(),
+                        gid: user.gid.as_raw(),
+                    });
+                }
+                // Another useradd (another test process) holds /etc/passwd: try again.
+                Ok(out) => last = String::from_utf8_lossy(&out.stderr).into_owned(),
+                Err(e) => {
+                    last = e.to_string();
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        println!("SKIPPED {row}: cannot create a throwaway user: {last}");
+        None
+    }
+
+    /// Makes `command` run as this user.
+    pub fn apply(&self, command: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        command.uid(self.uid).gid(self.gid);
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _serial = USERADD.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..20 {
+            match Command::new("userdel").arg(&self.name).output() {
+                Ok(out) if out.status.success() => return,
+                Ok(out) if String::from_utf8_lossy(&out.stderr).contains("does not exist") => {
+                    return
+                }
+                Err(_) => return,
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+}
+
+/// Changes the owner of `path` and everything below it.
+pub fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    let _ = std::os::unix::fs::lchown(path, Some(uid), Some(gid));
+    if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+        for entry in fs::read_dir(path).unwrap().flatten() {
+            chown_tree(&entry.path(), uid, gid);
+        }
+    }
+}
+
+/// A small deterministic pseudo-random sequence (xorshift), seeded from the clock.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn from_clock() -> Rng {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Rng(nanos | 1)
+    }
+    pub fn seed(&self) -> u64 {
+        self.0
+    }
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}

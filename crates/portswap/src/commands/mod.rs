@@ -8,7 +8,7 @@ pub mod switch;
 
 use crate::cli::Args;
 use crate::config::{self, Config, Slot};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::state::{self, LockGuard, StateDir};
 use crate::switcher::nginx::NginxSwitcher;
 use crate::switcher::Switcher;
@@ -57,14 +57,39 @@ impl Context {
 
     /// The live slot (if any) and the idle one, as every hook sees them.
     pub fn sides(&self) -> Result<(Option<&Slot>, &Slot)> {
-        let live = self
-            .switcher
-            .live_port()?
-            .and_then(|port| self.config.slot(port));
+        let live_port = self.switcher.live_port()?;
+        if live_port.is_none() {
+            self.refuse_lost_include()?;
+        }
+        let live = live_port.and_then(|port| self.config.slot(port));
         let idle = match live {
             Some(slot) => self.config.other_slot(slot.port),
             None => &self.config.slots[0],
         };
         Ok((live, idle))
+    }
+
+    /// No include, yet a switch was recorded: the include was lost (deleted, or the path
+    /// changed), and nginx may still send traffic to the recorded port, which "nothing live"
+    /// would take for the idle first slot and stop. Refused until the operator decides.
+    fn refuse_lost_include(&self) -> Result<()> {
+        let Some(record) = self.state.switch_record() else {
+            return Ok(());
+        };
+        if self.config.slot(record.live).is_none() {
+            return Ok(());
+        }
+        let include = &self.config.nginx.include;
+        Err(Error::State(format!(
+            "include {} is missing, but {} records port {} as live (deployment {}); nginx may \
+             still send traffic there; fix: restore the include (`{}`), or delete {} if nothing \
+             is live",
+            include.display(),
+            self.state.path().join("switch.yml").display(),
+            record.live,
+            record.deployment_id,
+            self.config.nginx.template.render(record.live).trim_end(),
+            self.state.path().join("switch.yml").display(),
+        )))
     }
 }

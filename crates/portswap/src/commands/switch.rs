@@ -58,6 +58,20 @@ pub fn run(args: &Args) -> Result<String> {
             ));
         }
     }
+    if !rollback && !args.has("--force") && std::env::var_os("DEPLOYMENT_ID").is_some() {
+        // Two deployments interleaved: the idle slot may now run the other one's app.
+        if let Some(other) = ctx
+            .state
+            .app_record(target)
+            .filter(|r| r.deployment_id != ctx.deployment_id)
+        {
+            return Err(Error::Failed(format!(
+                "refusing to switch: port {target} runs deployment {}, not {} (another \
+                 deployment started there since); nginx unchanged",
+                other.deployment_id, ctx.deployment_id
+            )));
+        }
+    }
     if args.has("--force") {
         log::warn!("--force: not checking the health of port {target}");
     } else {

@@ -98,10 +98,15 @@ impl NginxSwitcher {
             return Ok(());
         }
         let stderr = String::from_utf8_lossy(&output.stderr);
+        // nginx -t prints the reason (`[emerg] ...`) first and `... test failed` last.
         let detail = stderr
             .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
+            .find(|l| {
+                ["[emerg]", "[alert]", "[crit]", "[error]"]
+                    .iter()
+                    .any(|t| l.contains(t))
+            })
+            .or_else(|| stderr.lines().rev().find(|l| !l.trim().is_empty()))
             .unwrap_or("no output")
             .trim()
             .to_string();

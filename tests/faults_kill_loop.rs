@@ -1,0 +1,118 @@
+//! `switch` killed with SIGKILL at a random moment, at least 500 times against one sandbox:
+//! afterwards the include is always one of the two complete renders, `nginx -t` passes, at
+//! most one temp file (a killed writer's) is left and the next write removes it, and a
+//! switch run to completion leaves nginx consistent with the include.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portswap_testkit::bins;
+use support::{Rng, Site};
+
+const ITERATIONS: usize = 500;
+
+#[test]
+fn switch_killed_at_random_moments_never_leaves_a_broken_include() {
+    let site = Site::new();
+    let [a, b] = site.ports;
+    site.deploy_ok("d-1");
+    site.run_until("d-2", "health");
+    let renders = [a, b].map(|p| format!("set $service_url http://127.0.0.1:{p};\n"));
+    let test_command = site.nginx.test_command();
+    let switch = bins::bin("switch");
+    let mut rng = Rng::from_clock();
+    let seed = rng.seed();
+    let started = Instant::now();
+    let (mut killed, mut completed) = (0, 0);
+    let mut killed_pids = std::collections::HashSet::new();
+    let mut previous = site.include_text().unwrap();
+    let mut flips = 0;
+    for i in 0..ITERATIONS {
+        let mut child = Command::new(&switch)
+            .current_dir("/")
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("PORTSWAP_CONFIG", site.config_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // The fault itself: a kill after a random delay (not a synchronisation).
+        // Mostly within the first 20 ms (load, probe, write, config test, SIGHUP); every tenth
+        // run up to 200 ms, into the wait for the old workers and past the end.
+        let limit = if i % 10 == 9 { 200_000 } else { 20_000 };
+        std::thread::sleep(Duration::from_micros(rng.below(limit)));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if status.code().is_some() {
+            assert_eq!(
+                status.code(),
+                Some(0),
+                "iteration {i} (seed {seed}): switch failed on its own"
+            );
+            completed += 1;
+        } else {
+            killed += 1;
+            killed_pids.insert(pid);
+        }
+        let include = site.include_text().unwrap_or_default();
+        assert!(
+            renders.contains(&include),
+            "iteration {i} (seed {seed}): include is {include:?}"
+        );
+        if include != previous {
+            flips += 1;
+            previous = include;
+        }
+        let test = Command::new(&test_command[0])
+            .args(&test_command[1..])
+            .output()
+            .unwrap();
+        assert!(
+            test.status.success(),
+            "iteration {i} (seed {seed}): nginx -t: {}",
+            String::from_utf8_lossy(&test.stderr)
+        );
+        let temps = site.temp_files();
+        assert!(
+            temps.len() <= 1,
+            "iteration {i} (seed {seed}): temp files {temps:?}"
+        );
+        // A killed writer's temp file stays until the next run that reaches the write step.
+        for temp in temps {
+            let name = temp.file_name().unwrap().to_string_lossy().into_owned();
+            let writer: u32 = name
+                .trim_end_matches(".tmp")
+                .rsplit('-')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(
+                killed_pids.contains(&writer),
+                "iteration {i} (seed {seed}): {name} is not a killed writer's"
+            );
+        }
+    }
+    let took = started.elapsed();
+    println!("{ITERATIONS} switches: {killed} killed, {completed} completed, include changed {flips} times, {took:?} (seed {seed})");
+    assert!(flips > 0, "no run got as far as writing the include");
+    assert!(
+        killed >= ITERATIONS / 2,
+        "most runs must be killed mid-way: {killed} of {ITERATIONS}"
+    );
+
+    // One switch run to completion: no temp file, and nginx agrees with the include.
+    site.hook("switch", &[], None).ok();
+    assert_eq!(site.temp_files(), Vec::<std::path::PathBuf>::new());
+    let live = site.included_port().unwrap();
+    let version = if live == a { "d-1" } else { "d-2" };
+    for _ in 0..20 {
+        assert_eq!(site.live_version().as_deref(), Some(version));
+    }
+    site.hook("switch", &["--status"], None).ok();
+}

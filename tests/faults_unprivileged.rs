@@ -1,0 +1,119 @@
+//! Fault rows that need a user without root's rights: the include directory not writable,
+//! no permission to reload nginx, a state directory the hook cannot write. The hooks run as a
+//! throwaway system user created for the test (and deleted after); SKIPPED when impossible.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use support::{chown_tree, Site, TestUser};
+
+/// A site with `d-1` live and `d-2` started and healthy, readable by other users.
+fn site_ready_to_switch() -> Site {
+    let site = Site::new();
+    fs::set_permissions(site.root(), fs::Permissions::from_mode(0o755)).unwrap();
+    site.deploy_ok("d-1");
+    site.run_until("d-2", "health");
+    site
+}
+
+#[test]
+fn include_directory_not_writable() {
+    let Some(user) = TestUser::create("include directory not writable") else {
+        return;
+    };
+    let site = site_ready_to_switch();
+    chown_tree(&site.state(), user.uid, user.gid);
+    let before = site.include_text();
+    let traffic = site.traffic();
+    let out = site
+        .hook_with("switch", &[], Some("d-2"), |c| user.apply(c))
+        .fails(1, "Permission denied");
+    traffic.assert_all("d-1");
+    assert!(
+        out.last_line().contains(&site.root().display().to_string()),
+        "names the file: {}",
+        out.last_line()
+    );
+    assert_eq!(site.include_text(), before);
+    site.assert_nothing_half_written();
+    site.hook("switch", &[], Some("d-2")).ok();
+    assert_eq!(site.live_version().as_deref(), Some("d-2"));
+}
+
+#[test]
+fn reload_without_permission_names_the_sudoers_fix() {
+    let Some(user) = TestUser::create("reload without permission") else {
+        return;
+    };
+    let site = site_ready_to_switch();
+    // The user may write the include and the state, but not signal root's nginx.
+    chown_tree(&site.state(), user.uid, user.gid);
+    std::os::unix::fs::chown(site.root(), Some(user.uid), Some(user.gid)).unwrap();
+    // nginx -t as that user cannot open root's error log; this row is about the reload.
+    site.set_key("nginx", "test_command", "[\"true\"]");
+    let before = site.include_text();
+    let traffic = site.traffic();
+    let out = site
+        .hook_with("switch", &[], Some("d-2"), |c| user.apply(c))
+        .fails(1, "sudoers");
+    traffic.assert_all("d-1");
+    assert!(
+        out.last_line().contains("cannot signal the nginx master"),
+        "{}",
+        out.last_line()
+    );
+    assert!(out.stderr.contains("restored"), "{}", out.stderr);
+    assert_eq!(site.include_text(), before, "include restored");
+    site.assert_nothing_half_written();
+
+    // The same through a reload command the user may not run (sudo without a rule).
+    if std::path::Path::new("/usr/bin/sudo").exists() {
+        site.set_key(
+            "nginx",
+            "reload_command",
+            "[\"sudo\", \"-n\", \"/usr/sbin/nginx\", \"-s\", \"reload\"]",
+        );
+        let out = site
+            .hook_with("switch", &[], Some("d-2"), |c| user.apply(c))
+            .fails(1, "sudoers");
+        assert!(
+            out.last_line().contains("nginx reload"),
+            "{}",
+            out.last_line()
+        );
+        assert_eq!(site.include_text(), before);
+    } else {
+        println!("SKIPPED reload_command through sudo: sudo is not installed");
+    }
+    std::os::unix::fs::chown(site.root(), Some(0), Some(0)).unwrap();
+    site.write_config();
+    site.hook("switch", &[], Some("d-2")).ok();
+    assert_eq!(site.live_version().as_deref(), Some("d-2"));
+}
+
+#[test]
+fn state_directory_not_writable() {
+    let Some(user) = TestUser::create("state directory not writable") else {
+        return;
+    };
+    let site = site_ready_to_switch();
+    let before = site.include_text();
+    let traffic = site.traffic();
+    for hook in ["stop", "start", "health", "switch"] {
+        let out = site
+            .hook_with(hook, &[], Some("d-3"), |c| user.apply(c))
+            .fails(1, "Permission denied");
+        assert!(
+            out.last_line().contains("lock"),
+            "{hook}: {}",
+            out.last_line()
+        );
+    }
+    traffic.assert_all("d-1");
+    assert_eq!(site.include_text(), before);
+    site.assert_nothing_half_written();
+    site.deploy_ok("d-3");
+    assert_eq!(site.live_version().as_deref(), Some("d-3"));
+}
