@@ -141,11 +141,13 @@ impl NginxSwitcher {
 
     fn switch_steps(&self, port: u16, previous: &Option<Vec<u8>>) -> Result<String> {
         let master = self.master()?;
+        let written = Instant::now();
         fsio::write_atomic(
             self.include(),
             self.nginx.template.render(port).as_bytes(),
             0o644,
         )?;
+        log::debug!("include written in {}", show(written.elapsed()));
         let tested = Instant::now();
         if let Err(e) = self.run("nginx config test", &self.nginx.test_command) {
             self.restore(previous);
@@ -158,6 +160,10 @@ impl NginxSwitcher {
             self.restore(previous);
             return Err(e);
         }
+        log::debug!(
+            "config test {}, reload sent to master {master}",
+            show(test_time)
+        );
         let mut now = Workers::default();
         let done = wait_for(self.nginx.reload_timeout, || {
             now = Workers::of(master);

@@ -1,0 +1,180 @@
+//! The bench's host: a sandboxed nginx, two slot ports, the fixture app as the artifact, a
+//! portswap.yml, and the real hook binaries run the way the agent runs them.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portswap_testkit::{bins, net, NginxSandbox};
+
+/// One hook run.
+#[derive(Debug, Clone)]
+pub struct HookRun {
+    /// `stop`, `start`, `health`, `switch`.
+    pub hook: &'static str,
+    /// When it started, since the bench's origin.
+    pub started: Duration,
+    /// How long it ran.
+    pub took: Duration,
+    /// Exit code 0.
+    pub ok: bool,
+    /// Its verdict line.
+    pub verdict: String,
+}
+
+/// A temporary host for one bench phase.
+pub struct Site {
+    dir: tempfile::TempDir,
+    /// The sandboxed nginx.
+    pub nginx: NginxSandbox,
+    /// The two slot ports.
+    pub ports: [u16; 2],
+}
+
+fn yaml_list(items: &[String]) -> String {
+    format!(
+        "[{}]",
+        items
+            .iter()
+            .map(|i| format!("{i:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+impl Site {
+    /// A new host with its own nginx and free ports.
+    pub fn new() -> Site {
+        bins::ensure_built();
+        let dir = tempfile::tempdir().expect("temp dir");
+        fs::create_dir_all(dir.path().join("revision")).expect("revision dir");
+        fs::copy(
+            bins::bin("fixture-app"),
+            dir.path().join("revision/fixture-app"),
+        )
+        .expect("copy fixture-app");
+        let nginx = NginxSandbox::start(
+            &dir.path().join("nginx"),
+            &dir.path().join("service-url.inc"),
+        );
+        let ports = [net::free_port(), net::free_port()];
+        Site { dir, nginx, ports }
+    }
+
+    /// The include file nginx reads.
+    pub fn include(&self) -> PathBuf {
+        self.dir.path().join("service-url.inc")
+    }
+
+    /// The fixture-app copy used as the artifact.
+    pub fn fixture(&self) -> PathBuf {
+        self.dir.path().join("revision/fixture-app")
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("portswap.yml")
+    }
+
+    /// Writes portswap.yml: the fixture app, ready after `ready_ms`, with `extra` arguments.
+    pub fn configure(&self, ready_ms: u64, extra: &[&str]) {
+        let mut command: Vec<String> = [
+            "{artifact}",
+            "--port",
+            "{port}",
+            "--profile",
+            "{profile}",
+            "--version",
+            "{deployment_id}",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        command.extend(["--start-delay-ms".to_string(), ready_ms.to_string()]);
+        command.extend(extra.iter().map(|s| s.to_string()));
+        let text = format!(
+            "slots:\n  - {{ port: {}, profile: real1 }}\n  - {{ port: {}, profile: real2 }}\n\
+             app:\n  artifacts: [\"revision/fixture-app\"]\n  command: {}\n\
+             health:\n  path: /health\n  timeout: 30s\n\
+             nginx:\n  include: service-url.inc\n  test_command: {}\n  pid_file: {}\n\
+             stop:\n  grace: 5s\nstate:\n  dir: state\n  lock_wait: 5s\n",
+            self.ports[0],
+            self.ports[1],
+            yaml_list(&command),
+            yaml_list(&self.nginx.test_command()),
+            self.nginx.pid_file().display(),
+        );
+        fs::write(self.config(), text).expect("write portswap.yml");
+    }
+
+    /// Runs one hook as the agent does (cwd `/`, near-empty environment).
+    pub fn hook(
+        &self,
+        hook: &'static str,
+        args: &[&str],
+        deployment: &str,
+        origin: Instant,
+    ) -> HookRun {
+        let started = origin.elapsed();
+        let clock = Instant::now();
+        let output = Command::new(bins::bin(hook))
+            .args(args)
+            .current_dir("/")
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("PORTSWAP_CONFIG", self.config())
+            .env("DEPLOYMENT_ID", deployment)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run hook");
+        let took = clock.elapsed();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let verdict = stderr.lines().last().unwrap_or("").to_string();
+        HookRun {
+            hook,
+            started,
+            took,
+            ok: output.status.success(),
+            verdict,
+        }
+    }
+
+    /// stop, start, health, switch in CodeDeploy order, stopping at the first failure.
+    pub fn deploy(&self, deployment: &str, origin: Instant) -> Vec<HookRun> {
+        let mut runs = Vec::new();
+        for hook in ["stop", "start", "health", "switch"] {
+            let run = self.hook(hook, &[], deployment, origin);
+            let failed = !run.ok;
+            runs.push(run);
+            if failed {
+                break;
+            }
+        }
+        runs
+    }
+
+    /// How many of `n` fresh requests through nginx were NOT answered by `version`.
+    pub fn stale_answers(&self, version: &str, n: usize) -> usize {
+        (0..n)
+            .filter(|_| {
+                let response = net::http_get(self.nginx.port(), "/");
+                !response.is_ok_and(|r| r.header("X-App-Version") == Some(version))
+            })
+            .count()
+    }
+
+    /// Stops both slots' apps with the real `stop --force`.
+    pub fn stop_all(&self, origin: Instant) {
+        for port in self.ports {
+            self.hook(
+                "stop",
+                &["--force", "--port", &port.to_string()],
+                "bench-cleanup",
+                origin,
+            );
+        }
+    }
+}
