@@ -322,9 +322,14 @@ fn configuration_is_found_by_env_var_beside_the_executable_or_reported_missing()
     let hooks = dir.path().join("hooks");
     fs::create_dir_all(&hooks).unwrap();
     fs::copy(bins::bin("stop"), hooks.join("stop")).unwrap();
+    let slots = format!(
+        "slots: [{{port: {}, profile: a}}, {{port: {}, profile: b}}]\n",
+        portswap_testkit::free_port(),
+        portswap_testkit::free_port()
+    );
     fs::write(
         hooks.join("portswap.yml"),
-        "app:\n  command: [x]\nstate:\n  dir: ../state\nnginx:\n  include: ../none.inc\n",
+        slots + "app:\n  command: [x]\nstate:\n  dir: ../state\nnginx:\n  include: ../none.inc\n",
     )
     .unwrap();
     let out = Command::new(hooks.join("stop"))

@@ -77,6 +77,9 @@ pub struct Nginx {
     pub pid_file: PathBuf,
     /// How long a reload may take to complete.
     pub reload_timeout: Duration,
+    /// Ask the old workers to quit as soon as the new ones accept, instead of letting nginx
+    /// keep them accepting for ~100 ms more.
+    pub quit_old_workers: bool,
 }
 
 /// The whole, checked configuration.
@@ -158,6 +161,7 @@ struct RawNginx {
     pid_file: Option<String>,
     #[serde(default, deserialize_with = "duration::deserialize_opt")]
     reload_timeout: Option<Duration>,
+    quit_old_workers: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -520,6 +524,7 @@ impl Checker<'_> {
             reload_command,
             pid_file,
             reload_timeout,
+            quit_old_workers: raw.quit_old_workers.unwrap_or(true),
         })
     }
 }

@@ -11,7 +11,8 @@ use crate::error::{Error, Result};
 
 /// Replaces `path` with `bytes` atomically: a new temp file in the same directory
 /// (created exclusively, so no symlink is followed), fsync, rename over, fsync the directory.
-/// The file gets `mode`; as root, an existing file's owner is kept.
+/// The file gets `mode`; as root, an existing file's owner is kept. Callers hold the state
+/// lock: leftover temp files of other writers are removed as stale.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let dir = path
         .parent()
@@ -58,19 +59,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     result
 }
 
-/// Removes temp files of earlier writers of `name` that were killed mid-write.
+/// Removes temp files that earlier writers of `name` left when killed mid-write. Every
+/// write happens under the state lock, so a temp file of another pid is never in use (the
+/// pid itself may already belong to an unrelated process).
 fn remove_stale_temps(dir: &Path, name: &str) {
     let prefix = format!(".{name}.portswap-");
+    let mine = format!("{prefix}{}.tmp", std::process::id());
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();
-        let pid = file
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.strip_suffix(".tmp"))
-            .and_then(|p| p.parse::<i32>().ok());
-        if pid.is_some_and(|pid| crate::procfs::ProcId::of(pid).is_none()) {
+        if file.starts_with(&prefix) && file.ends_with(".tmp") && file != mine {
             let _ = fs::remove_file(entry.path());
         }
     }
@@ -136,7 +136,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("portswap-fsio-{}", std::process::id()));
         ensure_dir(&dir, 0o755).unwrap();
         let target = dir.join("a.inc");
-        let stale = dir.join(".a.inc.portswap-999999999.tmp");
+        let stale = dir.join(format!(".a.inc.portswap-{}.tmp", std::process::id() + 1));
         fs::write(&stale, "half").unwrap();
         write_atomic(&target, b"one\n", 0o644).unwrap();
         assert!(!stale.exists(), "a dead writer's temp file is cleaned up");

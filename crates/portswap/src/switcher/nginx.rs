@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -13,7 +13,7 @@ use super::{Switched, Switcher};
 use crate::config::{Config, Nginx};
 use crate::duration::show;
 use crate::error::{Error, Result};
-use crate::process::{resolve_program, wait_for};
+use crate::process::resolve_program;
 use crate::{fsio, procfs};
 
 /// Switches by rewriting nginx's include file and reloading nginx.
@@ -164,11 +164,29 @@ impl NginxSwitcher {
             "config test {}, reload sent to master {master}",
             show(test_time)
         );
-        let mut now = Workers::default();
-        let done = wait_for(self.nginx.reload_timeout, || {
+        let mut now;
+        let mut retired = !self.nginx.quit_old_workers;
+        let deadline = reload_started + self.nginx.reload_timeout;
+        let done = loop {
             now = Workers::of(master);
-            now.reload_done(&before)
-        });
+            if now.reload_done(&before) {
+                break true;
+            }
+            if !retired && now.replacements_ready(&before) {
+                // nginx would keep the old workers accepting for another ~100 ms, sending
+                // part of the new requests to the old port: retire them now.
+                let signalled = now.retire(&before);
+                log::debug!(
+                    "new workers ready after {}; asked {signalled} old worker(s) to quit",
+                    show(reload_started.elapsed())
+                );
+                retired = true;
+            }
+            if Instant::now() >= deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
         if !done {
             self.restore(previous);
             let reason = if procfs::ProcId::of(master).is_none() {

@@ -1,5 +1,8 @@
 //! Watching an nginx master's workers to tell when a reload has taken effect.
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
 use crate::procfs;
 
 /// The master's children that are workers, split into serving and shutting down.
@@ -24,6 +27,26 @@ impl Workers {
             }
         }
         workers
+    }
+
+    /// True once the reload has started as many new workers as there were before: they set
+    /// their title only after their listening sockets are in their event loop, so they accept.
+    pub fn replacements_ready(&self, before: &Workers) -> bool {
+        let new = self
+            .serving
+            .iter()
+            .filter(|p| !before.serving.contains(p))
+            .count();
+        new >= before.serving.len().max(1)
+    }
+
+    /// Asks the workers of `before` that still serve to shut down gracefully (SIGQUIT: stop
+    /// accepting, finish in-flight requests), as the master itself does ~100 ms after a
+    /// reload. Returns how many were signalled; a permission error is left to the master.
+    pub fn retire(&self, before: &Workers) -> usize {
+        let old = self.serving.iter().filter(|p| before.serving.contains(p));
+        old.filter(|pid| kill(Pid::from_raw(**pid), Signal::SIGQUIT).is_ok())
+            .count()
     }
 
     /// True once a reload from `before` is complete: new workers serve and none of the
