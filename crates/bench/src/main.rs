@@ -22,16 +22,23 @@ use stats::{Marks, Spread};
 const HELP: &str = "bench: zero downtime under load, and portswap against the legacy scripts
 
 Usage: bench [--deployments N] [--rate R] [--connections C] [--ready-ms MS] [--gap-ms MS]
-             [--legacy N] [--no-legacy-crash] [--json PATH]
+             [--legacy [N]] [--no-legacy-crash] [--nginx DIRECTIVE]... [--hook-logs DIR]
+             [--json PATH]
 
   --deployments N     portswap deployments under load (default 20)
   --rate R            total requests per second over all clients (default 1200)
   --connections C     clients per behaviour (default 16)
   --ready-ms MS       fixture app readiness time after start (default 500)
   --gap-ms MS         pause between deployments (default 300)
-  --legacy N          legacy-script deployments under load (default 2; each costs >= 15 s; 0 skips)
+  --legacy [N]        legacy-script deployments under load (default 2, also for a bare
+                      --legacy; each costs >= 15 s; 0 skips)
   --no-legacy-crash   skip timing the legacy scripts on a crashing start (~100 s)
-  --json PATH         where to write the JSON report (default target/bench-report.json)";
+  --nginx DIRECTIVE   add an http-level directive to the sandbox nginx (repeatable), e.g.
+                      --nginx 'keepalive_timeout 0' to see its effect on keep-alive clients
+  --hook-logs DIR     run the hooks with RUST_LOG=debug and keep each hook's stderr in DIR
+  --json PATH         where to write the JSON report (default target/bench-report.json)
+
+Traffic goes to 127.0.0.1 only. Every client loop is bounded (1 h, 1,000,000 requests).";
 
 struct Options {
     deployments: usize,
@@ -41,6 +48,8 @@ struct Options {
     gap: Duration,
     legacy: usize,
     legacy_crash: bool,
+    nginx: Vec<String>,
+    hook_logs: Option<std::path::PathBuf>,
     json: String,
 }
 
@@ -53,9 +62,11 @@ fn options() -> Result<Options, String> {
         gap: Duration::from_millis(300),
         legacy: 2,
         legacy_crash: true,
+        nginx: Vec::new(),
+        hook_logs: None,
         json: "target/bench-report.json".into(),
     };
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
         let number = |v: String| {
@@ -72,8 +83,15 @@ fn options() -> Result<Options, String> {
             "--connections" => o.connections = number(value()?)?.clamp(1, 256) as u32,
             "--ready-ms" => o.ready_ms = number(value()?)?,
             "--gap-ms" => o.gap = Duration::from_millis(number(value()?)?),
-            "--legacy" => o.legacy = number(value()?)? as usize,
+            "--legacy" => {
+                // The count is optional: a bare `--legacy` keeps the default.
+                if let Some(n) = args.next_if(|v| v.parse::<u64>().is_ok()) {
+                    o.legacy = number(n)? as usize;
+                }
+            }
             "--no-legacy-crash" => o.legacy_crash = false,
+            "--nginx" => o.nginx.push(value()?),
+            "--hook-logs" => o.hook_logs = Some(value()?.into()),
             "--json" => o.json = value()?,
             other => return Err(format!("unknown argument `{other}`; see --help")),
         }
@@ -126,6 +144,7 @@ fn phase(
         .collect();
     let all: Vec<&Sample> = samples.iter().flat_map(|(_, s)| s.iter()).collect();
     let mut first = Vec::new();
+    let mut old_after = Vec::new();
     let mut stale = stale_checks;
     for (i, (mark, version)) in marks.iter().zip(versions).enumerate() {
         if let (Some(start), Some(end)) = (mark.switch_start, mark.switch_end) {
@@ -134,6 +153,9 @@ fn phase(
                 .find_map(|m| m.switch_start)
                 .unwrap_or(Duration::MAX);
             first.extend(stats::first_new_answer(&all, start, version));
+            old_after.push(
+                stats::last_old_answer(&all, start, until, version).unwrap_or(Duration::ZERO),
+            );
             stale += stats::stale_after(&all, end, until, version);
         }
     }
@@ -152,6 +174,7 @@ fn phase(
         wall: Spread::of(&walls),
         hooks: stats::hook_spreads(runs),
         first_new_answer: Spread::of(&first),
+        last_old_answer: Spread::of(&old_after),
         stale,
         behaviours: samples
             .iter()
@@ -164,7 +187,7 @@ fn portswap_phase(
     o: &Options,
     origin: Instant,
 ) -> (Phase, Vec<(&'static str, &'static str, Duration)>) {
-    let site = Site::new();
+    let site = Site::new("portswap", &o.nginx, o.hook_logs.clone());
     site.configure(o.ready_ms, &[]);
     let first = site.deploy("v0", origin);
     assert!(
@@ -221,7 +244,7 @@ fn legacy_phase(
     o: &Options,
     origin: Instant,
 ) -> (Option<Phase>, Vec<(&'static str, &'static str, Duration)>) {
-    let site = Site::new();
+    let site = Site::new("legacy", &o.nginx, o.hook_logs.clone());
     site.configure(o.ready_ms, &[]);
     let mut pids = Vec::new();
     let mut phase_out = None;
@@ -311,6 +334,7 @@ fn main() {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         rate: o.rate,
         connections: o.connections,
+        nginx: o.nginx.clone(),
         ready: Duration::from_millis(o.ready_ms),
         phases: std::iter::once(new).chain(old).collect(),
         crash_reports: crashes,

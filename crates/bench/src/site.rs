@@ -25,6 +25,8 @@ pub struct HookRun {
 
 /// A temporary host for one bench phase.
 pub struct Site {
+    name: &'static str,
+    hook_logs: Option<PathBuf>,
     dir: tempfile::TempDir,
     /// The sandboxed nginx.
     pub nginx: NginxSandbox,
@@ -44,8 +46,14 @@ fn yaml_list(items: &[String]) -> String {
 }
 
 impl Site {
-    /// A new host with its own nginx and free ports.
-    pub fn new() -> Site {
+    /// A new host with its own nginx (with the extra http-level `directives`) and free
+    /// ports; with `hook_logs`, hooks run with `RUST_LOG=debug` and their stderr is kept
+    /// there as `<name>-<deployment>-<hook>.log`.
+    pub fn new(name: &'static str, directives: &[String], hook_logs: Option<PathBuf>) -> Site {
+        let nginx_extra: String = directives
+            .iter()
+            .map(|d| format!("{};\n", d.trim().trim_end_matches(';')))
+            .collect();
         bins::ensure_built();
         let dir = tempfile::tempdir().expect("temp dir");
         fs::create_dir_all(dir.path().join("revision")).expect("revision dir");
@@ -54,12 +62,22 @@ impl Site {
             dir.path().join("revision/fixture-app"),
         )
         .expect("copy fixture-app");
-        let nginx = NginxSandbox::start(
+        let nginx = NginxSandbox::start_with(
             &dir.path().join("nginx"),
             &dir.path().join("service-url.inc"),
+            &nginx_extra,
         );
+        if let Some(logs) = &hook_logs {
+            fs::create_dir_all(logs).expect("create the hook log directory");
+        }
         let ports = [net::free_port(), net::free_port()];
-        Site { dir, nginx, ports }
+        Site {
+            name,
+            hook_logs,
+            dir,
+            nginx,
+            ports,
+        }
     }
 
     /// The include file nginx reads.
@@ -115,9 +133,8 @@ impl Site {
         deployment: &str,
         origin: Instant,
     ) -> HookRun {
-        let started = origin.elapsed();
-        let clock = Instant::now();
-        let output = Command::new(bins::bin(hook))
+        let mut command = Command::new(bins::bin(hook));
+        command
             .args(args)
             .current_dir("/")
             .env_clear()
@@ -127,11 +144,27 @@ impl Site {
             )
             .env("PORTSWAP_CONFIG", self.config())
             .env("DEPLOYMENT_ID", deployment)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run hook");
+            .stdin(Stdio::null());
+        if self.hook_logs.is_some() {
+            command.env("RUST_LOG", "debug");
+        }
+        let started = origin.elapsed();
+        let clock = Instant::now();
+        let output = command.output().expect("run hook");
         let took = clock.elapsed();
         let stderr = String::from_utf8_lossy(&output.stderr);
+        if let Some(logs) = &self.hook_logs {
+            let file = logs.join(format!("{}-{deployment}-{hook}.log", self.name));
+            let _ = fs::write(
+                file,
+                format!(
+                    "# started {:.3} s after the bench's origin, took {:.1} ms, {}\n{stderr}",
+                    started.as_secs_f64(),
+                    took.as_secs_f64() * 1000.0,
+                    output.status
+                ),
+            );
+        }
         let verdict = stderr.lines().last().unwrap_or("").to_string();
         HookRun {
             hook,

@@ -16,9 +16,10 @@ pub fn percentile(values: &[Duration], p: f64) -> Duration {
     sorted[rank - 1]
 }
 
-/// p50, p99 and max.
+/// min, p50, p99 and max.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Spread {
+    pub min: Duration,
     pub p50: Duration,
     pub p99: Duration,
     pub max: Duration,
@@ -27,6 +28,7 @@ pub struct Spread {
 impl Spread {
     pub fn of(values: &[Duration]) -> Spread {
         Spread {
+            min: values.iter().min().copied().unwrap_or_default(),
             p50: percentile(values, 0.5),
             p99: percentile(values, 0.99),
             max: percentile(values, 1.0),
@@ -48,6 +50,16 @@ pub struct BehaviourStats {
     pub around_switch: Spread,
     /// Failures per deployment (sent between its first hook and the next deployment).
     pub failures_per_deployment: Vec<usize>,
+    /// Failed requests whose first attempt went out on a reused connection.
+    pub failed_on_reused: usize,
+    /// Of those, the ones sent on a connection the server had already closed (FIN/RST
+    /// waiting in our socket before the write): a pool that checks idle connections avoids
+    /// them; the rest raced the close.
+    pub failed_closed_before_send: usize,
+    /// When failures were sent, measured from the latest switch start before them.
+    pub failure_offsets: Spread,
+    /// Failures sent before any switch of the phase, or more than 1 s after the latest one.
+    pub failures_away_from_switch: usize,
 }
 
 impl BehaviourStats {
@@ -109,7 +121,32 @@ pub fn behaviour_stats(
                 .count()
         })
         .collect();
+    let failed: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.outcome.failure().is_some())
+        .collect();
+    let switches: Vec<Duration> = marks.iter().filter_map(|m| m.switch_start).collect();
+    let offsets: Vec<Option<Duration>> = failed
+        .iter()
+        .map(|s| {
+            switches
+                .iter()
+                .filter(|t| **t <= s.sent)
+                .max()
+                .map(|t| s.sent - *t)
+        })
+        .collect();
+    let near_offsets: Vec<Duration> = offsets
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|d| *d <= Duration::from_secs(1))
+        .collect();
     BehaviourStats {
+        failed_on_reused: failed.iter().filter(|s| s.reused).count(),
+        failed_closed_before_send: failed.iter().filter(|s| s.closed_before_send).count(),
+        failures_away_from_switch: failed.len() - near_offsets.len(),
+        failure_offsets: Spread::of(&near_offsets),
         behaviour,
         requests: samples.len(),
         ok: samples
@@ -134,6 +171,21 @@ pub fn first_new_answer(
         .filter(|s| s.sent >= switch_start && s.outcome == Outcome::Ok(version.to_string()))
         .map(|s| s.done - switch_start)
         .min()
+}
+
+/// The latest send time, from `switch_start`, of a request sent after the switch started
+/// and answered by another version than `version` (the old one still serving).
+pub fn last_old_answer(
+    all: &[&Sample],
+    switch_start: Duration,
+    until: Duration,
+    version: &str,
+) -> Option<Duration> {
+    all.iter()
+        .filter(|s| s.sent >= switch_start && s.sent < until)
+        .filter(|s| matches!(&s.outcome, Outcome::Ok(v) if v != version))
+        .map(|s| s.sent - switch_start)
+        .max()
 }
 
 /// Requests sent after a switch ended (and before `until`, the next switch) that another

@@ -81,6 +81,12 @@ impl NginxSandbox {
     /// free port, and waits until the pid file exists and `/nginx-health` answers.
     /// Panics (with nginx's output and error log) when it does not come up.
     pub fn start(dir: &Path, include_file: &Path) -> NginxSandbox {
+        NginxSandbox::start_with(dir, include_file, "")
+    }
+
+    /// Like [`NginxSandbox::start`], with extra directives at `http` level (e.g.
+    /// `keepalive_timeout 0;`), for experiments with nginx settings.
+    pub fn start_with(dir: &Path, include_file: &Path, http_extra: &str) -> NginxSandbox {
         let nginx = nginx_binary();
         fs::create_dir_all(dir).expect("testkit: create sandbox directory");
         let dir = dir
@@ -102,7 +108,7 @@ impl NginxSandbox {
         let mut last_failure = String::new();
         for _attempt in 0..5 {
             let port = free_port();
-            fs::write(&conf, render_conf(&dir, &include_file, port))
+            fs::write(&conf, render_conf(&dir, &include_file, port, http_extra))
                 .expect("testkit: write nginx.conf");
             let _ = fs::remove_file(dir.join("nginx.pid"));
             let mut sandbox = NginxSandbox {
@@ -326,7 +332,7 @@ fn include_glob(include_file: &Path) -> PathBuf {
     include_file.with_file_name(format!("{stem}[{last}]"))
 }
 
-fn render_conf(dir: &Path, include_file: &Path, port: u16) -> String {
+fn render_conf(dir: &Path, include_file: &Path, port: u16, http_extra: &str) -> String {
     let user = if nix::unistd::geteuid().is_root() {
         "user root root;\n"
     } else {
@@ -352,6 +358,7 @@ http {{
     fastcgi_temp_path {fastcgi};
     uwsgi_temp_path {uwsgi};
     scgi_temp_path {scgi};
+    {http_extra}
 
     server {{
         listen 127.0.0.1:{port};
