@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use portswap_testkit::agent::{Agent, AppSpec, DeploymentReport};
+use portswap_testkit::hooks::{self, yaml_list};
 use portswap_testkit::{bins, net, NginxSandbox};
 
 /// The repository's appspec.yml.
@@ -87,16 +88,6 @@ impl Host {
             version,
         ];
         command.extend_from_slice(app_args);
-        let list = |items: &[&str]| {
-            format!(
-                "[{}]",
-                items
-                    .iter()
-                    .map(|i| format!("{i:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        };
         let test_command = self.nginx.test_command();
         let test_command: Vec<&str> = test_command.iter().map(String::as_str).collect();
         format!(
@@ -108,9 +99,9 @@ impl Host {
              state:\n  dir: {state}\n  lock_wait: 5s\n",
             p0 = self.ports[0],
             p1 = self.ports[1],
-            command = list(&command),
+            command = yaml_list(&command),
             include = self.nginx.include_file().display(),
-            test = list(&test_command),
+            test = yaml_list(&test_command),
             pid = self.nginx.pid_file().display(),
             state = self.state().display(),
         )
@@ -160,21 +151,12 @@ impl Host {
 
     /// The port the include file names.
     fn included_port(&self) -> Option<u16> {
-        let text = fs::read_to_string(self.nginx.include_file()).ok()?;
-        let digits: String = text
-            .rsplit(':')
-            .next()?
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse().ok()
+        hooks::included_port(self.nginx.include_file())
     }
 
     /// The pid `start` recorded for the app on `port`.
     fn recorded_pid(&self, port: u16) -> Option<i32> {
-        let text = fs::read_to_string(self.state().join(format!("slot-{port}.yml"))).ok()?;
-        let line = text.lines().find(|l| l.starts_with("pid:"))?;
-        line["pid:".len()..].trim().parse().ok()
+        hooks::recorded_pid(&self.state(), port)
     }
 }
 

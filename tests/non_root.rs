@@ -4,51 +4,8 @@
 mod support;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::process::Command;
 
-use support::{Settings, Site};
-
-/// A system user that exists for the life of the test.
-struct TestUser {
-    name: String,
-    uid: u32,
-}
-
-impl TestUser {
-    fn create() -> Option<TestUser> {
-        if !nix::unistd::geteuid().is_root() {
-            return None;
-        }
-        let name = format!("ps-app-{}", std::process::id());
-        let made = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                &name,
-            ])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !made {
-            return None;
-        }
-        let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
-        let uid = passwd
-            .lines()
-            .find(|l| l.starts_with(&format!("{name}:")))
-            .and_then(|l| l.split(':').nth(2))
-            .and_then(|u| u.parse().ok())
-            .expect("uid of the new user");
-        Some(TestUser { name, uid })
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).status();
-    }
-}
+use support::{Settings, Site, TestUser};
 
 fn status_field(pid: i32, field: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -61,8 +18,7 @@ fn status_field(pid: i32, field: &str) -> String {
 
 #[test]
 fn hooks_as_root_run_the_app_as_the_configured_user() {
-    let Some(user) = TestUser::create() else {
-        eprintln!("SKIPPED: cannot create a user here (needs root and useradd)");
+    let Some(user) = TestUser::create("hooks_as_root_run_the_app_as_the_configured_user") else {
         return;
     };
     let site = Site::with(Settings {

@@ -4,9 +4,10 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use portswap_testkit::hooks::{self, yaml_list};
 use portswap_testkit::{bins, net, nginx::NginxSandbox};
 
 /// What one hook run produced.
@@ -98,11 +99,6 @@ pub struct Site {
     pub nginx: NginxSandbox,
     pub ports: [u16; 2],
     pub settings: Settings,
-}
-
-fn yaml_list(items: &[String]) -> String {
-    let quoted: Vec<String> = items.iter().map(|i| format!("{i:?}")).collect();
-    format!("[{}]", quoted.join(", "))
 }
 
 impl Site {
@@ -198,27 +194,7 @@ impl Site {
     /// Runs a hook binary the way the agent does: cwd `/`, a near-empty environment, the
     /// config found through PORTSWAP_CONFIG.
     pub fn hook(&self, name: &str, args: &[&str], deployment: Option<&str>) -> Outcome {
-        let mut command = Command::new(bins::bin(name));
-        command
-            .args(args)
-            .current_dir("/")
-            .env_clear()
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
-            .env("PORTSWAP_CONFIG", self.config_path())
-            .stdin(Stdio::null());
-        if let Some(id) = deployment {
-            command.env("DEPLOYMENT_ID", id);
-        }
-        let output = command.output().expect("run hook");
-        Outcome {
-            hook: name.to_string(),
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        self.hook_with(name, args, deployment, |_| {})
     }
 
     /// Runs stop, start, health, switch in CodeDeploy order; stops at the first failure and
@@ -265,21 +241,12 @@ impl Site {
 
     /// The port the include names (or `None`).
     pub fn included_port(&self) -> Option<u16> {
-        let text = self.include_text()?;
-        let digits: String = text
-            .rsplit(':')
-            .next()?
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse().ok()
+        hooks::included_port(&self.include())
     }
 
     /// The recorded pid of the app on `port`.
     pub fn recorded_pid(&self, port: u16) -> Option<i32> {
-        let text = fs::read_to_string(self.state().join(format!("slot-{port}.yml"))).ok()?;
-        let line = text.lines().find(|l| l.starts_with("pid:"))?;
-        line["pid:".len()..].trim().parse().ok()
+        hooks::recorded_pid(&self.state(), port)
     }
 }
 
@@ -369,17 +336,8 @@ impl Site {
         deployment: Option<&str>,
         adjust: impl FnOnce(&mut Command),
     ) -> Outcome {
-        let mut command = Command::new(bins::bin(name));
-        command
-            .args(args)
-            .current_dir("/")
-            .env_clear()
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
-            .env("PORTSWAP_CONFIG", self.config_path())
-            .stdin(Stdio::null());
+        let mut command = hooks::command(name, &self.config_path());
+        command.args(args);
         if let Some(id) = deployment {
             command.env("DEPLOYMENT_ID", id);
         }

@@ -3,9 +3,9 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use portswap_testkit::hooks::{self, yaml_list};
 use portswap_testkit::{bins, net, NginxSandbox};
 
 /// One hook run.
@@ -32,17 +32,6 @@ pub struct Site {
     pub nginx: NginxSandbox,
     /// The two slot ports.
     pub ports: [u16; 2],
-}
-
-fn yaml_list(items: &[String]) -> String {
-    format!(
-        "[{}]",
-        items
-            .iter()
-            .map(|i| format!("{i:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
 }
 
 impl Site {
@@ -133,18 +122,8 @@ impl Site {
         deployment: &str,
         origin: Instant,
     ) -> HookRun {
-        let mut command = Command::new(bins::bin(hook));
-        command
-            .args(args)
-            .current_dir("/")
-            .env_clear()
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
-            .env("PORTSWAP_CONFIG", self.config())
-            .env("DEPLOYMENT_ID", deployment)
-            .stdin(Stdio::null());
+        let mut command = hooks::command(hook, &self.config());
+        command.args(args).env("DEPLOYMENT_ID", deployment);
         if self.hook_logs.is_some() {
             command.env("RUST_LOG", "debug");
         }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use portswap_testkit::agent::{Agent, DeploymentReport};
+use portswap_testkit::hooks::{included_port, yaml_list};
 use portswap_testkit::{net, NginxSandbox};
 
 use crate::bundle::{self, Inputs};
@@ -70,16 +71,6 @@ fn ensure_nginx() -> Result<PathBuf, String> {
 
 /// The demo's portswap.yml: the fixture app at the revision root, everything else in `dir`.
 fn demo_config(dir: &Path, nginx: &NginxSandbox, ports: [u16; 2], version: &str) -> String {
-    let list = |items: &[String]| {
-        format!(
-            "[{}]",
-            items
-                .iter()
-                .map(|i| format!("{i:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
     format!(
         "# portswap.yml of the demo (xtask demo), fixture app {version}\n\
          slots:\n  - {{ port: {p0}, profile: real1 }}\n  - {{ port: {p1}, profile: real2 }}\n\
@@ -92,7 +83,7 @@ fn demo_config(dir: &Path, nginx: &NginxSandbox, ports: [u16; 2], version: &str)
         p0 = ports[0],
         p1 = ports[1],
         include = nginx.include_file().display(),
-        test = list(&nginx.test_command()),
+        test = yaml_list(&nginx.test_command()),
         pid = nginx.pid_file().display(),
         state = dir.join("state").display(),
     )
@@ -151,18 +142,6 @@ impl Client {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.handle.join();
     }
-}
-
-/// The port nginx's include names, if any.
-fn live_port(include: &Path) -> Option<u16> {
-    let text = fs::read_to_string(include).ok()?;
-    let digits: String = text
-        .rsplit(':')
-        .next()?
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
 }
 
 fn show_port(port: Option<u16>) -> String {
@@ -333,13 +312,13 @@ pub fn run(release: bool) -> Result<(), String> {
     let mut failed = false;
     for (index, (version, tgz)) in VERSIONS.iter().zip(&packed).enumerate() {
         current.store(index, Ordering::Relaxed);
-        let before = live_port(nginx.include_file());
+        let before = included_port(nginx.include_file());
         let report = agent.deploy(
             tgz,
             &format!("d-demo-{}", index + 1),
             &[("RUST_LOG", "info")],
         );
-        let after = live_port(nginx.include_file());
+        let after = included_port(nginx.include_file());
         let seen_now = seen.lock().unwrap_or_else(|e| e.into_inner())[index].clone();
         print_deployment(version, &report, before, after, &seen_now);
         failed |= !report.success();
