@@ -208,6 +208,11 @@ const CASES: &[(&str, &str, &[&str])] = &[
         &["nginx.reload_command", "program"],
     ),
     (
+        "quit_old_workers not a bool",
+        "{VALID}nginx:\n  quit_old_workers: sometimes\n",
+        &["nginx.quit_old_workers", "invalid type"],
+    ),
+    (
         "empty include path",
         "{VALID}nginx:\n  include: \"\"\n",
         &["nginx.include", "empty"],

@@ -267,3 +267,42 @@ fn a_second_hook_waits_for_the_lock_then_fails_cleanly() {
     drop(held);
     site.hook("start", &[], Some("d-1")).ok();
 }
+
+/// The old nginx workers are retired as soon as the new ones accept; with
+/// `nginx.quit_old_workers: false` nginx's own ~100 ms overlap applies. Either way no request
+/// sent after `switch` returns reaches the old version.
+#[test]
+fn switch_retires_the_old_workers_early_unless_told_not_to() {
+    let site = Site::new();
+    site.deploy_ok("d-1");
+    for hook in ["stop", "start", "health"] {
+        site.hook(hook, &[], Some("d-2")).ok();
+    }
+    let debug = |c: &mut std::process::Command| {
+        c.env("RUST_LOG", "debug");
+    };
+    let early = site.hook_with("switch", &[], Some("d-2"), debug).ok();
+    assert!(
+        early.stderr.contains("asked 2 old worker(s) to quit"),
+        "{}",
+        early.stderr
+    );
+    assert_all_requests_reach(&site, "d-2");
+
+    site.set_key("nginx", "quit_old_workers", "false");
+    for hook in ["stop", "start", "health"] {
+        site.hook(hook, &[], Some("d-3")).ok();
+    }
+    let started = std::time::Instant::now();
+    let late = site.hook_with("switch", &[], Some("d-3"), debug).ok();
+    assert!(
+        !late.stderr.contains("old worker(s) to quit"),
+        "{}",
+        late.stderr
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "nginx keeps old workers 100 ms itself"
+    );
+    assert_all_requests_reach(&site, "d-3");
+}
