@@ -114,7 +114,7 @@ fn help(hook: &Hook) -> String {
 }
 
 /// Writes one line; a closed stdout/stderr (the agent gave up on us) is not an error.
-fn say(mut out: impl Write, line: &str) {
+pub fn say(mut out: impl Write, line: &str) {
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{status, Context};
-use crate::cli::{Args, Hook};
+use crate::cli::{self, Args, Hook};
 use crate::config::Health;
 use crate::duration::show;
 use crate::error::{Error, Result};
@@ -31,7 +31,7 @@ pub const HOOK: Hook = Hook {
 pub fn run(args: &Args) -> Result<String> {
     if args.has("--status") {
         let ctx = Context::unlocked(args)?;
-        println_safe(&status::render(&ctx)?);
+        cli::say(std::io::stdout(), &status::render(&ctx)?);
         return Ok("status shown, nothing changed".into());
     }
     let ctx = Context::locked(HOOK.name, args)?;
@@ -116,12 +116,4 @@ fn check_target(port: u16, rules: &Health, rollback: bool) -> Result<()> {
     result.map_err(|e| {
         Error::Failed(format!("refusing to switch to port {port}, it is not healthy: {e}; nginx unchanged (--force overrides)"))
     })
-}
-
-/// Prints to stdout, ignoring a closed stdout.
-fn println_safe(text: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout();
-    let _ = writeln!(out, "{text}");
-    let _ = out.flush();
 }
