@@ -5,27 +5,19 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use portswap_testkit::bins;
-
-/// True when the ELF file has a PT_INTERP program header (it needs a dynamic loader).
-fn has_interpreter(bytes: &[u8]) -> bool {
-    assert_eq!(&bytes[..4], b"\x7fELF", "not an ELF file");
-    assert_eq!(bytes[4], 2, "64-bit ELF expected");
-    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
-    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap()) as usize;
-    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
-    (0..phnum)
-        .any(|i| u32::from_le_bytes(bytes[phoff + i * phentsize..][..4].try_into().unwrap()) == 3)
-}
+use portswap_testkit::elf::{linking_of, Linking};
 
 #[test]
 fn hook_binaries_have_no_elf_interpreter() {
     bins::ensure_built();
     for hook in ["stop", "start", "health", "switch"] {
-        let bytes = std::fs::read(bins::bin(hook)).unwrap();
-        assert!(!has_interpreter(&bytes), "{hook} is dynamically linked");
+        assert_eq!(linking_of(&bins::bin(hook)), Ok(Linking::Static), "{hook}");
     }
-    let dynamic = std::fs::read("/bin/ls").unwrap();
-    assert!(has_interpreter(&dynamic), "the check sees a dynamic binary");
+    let dynamic = linking_of(std::path::Path::new("/bin/ls")).unwrap();
+    assert!(
+        matches!(dynamic, Linking::Dynamic(_)),
+        "the check sees a dynamic binary"
+    );
 }
 
 #[test]

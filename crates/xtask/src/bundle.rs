@@ -9,7 +9,7 @@ use std::process::Command;
 use portswap_testkit::agent::AppSpec;
 
 use crate::checks::{self, Waits};
-use crate::elf::{self, Linking};
+use portswap_testkit::elf::{self, Linking};
 
 /// The hook executables, as named in the revision's `hooks/` directory.
 pub const HOOKS: [&str; 4] = ["stop", "start", "health", "switch"];

@@ -8,7 +8,6 @@
 mod bundle;
 mod checks;
 mod demo;
-mod elf;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
