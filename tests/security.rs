@@ -172,7 +172,7 @@ fn symlinks_planted_at_state_and_include_paths_are_never_followed() {
     let traffic = site.traffic();
     let out = site
         .hook("stop", &[], Some("d-4"))
-        .fails(1, "symbolic links");
+        .fails(2, "is a symbolic link, which portswap never follows");
     traffic.assert_all("d-3");
     assert!(
         out.last_line()

@@ -85,6 +85,13 @@ pub fn read_small(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
     {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(Error::State(format!(
+                "{} is a symbolic link, which portswap never follows; fix: replace it with the \
+                 file itself",
+                path.display()
+            )))
+        }
         Err(e) => return Err(Error::io("cannot read", path, e)),
     };
     let mut bytes = Vec::new();
