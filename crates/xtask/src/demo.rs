@@ -16,10 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::{kill, killpg, SigSet, Signal};
 use nix::unistd::Pid;
 use portswap_testkit::agent::{Agent, DeploymentReport};
-use portswap_testkit::hooks::{included_port, yaml_list};
+use portswap_testkit::hooks::{included_port, recorded_pid, yaml_list};
 use portswap_testkit::{net, NginxSandbox};
 
 use crate::bundle::{self, Inputs};
@@ -244,15 +244,48 @@ fn stop_apps(stop: &Path, config: &Path, ports: [u16; 2], state: &Path) {
             .stderr(Stdio::null())
             .status();
         // Belt and braces: the recorded process group, if it is still there.
-        let record = fs::read_to_string(state.join(format!("slot-{port}.yml"))).unwrap_or_default();
-        let pid = record
-            .lines()
-            .find_map(|l| l.strip_prefix("pid:"))
-            .and_then(|p| p.trim().parse::<i32>().ok());
-        if let Some(pid) = pid.filter(|pid| Path::new(&format!("/proc/{pid}")).exists()) {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-        }
+        kill_recorded(state, port);
     }
+}
+
+/// SIGKILLs the process group `start` recorded for `port`, if it still runs.
+fn kill_recorded(state: &Path, port: u16) {
+    let pid = recorded_pid(state, port);
+    if let Some(pid) = pid.filter(|pid| Path::new(&format!("/proc/{pid}")).exists()) {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+/// On Ctrl-C or SIGTERM, stops what the demo started (its apps and its nginx), removes its
+/// directory and exits 130. Call before any other thread starts: the signals are blocked
+/// here and waited for by a thread of their own (children get a clean mask from `Command`).
+fn clean_up_on_interrupt(root: PathBuf, ports: [u16; 2], nginx_pid_file: PathBuf) {
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    if signals.thread_block().is_err() {
+        return;
+    }
+    thread::spawn(move || {
+        if signals.wait().is_err() {
+            return;
+        }
+        eprintln!(
+            "interrupted: stopping the demo's apps and nginx, removing {}",
+            root.display()
+        );
+        for port in ports {
+            kill_recorded(&root.join("state"), port);
+        }
+        let master = fs::read_to_string(&nginx_pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        if let Some(pid) = master {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGQUIT);
+        }
+        let _ = fs::remove_dir_all(&root);
+        std::process::exit(130);
+    });
 }
 
 /// Runs the demo; `release` builds optimised binaries (what ships) instead of debug ones.
@@ -281,6 +314,7 @@ pub fn run(release: bool) -> Result<(), String> {
     let root = dir.path();
     let mut nginx = NginxSandbox::start(&root.join("nginx"), &root.join("service-url.inc"));
     let ports = [net::free_port(), net::free_port()];
+    clean_up_on_interrupt(root.to_path_buf(), ports, nginx.pid_file());
     println!(
         "sandbox: {} (nginx on 127.0.0.1:{}, slots {} and {})",
         root.display(),
