@@ -78,16 +78,7 @@ impl Host {
 
     /// The portswap.yml of a revision whose app reports `version`.
     fn config(&self, version: &str, app_args: &[&str], health_timeout: &str) -> String {
-        let mut command = vec![
-            "{artifact}",
-            "--port",
-            "{port}",
-            "--profile",
-            "{profile}",
-            "--version",
-            version,
-        ];
-        command.extend_from_slice(app_args);
+        let command = hooks::fixture_command(version, app_args);
         let test_command = self.nginx.test_command();
         let test_command: Vec<&str> = test_command.iter().map(String::as_str).collect();
         format!(

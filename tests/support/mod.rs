@@ -141,19 +141,7 @@ impl Site {
 
     /// Writes portswap.yml from the settings.
     pub fn write_config(&self) {
-        let mut app_command: Vec<String> = [
-            "{artifact}",
-            "--port",
-            "{port}",
-            "--profile",
-            "{profile}",
-            "--version",
-            "{deployment_id}",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        app_command.extend(self.settings.app_args.iter().cloned());
+        let app_command = hooks::fixture_command("{deployment_id}", &self.settings.app_args);
         let test_command = self
             .settings
             .test_command

@@ -85,19 +85,8 @@ impl Site {
 
     /// Writes portswap.yml: the fixture app, ready after `ready_ms`, with `extra` arguments.
     pub fn configure(&self, ready_ms: u64, extra: &[&str]) {
-        let mut command: Vec<String> = [
-            "{artifact}",
-            "--port",
-            "{port}",
-            "--profile",
-            "{profile}",
-            "--version",
-            "{deployment_id}",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        command.extend(["--start-delay-ms".to_string(), ready_ms.to_string()]);
+        let delay = ["--start-delay-ms".to_string(), ready_ms.to_string()];
+        let mut command = hooks::fixture_command("{deployment_id}", &delay);
         command.extend(extra.iter().map(|s| s.to_string()));
         let text = format!(
             "slots:\n  - {{ port: {}, profile: real1 }}\n  - {{ port: {}, profile: real2 }}\n\

@@ -23,6 +23,24 @@ pub fn command(name: &str, config: &Path) -> Command {
     command
 }
 
+/// `app.command` that runs the fixture app (staged as `{artifact}`) on the slot, reporting
+/// `version` (`{deployment_id}` makes each deployment its own version), plus `extra` flags.
+pub fn fixture_command<S: AsRef<str>>(version: &str, extra: &[S]) -> Vec<String> {
+    let base = [
+        "{artifact}",
+        "--port",
+        "{port}",
+        "--profile",
+        "{profile}",
+        "--version",
+        version,
+    ];
+    base.iter()
+        .map(|s| s.to_string())
+        .chain(extra.iter().map(|s| s.as_ref().to_string()))
+        .collect()
+}
+
 /// A YAML flow list of strings: `["a", "b"]`.
 pub fn yaml_list<S: AsRef<str>>(items: &[S]) -> String {
     let quoted: Vec<String> = items.iter().map(|i| format!("{:?}", i.as_ref())).collect();
@@ -55,6 +73,9 @@ mod tests {
     #[test]
     fn lists_and_ports() {
         assert_eq!(yaml_list(&["a b", "{port}"]), r#"["a b", "{port}"]"#);
+        let command = fixture_command("v1", &["--unhealthy"]);
+        assert_eq!(command[0], "{artifact}");
+        assert_eq!(command[6..], ["v1", "--unhealthy"]);
         let dir = tempfile::tempdir().unwrap();
         let include = dir.path().join("i.inc");
         assert_eq!(included_port(&include), None);
