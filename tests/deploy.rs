@@ -121,9 +121,7 @@ fn config_test_failure_restores_the_include() {
     let mut site = Site::new();
     site.deploy_ok("d-1");
     let before = site.include_text().unwrap();
-    site.hook("stop", &[], Some("d-2")).ok();
-    site.hook("start", &[], Some("d-2")).ok();
-    site.hook("health", &[], Some("d-2")).ok();
+    site.run_until("d-2", "health");
     site.set(|s| s.test_command = Some(vec!["false".into()]));
     site.hook("switch", &[], Some("d-2"))
         .fails(1, "config test");
@@ -275,9 +273,7 @@ fn a_second_hook_waits_for_the_lock_then_fails_cleanly() {
 fn switch_retires_the_old_workers_early_unless_told_not_to() {
     let site = Site::new();
     site.deploy_ok("d-1");
-    for hook in ["stop", "start", "health"] {
-        site.hook(hook, &[], Some("d-2")).ok();
-    }
+    site.run_until("d-2", "health");
     let debug = |c: &mut std::process::Command| {
         c.env("RUST_LOG", "debug");
     };
@@ -290,9 +286,7 @@ fn switch_retires_the_old_workers_early_unless_told_not_to() {
     assert_all_requests_reach(&site, "d-2");
 
     site.set_key("nginx", "quit_old_workers", "false");
-    for hook in ["stop", "start", "health"] {
-        site.hook(hook, &[], Some("d-3")).ok();
-    }
+    site.run_until("d-3", "health");
     let started = std::time::Instant::now();
     let late = site.hook_with("switch", &[], Some("d-3"), debug).ok();
     assert!(

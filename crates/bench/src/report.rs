@@ -225,27 +225,28 @@ impl Report {
         }
         if let (Some(new), Some(old)) = (self.phases.first(), self.phases.get(1)) {
             let _ = writeln!(out, "\nlegacy / portswap:");
-            let _ = writeln!(
-                out,
-                "  deploy wall time p50: {:.1}x ({} / {} ms)",
-                ratio(old.wall.p50, new.wall.p50),
-                ms(old.wall.p50),
-                ms(new.wall.p50)
-            );
-            let _ = writeln!(
-                out,
-                "  switch start -> first new answer p50: {:.1}x ({} / {} ms)",
-                ratio(old.first_new_answer.p50, new.first_new_answer.p50),
-                ms(old.first_new_answer.p50),
-                ms(new.first_new_answer.p50)
-            );
-            let _ = writeln!(
-                out,
-                "  switch start -> last old answer max: {:.1}x ({} / {} ms)",
-                ratio(old.last_old_answer.max, new.last_old_answer.max),
-                ms(old.last_old_answer.max),
-                ms(new.last_old_answer.max)
-            );
+            let pairs = [
+                ("deploy wall time p50", old.wall.p50, new.wall.p50),
+                (
+                    "switch start -> first new answer p50",
+                    old.first_new_answer.p50,
+                    new.first_new_answer.p50,
+                ),
+                (
+                    "switch start -> last old answer max",
+                    old.last_old_answer.max,
+                    new.last_old_answer.max,
+                ),
+            ];
+            for (label, legacy, portswap) in pairs {
+                let _ = writeln!(
+                    out,
+                    "  {label}: {:.1}x ({} / {} ms)",
+                    ratio(legacy, portswap),
+                    ms(legacy),
+                    ms(portswap)
+                );
+            }
         }
         if let (Some(a), Some(b)) = (self.crash("legacy"), self.crash("portswap")) {
             let _ = writeln!(
