@@ -178,7 +178,7 @@ fn start_replaces_a_leftover_app_and_refuses_a_foreign_process() {
     let foreign = std::net::TcpListener::bind(("127.0.0.1", a)).unwrap();
     let out = site
         .hook("start", &[], Some("d-3"))
-        .fails(4, "not the configured app");
+        .fails(4, "not portswap's app");
     assert!(
         out.last_line().contains(&std::process::id().to_string()),
         "names the pid: {}",

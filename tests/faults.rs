@@ -272,7 +272,7 @@ fn a_foreign_process_on_the_idle_port_is_refused_unless_forced() {
         || site.version_on(idle).is_some(),
     );
 
-    let out = failing_deploy(&site, "d-2", "d-1", "stop", 4, "not the configured app");
+    let out = failing_deploy(&site, "d-2", "d-1", "stop", 4, "not portswap's app");
     assert!(
         out.last_line().contains(&pid) && out.last_line().contains("fixture-app"),
         "pid and command: {}",
@@ -280,7 +280,7 @@ fn a_foreign_process_on_the_idle_port_is_refused_unless_forced() {
     );
     let out = site
         .hook("start", &[], Some("d-2"))
-        .fails(4, "not the configured app");
+        .fails(4, "not portswap's app");
     assert!(out.last_line().contains(&pid), "{}", out.last_line());
     assert!(
         still_running(&mut foreign),

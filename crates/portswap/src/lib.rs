@@ -2,7 +2,7 @@
 //! between two ports. The hook binaries `stop`, `start`, `health` and `switch` are thin
 //! wrappers over [`commands`]; everything else here is one concern per module.
 
-pub mod apps;
+pub mod applog;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -10,11 +10,13 @@ pub mod duration;
 pub mod error;
 pub mod fsio;
 pub mod health;
+pub mod ownership;
 pub mod process;
 pub mod procfs;
 pub mod release;
 pub mod signals;
 pub mod state;
+pub mod supervisor;
 pub mod switcher;
 pub mod template;
 pub mod users;

@@ -3,7 +3,7 @@
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -192,18 +192,4 @@ pub fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
         thread::sleep(pause.min(deadline - now));
         pause = (pause * 2).min(Duration::from_millis(50));
     }
-}
-
-/// True when `pid`'s executable is `program` or lives under `dir` (a release directory):
-/// the test for "this is the configured app, not a foreign process".
-pub fn runs_program(pid: i32, program: Option<&Path>, dir: &Path) -> bool {
-    let Some(exe) = procfs::exe(pid) else {
-        return false;
-    };
-    let exe = fs::canonicalize(&exe).unwrap_or(exe);
-    let same_program = program
-        .and_then(|p| fs::canonicalize(p).ok())
-        .is_some_and(|p| p == exe);
-    let canonical_dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    same_program || exe.starts_with(canonical_dir)
 }

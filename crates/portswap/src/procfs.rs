@@ -62,6 +62,36 @@ pub fn exe(pid: i32) -> Option<PathBuf> {
     fs::read_link(format!("/proc/{pid}/exe")).ok()
 }
 
+/// The working directory of `pid`, when readable.
+pub fn cwd(pid: i32) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/cwd")).ok()
+}
+
+/// The value of environment variable `name` in `pid`'s initial environment, when readable
+/// (only for our own uid, or as root).
+pub fn environ_var(pid: i32, name: &str) -> Option<String> {
+    let bytes = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    bytes.split(|b| *b == 0).find_map(|entry| {
+        let rest = entry.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        Some(String::from_utf8_lossy(rest).into_owned())
+    })
+}
+
+/// True when `pid` belongs to the systemd unit `unit` (e.g. `portswap-8081.service`): its
+/// cgroup path (v2 line `0::`, or v1 `name=systemd`) ends with that unit.
+pub fn in_unit(pid: i32, unit: &str) -> bool {
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return false;
+    };
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            (id == "0" || controllers == "name=systemd").then_some(path)
+        })
+        .any(|path| path.rsplit('/').next() == Some(unit))
+}
+
 /// All pids in /proc.
 pub fn all_pids() -> Vec<i32> {
     fs::read_dir("/proc")

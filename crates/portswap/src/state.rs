@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::fsio;
+use crate::procfs::ProcId;
 
 /// What `start` recorded about the app it started on a slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +37,16 @@ pub struct AppRecord {
     pub log_file: PathBuf,
     /// When it was started, seconds since the Unix epoch.
     pub started_at: u64,
+}
+
+impl AppRecord {
+    /// The recorded process: pid and start time, so a reused pid never passes for it.
+    pub fn process(&self) -> ProcId {
+        ProcId {
+            pid: self.pid,
+            start_time: self.start_time,
+        }
+    }
 }
 
 /// The outcome of the last switch, for `--rollback` and the status view.

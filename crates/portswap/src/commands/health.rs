@@ -1,12 +1,10 @@
 //! `health`: wait until the app on the idle slot answers its health check (ValidateService).
 
-use super::start::{app_died, log_tail};
 use super::Context;
 use crate::cli::{Args, Hook};
 use crate::duration::show;
 use crate::error::Result;
-use crate::health;
-use crate::procfs::ProcId;
+use crate::{applog, health};
 
 /// The `health` binary.
 pub const HOOK: Hook = Hook {
@@ -30,17 +28,10 @@ pub fn run(args: &Args) -> Result<String> {
         );
     }
     let rules = &ctx.config.health;
-    let dead = || {
-        let r = record.as_ref()?;
-        let process = ProcId {
-            pid: r.pid,
-            start_time: r.start_time,
-        };
-        (!process.is_alive()).then(|| app_died(r, "has exited").to_string())
-    };
+    let dead = || ctx.supervisor.gone(record.as_ref()?);
     let (status, took) = health::wait_healthy(idle.port, rules, dead).inspect_err(|_| {
         if let Some(r) = &record {
-            log_tail(r);
+            applog::log_tail(r);
         }
     })?;
     Ok(format!(

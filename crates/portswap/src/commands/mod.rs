@@ -10,6 +10,7 @@ use crate::cli::Args;
 use crate::config::{self, Config, Slot};
 use crate::error::{Error, Result};
 use crate::state::{self, LockGuard, StateDir};
+use crate::supervisor::{self, Supervisor};
 use crate::switcher::nginx::NginxSwitcher;
 use crate::switcher::Switcher;
 
@@ -23,6 +24,8 @@ pub struct Context {
     pub deployment_id: String,
     /// How traffic is pointed at a slot.
     pub switcher: Box<dyn Switcher>,
+    /// How the app is run on a slot.
+    pub supervisor: Box<dyn Supervisor>,
     _lock: Option<LockGuard>,
 }
 
@@ -38,11 +41,13 @@ impl Context {
             .filter(|d| !d.trim().is_empty())
             .unwrap_or_else(|| format!("manual-{}", state::now_secs()));
         let switcher = Box::new(NginxSwitcher::new(&config));
+        let supervisor = supervisor::for_config(&config, &state)?;
         Ok(Context {
             config,
             state,
             deployment_id,
             switcher,
+            supervisor,
             _lock: None,
         })
     }

@@ -1,17 +1,16 @@
 //! `start`: free the idle slot, stage the release, start the app detached (ApplicationStart).
 
 use std::path::PathBuf;
-use std::process::Child;
 
 use super::Context;
 use crate::cli::{Args, Hook};
 use crate::config::Slot;
 use crate::error::{Error, Result};
-use crate::process::{self, LaunchSpec};
-use crate::procfs::ProcId;
+use crate::process;
 use crate::release::{self, Release};
-use crate::state::{self, AppRecord};
-use crate::{apps, fsio, signals, template, users};
+use crate::state::AppRecord;
+use crate::supervisor::Launch;
+use crate::{applog, fsio, signals, template, users};
 
 /// The `start` binary.
 pub const HOOK: Hook = Hook {
@@ -23,14 +22,11 @@ pub const HOOK: Hook = Hook {
     takes_port: false,
 };
 
-/// Last lines of the app log shown when it fails.
-const TAIL_LINES: usize = 8;
-
 /// Runs `start`.
 pub fn run(args: &Args) -> Result<String> {
     let ctx = Context::locked(HOOK.name, args)?;
     let (_, idle) = ctx.sides()?;
-    let stopped = apps::stop_slot(&ctx.config, &ctx.state, idle.port, false)?;
+    let stopped = ctx.supervisor.stop(idle.port, false)?;
     log::info!("idle slot {}: {stopped}", idle.port);
     let release = release::stage(
         &ctx.state.releases_dir(),
@@ -38,35 +34,27 @@ pub fn run(args: &Args) -> Result<String> {
         idle.port,
         &ctx.config.app.artifacts,
     )?;
-    let spec = launch_spec(&ctx, idle, &release)?;
-    log::info!("starting on port {}: {}", idle.port, spec.argv.join(" "));
-    let (mut child, record) = signals::critical(|| -> Result<(Child, AppRecord)> {
-        let child = process::launch(&spec)?;
-        let pid = child.id() as i32;
-        let start_time = ProcId::of(pid).map(|p| p.start_time).unwrap_or(0);
-        let record = AppRecord {
-            pid,
-            start_time,
-            port: idle.port,
-            profile: idle.profile.clone(),
-            deployment_id: ctx.deployment_id.clone(),
-            command: spec.argv.clone(),
-            release_dir: release.dir.clone(),
-            log_file: spec.log_file.clone(),
-            started_at: state::now_secs(),
-        };
+    let launch = launch(&ctx, idle, &release)?;
+    log::info!(
+        "starting on port {} ({} supervisor): {}",
+        idle.port,
+        ctx.supervisor.kind(),
+        launch.argv.join(" ")
+    );
+    let record = signals::critical(|| -> Result<AppRecord> {
+        let record = ctx.supervisor.start(&launch)?;
         ctx.state.save_app_record(&record)?;
-        Ok((child, record))
+        Ok(record)
     })?;
-    let mut exit = None;
+    let mut died = None;
     process::wait_for(ctx.config.app.start_check, || {
-        exit = child.try_wait().ok().flatten();
-        exit.is_some()
+        died = ctx.supervisor.gone(&record);
+        died.is_some()
     });
-    if let Some(status) = exit {
+    if let Some(reason) = died {
         ctx.state.clear_app_record(idle.port)?;
-        log_tail(&record);
-        return Err(app_died(&record, &format!("exited at once ({status})")));
+        applog::log_tail(&record);
+        return Err(Error::Failed(reason));
     }
     let in_use: Vec<PathBuf> = ctx
         .config
@@ -83,38 +71,17 @@ pub fn run(args: &Args) -> Result<String> {
         log::info!("pruned old release {}", dir.display());
     }
     Ok(format!(
-        "started pid {} on port {} (profile {}, deployment {}); log {}",
+        "started pid {} on port {} (profile {}, deployment {}, {} supervisor); log {}",
         record.pid,
         record.port,
         record.profile,
         record.deployment_id,
+        ctx.supervisor.kind(),
         record.log_file.display()
     ))
 }
 
-/// Logs the last lines of the app's log, for the operator reading the hook output.
-pub fn log_tail(record: &AppRecord) {
-    for line in fsio::tail(&record.log_file, TAIL_LINES) {
-        log::error!("app log: {line}");
-    }
-}
-
-/// The error for an app that died, naming its last log line.
-pub fn app_died(record: &AppRecord, how: &str) -> Error {
-    let tail = fsio::tail(&record.log_file, 1);
-    let last = tail
-        .last()
-        .map(|l| format!("; last log line: {l}"))
-        .unwrap_or_else(|| "; its log is empty".into());
-    Error::Failed(format!(
-        "the app on port {} (pid {}) {how}{last} (log {})",
-        record.port,
-        record.pid,
-        record.log_file.display()
-    ))
-}
-
-fn launch_spec(ctx: &Context, slot: &Slot, release: &Release) -> Result<LaunchSpec> {
+fn launch(ctx: &Context, slot: &Slot, release: &Release) -> Result<Launch> {
     let app = &ctx.config.app;
     let release_dir = release.dir.to_string_lossy().into_owned();
     let artifact = release
@@ -169,7 +136,9 @@ fn launch_spec(ctx: &Context, slot: &Slot, release: &Release) -> Result<LaunchSp
             env_keys.join(", ")
         );
     }
-    Ok(LaunchSpec {
+    Ok(Launch {
+        slot: slot.clone(),
+        deployment_id: ctx.deployment_id.clone(),
         argv,
         workdir,
         env: app
@@ -179,5 +148,6 @@ fn launch_spec(ctx: &Context, slot: &Slot, release: &Release) -> Result<LaunchSp
             .collect(),
         log_file: app.log_dir.join(format!("app-{}.log", slot.port)),
         account,
+        release_dir: release.dir.clone(),
     })
 }

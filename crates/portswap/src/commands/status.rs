@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use super::Context;
 use crate::error::Result;
-use crate::procfs::{self, ProcId};
+use crate::procfs;
 use crate::state;
 
 fn uptime(seconds: u64) -> String {
@@ -33,6 +33,7 @@ pub fn render(ctx: &Context) -> Result<String> {
         ),
         Err(e) => writeln!(out, "live port: unknown: {e}"),
     };
+    let _ = writeln!(out, "supervisor: {}", ctx.supervisor.kind());
     if let Some(last) = ctx.state.switch_record() {
         let previous = last.previous.map_or("none".into(), |p| p.to_string());
         let ago = uptime(state::now_secs().saturating_sub(last.at));
@@ -49,13 +50,7 @@ pub fn render(ctx: &Context) -> Result<String> {
             "idle"
         };
         let app = match ctx.state.app_record(slot.port) {
-            Some(r)
-                if (ProcId {
-                    pid: r.pid,
-                    start_time: r.start_time,
-                })
-                .is_alive() =>
-            {
+            Some(r) if r.process().is_alive() => {
                 format!(
                     "pid {} up {} deployment {} release {}",
                     r.pid,

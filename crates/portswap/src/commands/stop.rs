@@ -1,7 +1,6 @@
 //! `stop`: stop the app on the idle slot (ApplicationStop).
 
 use super::Context;
-use crate::apps;
 use crate::cli::{Args, Hook};
 use crate::error::{Error, Result};
 
@@ -35,5 +34,5 @@ pub fn run(args: &Args) -> Result<String> {
             target.port
         )));
     }
-    apps::stop_slot(&ctx.config, &ctx.state, target.port, force)
+    ctx.supervisor.stop(target.port, force)
 }

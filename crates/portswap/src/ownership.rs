@@ -1,0 +1,190 @@
+//! What counts as *our* process: the one rule every hook and both supervisors use before
+//! signalling anything, and before believing that the app answering on a port is the one
+//! `start` launched.
+//!
+//! A process is ours for slot P only with proof, never because it runs the same interpreter
+//! (`java`, `python3`) as the configured command:
+//! - it is the process `start` recorded for P (pid and start time), or in its process group;
+//! - its environment carries the marker `start` puts there (`PORTSWAP_SLOT=P:<state dir>`,
+//!   read from `/proc/PID/environ`; inherited by wrapper children and daemonized children);
+//! - it runs from our release directory (its executable or working directory lies under
+//!   `<state dir>/releases/`);
+//! - under systemd: its cgroup is slot P's unit (see [`Proof::Unit`]).
+//!
+//! A port whose holder cannot be read (another user's `/proc/PID/fd` without root) is
+//! [`Holder::Unidentified`]: refused, never taken for free.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::procfs::{self, ProcId};
+use crate::state::AppRecord;
+
+/// Environment variable `start` sets for the app; its value is [`marker_value`].
+pub const MARKER_VAR: &str = "PORTSWAP_SLOT";
+
+/// The marker of slot `port` of the host whose state directory is `state_dir`.
+pub fn marker_value(state_dir: &Path, port: u16) -> String {
+    format!("{port}:{}", state_dir.display())
+}
+
+/// Why a process counts as ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// The pid `start` recorded (same start time), or a member of its process group.
+    Recorded,
+    /// Its environment carries the slot's marker.
+    Marker,
+    /// Its executable or working directory lies under the release directory.
+    Release,
+    /// Its cgroup is the slot's systemd unit (named here).
+    Unit(String),
+}
+
+/// Who holds a slot's port (or, with nothing listening, a recorded app that still runs).
+#[derive(Debug, Clone)]
+pub enum Holder {
+    /// Nothing listens and nothing of ours runs.
+    Free,
+    /// Our app, and why we know.
+    Ours {
+        /// The process (the first one found listening, else the recorded one).
+        process: ProcId,
+        /// The evidence.
+        proof: Proof,
+    },
+    /// A process that is provably not ours listens on the port.
+    Foreign {
+        /// Its pid.
+        pid: i32,
+        /// Its command line.
+        command: String,
+    },
+    /// Something listens, but its process cannot be inspected (no permission to read its
+    /// `/proc/PID/fd` or environment): neither free nor provably ours.
+    Unidentified {
+        /// What could not be read.
+        reason: String,
+    },
+}
+
+/// The facts that decide ownership for one slot.
+#[derive(Debug, Clone)]
+pub struct Slot<'a> {
+    /// The slot's port.
+    pub port: u16,
+    /// The state directory (marker and release directory derive from it).
+    pub state_dir: &'a Path,
+    /// What `start` recorded for this slot, if anything.
+    pub record: Option<&'a AppRecord>,
+    /// The systemd unit of this slot, when the app is supervised by systemd.
+    pub unit: Option<&'a str>,
+}
+
+impl Slot<'_> {
+    fn releases(&self) -> PathBuf {
+        let dir = self.state_dir.join("releases");
+        fs::canonicalize(&dir).unwrap_or(dir)
+    }
+
+    /// The proof that `pid` is this slot's app, if there is one.
+    pub fn proof(&self, pid: i32) -> Option<Proof> {
+        if let Some(record) = self.record {
+            let recorded = record.process();
+            if recorded.pid == pid && recorded.is_alive() {
+                return Some(Proof::Recorded);
+            }
+            let in_group = recorded.is_alive()
+                && procfs::parent_and_group(pid).is_some_and(|(_, group)| group == record.pid);
+            if in_group {
+                return Some(Proof::Recorded);
+            }
+        }
+        if let Some(unit) = self.unit {
+            if procfs::in_unit(pid, unit) {
+                return Some(Proof::Unit(unit.to_string()));
+            }
+        }
+        let marker = marker_value(self.state_dir, self.port);
+        if procfs::environ_var(pid, MARKER_VAR).is_some_and(|v| v == marker) {
+            return Some(Proof::Marker);
+        }
+        let releases = self.releases();
+        let under = |p: Option<PathBuf>| {
+            p.map(|p| fs::canonicalize(&p).unwrap_or(p))
+                .is_some_and(|p| p.starts_with(&releases))
+        };
+        if under(procfs::exe(pid)) || under(procfs::cwd(pid)) {
+            return Some(Proof::Release);
+        }
+        None
+    }
+
+    /// Who holds the port now.
+    pub fn holder(&self) -> Holder {
+        let inodes = procfs::listening_inodes(self.port);
+        if inodes.is_empty() {
+            return match self.record.map(AppRecord::process) {
+                Some(process) if process.is_alive() => Holder::Ours {
+                    process,
+                    proof: Proof::Recorded,
+                },
+                _ => Holder::Free,
+            };
+        }
+        let pids = procfs::listeners(self.port);
+        let mut foreign = None;
+        for pid in &pids {
+            let Some(process) = ProcId::of(*pid) else {
+                continue;
+            };
+            if let Some(proof) = self.proof(*pid) {
+                return Holder::Ours { process, proof };
+            }
+            foreign.get_or_insert(Holder::Foreign {
+                pid: *pid,
+                command: procfs::describe(*pid),
+            });
+        }
+        foreign.unwrap_or_else(|| Holder::Unidentified {
+            reason: format!(
+                "port {} is listened on, but no process visible to uid {} holds the socket \
+                 (another user's process; run the hooks as root or as that user)",
+                self.port,
+                nix::unistd::geteuid()
+            ),
+        })
+    }
+
+    /// Every running process of ours for this slot (the recorded group and every process
+    /// carrying the marker), for a stop that must leave nothing behind.
+    pub fn members(&self) -> Vec<ProcId> {
+        procfs::all_pids()
+            .into_iter()
+            .filter(|pid| {
+                matches!(
+                    self.proof(*pid),
+                    Some(Proof::Recorded | Proof::Marker | Proof::Unit(_))
+                )
+            })
+            .filter_map(ProcId::of)
+            .collect()
+    }
+
+    /// True when every process listening on the port is ours (and at least one listens):
+    /// what `health` and `switch` require before trusting an answer on the port.
+    pub fn serves(&self) -> Result<(), String> {
+        match self.holder() {
+            Holder::Ours { .. } if !procfs::port_in_use(self.port) => {
+                Err(format!("nothing listens on port {}", self.port))
+            }
+            Holder::Ours { .. } => Ok(()),
+            Holder::Free => Err(format!("nothing listens on port {}", self.port)),
+            Holder::Foreign { pid, command } => Err(format!(
+                "port {} is answered by pid {pid} (`{command}`), not by the app start launched",
+                self.port
+            )),
+            Holder::Unidentified { reason } => Err(reason),
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Who keeps the app running on a slot. `process`: a detached process in its own session
+//! that nothing restarts (the hook's own doing). A systemd unit per slot fits beside it by
+//! implementing [`Supervisor`]. Both decide what is theirs through [`crate::ownership`].
+
+pub mod process;
+
+use std::path::PathBuf;
+
+use crate::config::{Config, Slot};
+use crate::error::Result;
+use crate::ownership::Holder;
+use crate::state::{AppRecord, StateDir};
+use crate::users::Account;
+
+/// Everything needed to start the app on a slot, placeholders already expanded.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The slot.
+    pub slot: Slot,
+    /// The deployment starting it.
+    pub deployment_id: String,
+    /// argv; `argv[0]` is resolved through PATH.
+    pub argv: Vec<String>,
+    /// Working directory.
+    pub workdir: PathBuf,
+    /// Extra environment (values are never logged).
+    pub env: Vec<(String, String)>,
+    /// Log file that receives stdout and stderr (appended).
+    pub log_file: PathBuf,
+    /// Account to run as (only when the hook runs as root).
+    pub account: Option<Account>,
+    /// The release directory it runs from.
+    pub release_dir: PathBuf,
+}
+
+/// A way of running the app on a slot.
+pub trait Supervisor {
+    /// `process` or `systemd`, for verdicts and the status view.
+    fn kind(&self) -> &'static str;
+
+    /// Who holds the slot on `port`.
+    fn holder(&self, port: u16) -> Holder;
+
+    /// Stops everything of ours on the slot and forgets its record; a foreign or
+    /// unidentified holder is refused unless `force`. Returns what was done, in one line.
+    fn stop(&self, port: u16, force: bool) -> Result<String>;
+
+    /// Starts the app; returns what to record (the caller saves it). Returns once the app
+    /// is launched, not once it is healthy.
+    fn start(&self, launch: &Launch) -> Result<AppRecord>;
+
+    /// `None` while the app of `record` runs as started; else why not (exited, restarted by
+    /// its supervisor), in one line naming its last log line.
+    fn gone(&self, record: &AppRecord) -> Option<String>;
+
+    /// `Ok` when what listens on `port` is the app of this slot (so an answer there is its
+    /// answer); else why not.
+    fn serves(&self, port: u16) -> std::result::Result<(), String>;
+}
+
+/// The supervisor the configuration asks for.
+pub fn for_config(config: &Config, state: &StateDir) -> Result<Box<dyn Supervisor>> {
+    Ok(Box::new(process::ProcessSupervisor::new(config, state)))
+}
