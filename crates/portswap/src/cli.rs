@@ -119,7 +119,9 @@ pub fn say(mut out: impl Write, line: &str) {
     let _ = out.flush();
 }
 
-fn init_logging(hook: &'static str) {
+/// Logs to stderr through env_logger (`RUST_LOG`, default info), each line tagged with the
+/// binary and `$DEPLOYMENT_ID` and a UTC time stamp.
+pub fn init_logging(hook: &'static str) {
     let deployment = std::env::var("DEPLOYMENT_ID")
         .ok()
         .filter(|d| !d.is_empty());
@@ -196,8 +198,9 @@ pub fn run(hook: &'static Hook, body: fn(&Args) -> Result<String>) -> ExitCode {
     }
 }
 
-/// The last line of a hook's output.
-fn verdict(hook: &Hook, result: std::result::Result<&String, &Error>) -> String {
+/// The last line of a hook's output: `portswap <name>: OK: ...` or
+/// `portswap <name>: FAILED (exit N): ...`, on one line.
+pub fn verdict(hook: &Hook, result: std::result::Result<&String, &Error>) -> String {
     let line = match result {
         Ok(summary) => format!("portswap {}: OK: {summary}", hook.name),
         Err(e) => format!(
