@@ -4,8 +4,8 @@
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
+use portswap_bundle::elf::{linking_of, Linking};
 use portswap_testkit::bins;
-use portswap_testkit::elf::{linking_of, Linking};
 
 #[test]
 fn hook_binaries_have_no_elf_interpreter() {
