@@ -163,23 +163,34 @@ impl Drop for Instance {
     }
 }
 
+/// Packs the example with `health` as its check, deploys it as `id` and checks that nginx
+/// now sends requests to the new version on `port`, running `profile`.
+fn deploy_and_check(instance: &Instance, health: (&str, &str), id: &str, port: u16, profile: &str) {
+    let zip = instance.bundle(id, &instance.config(health.0, health.1));
+    let report = instance.deploy(&zip, id);
+    assert!(report.success(), "{report}");
+    assert_eq!(
+        hooks::included_port(instance.nginx.include_file()),
+        Some(port)
+    );
+    let (version, answered) = instance.through_nginx("/profile");
+    assert_eq!(version.as_deref(), Some(id));
+    assert_eq!(answered, profile);
+}
+
 #[test]
 fn the_spring_boot_example_deploys_through_the_agent() {
     let instance = Instance::new();
     let [first, second] = instance.ports;
 
     // As shipped: health on /actuator/health.
-    let zip = instance.bundle("v1", &instance.config("/actuator/health", "UP"));
-    let report = instance.deploy(&zip, "d-EXAMPLE1");
-    assert!(report.success(), "{report}");
-    assert_eq!(
-        hooks::included_port(instance.nginx.include_file()),
-        Some(first)
+    deploy_and_check(
+        &instance,
+        ("/actuator/health", "UP"),
+        "d-EXAMPLE1",
+        first,
+        "real1",
     );
-    let (version, profile) = instance.through_nginx("/profile");
-    assert_eq!(version.as_deref(), Some("d-EXAMPLE1"));
-    assert_eq!(profile, "real1");
-
     // The hook's verdict is the last line it wrote to the deployment's scripts.log.
     let log = fs::read_to_string(instance.agent.scripts_log("d-EXAMPLE1")).unwrap();
     assert!(
@@ -190,16 +201,13 @@ fn the_spring_boot_example_deploys_through_the_agent() {
 
     // The book's alternative: health on /profile answering real1 or real2. ApplicationStop
     // runs the previous revision's hooks; the new version goes live on the other port.
-    let zip = instance.bundle("v2", &instance.config("/profile", "real"));
-    let report = instance.deploy(&zip, "d-EXAMPLE2");
-    assert!(report.success(), "{report}");
-    assert_eq!(
-        hooks::included_port(instance.nginx.include_file()),
-        Some(second)
+    deploy_and_check(
+        &instance,
+        ("/profile", "real"),
+        "d-EXAMPLE2",
+        second,
+        "real2",
     );
-    let (version, profile) = instance.through_nginx("/profile");
-    assert_eq!(version.as_deref(), Some("d-EXAMPLE2"));
-    assert_eq!(profile, "real2");
     let (_, health) = instance.through_nginx("/actuator/health");
     assert!(health.contains("UP"), "{health}");
 }
