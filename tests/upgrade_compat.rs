@@ -89,11 +89,16 @@ fn this_stop_honours_a_record_of_release_0_1_0() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("(deployment d-RELEASE010)"), "{stderr}");
     assert!(
-        stderr.trim_end().lines().last().unwrap().starts_with(&format!(
-            "portswap stop: OK: stopped pid {} on port {}",
-            app.pid(),
-            ports[1]
-        )),
+        stderr
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with(&format!(
+                "portswap stop: OK: stopped pid {} on port {}",
+                app.pid(),
+                ports[1]
+            )),
         "{stderr}"
     );
     assert!(!net::port_is_listening(ports[1]));
