@@ -39,47 +39,32 @@ pub struct Budget {
 impl Budget {
     /// The budget of `hook` under `config`; `None` when `hook` is not one of [`HOOKS`].
     pub fn of(hook: &str, config: &Config) -> Option<Budget> {
+        let hook = HOOKS.into_iter().find(|h| *h == hook)?;
         let wait = |what, limit| Wait { what, limit };
-        let lock = wait("state.lock_wait", config.lock_wait);
-        // Stopping an app: SIGTERM, `stop.grace`, SIGKILL, then a bounded wait for it to go.
-        let stopping = [
-            wait("stop.grace", config.stop_grace),
-            wait("the wait after SIGKILL", KILL_WAIT),
-        ];
-        let (hook, waits) = match hook {
-            "stop" => ("stop", [vec![lock], stopping.to_vec()].concat()),
-            // `start` frees the idle slot the same way before it starts the new version.
-            "start" => (
-                "start",
-                [
-                    vec![lock],
-                    stopping.to_vec(),
-                    vec![wait("app.start_check", config.app.start_check)],
-                ]
-                .concat(),
-            ),
-            "health" => (
-                "health",
-                vec![
-                    lock,
-                    wait("health.timeout", config.health.timeout),
-                    wait("the last probe", MIN_PROBE_TIMEOUT),
-                ],
-            ),
-            "switch" => (
-                "switch",
-                vec![
-                    lock,
-                    wait("the health probe of the target", TARGET_PROBE_TIMEOUT),
-                    wait(
-                        "nginx config test, reload command and writes",
-                        SWITCH_STEPS_ALLOWANCE,
-                    ),
-                    wait("nginx.reload_timeout", config.nginx.reload_timeout),
-                ],
-            ),
-            _ => return None,
-        };
+        // Every hook first waits for the lock.
+        let mut waits = vec![wait("state.lock_wait", config.lock_wait)];
+        // Stopping an app (`stop`, and `start` freeing the idle slot before it starts the new
+        // version): SIGTERM, `stop.grace`, SIGKILL, then a bounded wait for it to go.
+        if hook == "stop" || hook == "start" {
+            waits.push(wait("stop.grace", config.stop_grace));
+            waits.push(wait("the wait after SIGKILL", KILL_WAIT));
+        }
+        match hook {
+            "start" => waits.push(wait("app.start_check", config.app.start_check)),
+            "health" => {
+                waits.push(wait("health.timeout", config.health.timeout));
+                waits.push(wait("the last probe", MIN_PROBE_TIMEOUT));
+            }
+            "switch" => {
+                waits.push(wait("the health probe of the target", TARGET_PROBE_TIMEOUT));
+                waits.push(wait(
+                    "nginx config test, reload command and writes",
+                    SWITCH_STEPS_ALLOWANCE,
+                ));
+                waits.push(wait("nginx.reload_timeout", config.nginx.reload_timeout));
+            }
+            _ => {}
+        }
         Some(Budget { hook, waits })
     }
 
