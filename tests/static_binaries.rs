@@ -1,11 +1,8 @@
 //! The hook binaries are statically linked: no ELF interpreter, and `--version` runs in an
 //! empty chroot (no libc, no loader).
 
-use std::os::unix::process::CommandExt;
-use std::process::Command;
-
+use portswap_bundle::elf::{linking_of, Linking};
 use portswap_testkit::bins;
-use portswap_testkit::elf::{linking_of, Linking};
 
 #[test]
 fn hook_binaries_have_no_elf_interpreter() {
@@ -28,20 +25,8 @@ fn version_runs_in_an_empty_chroot() {
     }
     bins::ensure_built();
     for hook in ["stop", "start", "health", "switch"] {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::copy(bins::bin(hook), root.path().join(hook)).unwrap();
-        let jail = root.path().to_path_buf();
-        let mut command = Command::new(format!("/{hook}"));
-        command.arg("--version").env_clear();
-        // SAFETY: chroot and chdir are async-signal-safe system calls.
-        unsafe {
-            command.pre_exec(move || {
-                nix::unistd::chroot(&jail)?;
-                nix::unistd::chdir("/")?;
-                Ok(())
-            });
-        }
-        let out = command.output().unwrap();
+        let (out, chroot) = bins::run_alone(&bins::bin(hook), &["--version"]);
+        assert!(chroot);
         assert!(out.status.success(), "{hook} in an empty chroot: {out:?}");
         assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("{hook} ")));
     }

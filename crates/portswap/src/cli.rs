@@ -1,7 +1,7 @@
 //! What every hook binary shares: flags, `--help`/`--version`, logging, the SIGTERM rule and
 //! the one-line verdict that ends the output.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,19 +49,24 @@ enum Parsed {
     Version,
 }
 
+/// Splits one argument into the flag and its inline value (`--config=/a.yml` gives
+/// `--config` and `/a.yml`); `None` when the argument is not UTF-8.
+pub fn split_arg(raw: &OsStr) -> Option<(String, Option<String>)> {
+    let text = raw.to_str()?;
+    Some(match text.split_once('=') {
+        Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+        _ => (text.to_string(), None),
+    })
+}
+
 fn parse(hook: &Hook, argv: Vec<OsString>) -> Result<Parsed> {
     let usage = |msg: String| Error::Usage(format!("{msg}; see `{} --help`", hook.name));
     let mut args = Args::default();
     let mut iter = argv.into_iter();
     while let Some(raw) = iter.next() {
-        let text = raw
-            .to_str()
-            .ok_or_else(|| usage(format!("argument {raw:?} is not UTF-8")))?
-            .to_string();
-        let (flag, inline) = match text.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (text.clone(), None),
-        };
+        let (flag, inline) =
+            split_arg(&raw).ok_or_else(|| usage(format!("argument {raw:?} is not UTF-8")))?;
+        let text = raw.to_string_lossy();
         let mut value = |name: &str| -> Result<String> {
             inline
                 .clone()
@@ -119,7 +124,9 @@ pub fn say(mut out: impl Write, line: &str) {
     let _ = out.flush();
 }
 
-fn init_logging(hook: &'static str) {
+/// Logs to stderr through env_logger (`RUST_LOG`, default info), each line tagged with the
+/// binary and `$DEPLOYMENT_ID` and a UTC time stamp.
+pub fn init_logging(hook: &'static str) {
     let deployment = std::env::var("DEPLOYMENT_ID")
         .ok()
         .filter(|d| !d.is_empty());
@@ -196,8 +203,9 @@ pub fn run(hook: &'static Hook, body: fn(&Args) -> Result<String>) -> ExitCode {
     }
 }
 
-/// The last line of a hook's output.
-fn verdict(hook: &Hook, result: std::result::Result<&String, &Error>) -> String {
+/// The last line of a hook's output: `portswap <name>: OK: ...` or
+/// `portswap <name>: FAILED (exit N): ...`, on one line.
+pub fn verdict(hook: &Hook, result: std::result::Result<&String, &Error>) -> String {
     let line = match result {
         Ok(summary) => format!("portswap {}: OK: {summary}", hook.name),
         Err(e) => format!(

@@ -55,6 +55,10 @@ fn transport_reason(t: &ureq::Transport) -> String {
     }
 }
 
+/// The shortest timeout a probe gets, even when the deadline is closer: the most
+/// [`wait_healthy`] can run past `health.timeout`.
+pub const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// Probes until healthy or `rules.timeout` has passed: first after 20 ms, then every 25 ms
 /// for 2 s, backing off to 100 ms until 10 s (a late probe adds straight to the deploy time)
 /// and to 1 s after that; a progress line about every second. `dead()` is asked between probes and ends the
@@ -75,7 +79,7 @@ pub fn wait_healthy(
         let failure = match probe(
             port,
             rules,
-            left.clamp(Duration::from_millis(100), Duration::from_secs(5)),
+            left.clamp(MIN_PROBE_TIMEOUT, Duration::from_secs(5)),
         ) {
             Ok(status) => return Ok((status, started.elapsed())),
             Err(failure) => failure,

@@ -3,6 +3,7 @@
 //! wrappers over [`commands`]; everything else here is one concern per module.
 
 pub mod applog;
+pub mod budget;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -128,8 +128,12 @@ pub enum Stopped {
     Killed(Duration),
 }
 
+/// How long [`terminate`] waits for the process to vanish and the port to free after SIGKILL.
+pub const KILL_WAIT: Duration = Duration::from_secs(5);
+
 /// Signals `target` (its whole process group when it leads one) with SIGTERM, waits up to
-/// `grace` for it to exit and for `port` to be free, then SIGKILLs it and waits up to 5 s more.
+/// `grace` for it to exit and for `port` to be free, then SIGKILLs it and waits up to
+/// [`KILL_WAIT`] more.
 pub fn terminate(target: ProcId, port: u16, grace: Duration) -> Result<Stopped> {
     let started = Instant::now();
     let leads_group =
@@ -158,11 +162,11 @@ pub fn terminate(target: ProcId, port: u16, grace: Duration) -> Result<Stopped> 
         crate::duration::show(grace)
     );
     send(Signal::SIGKILL);
-    if wait_for(Duration::from_secs(5), gone) {
+    if wait_for(KILL_WAIT, gone) {
         return Ok(Stopped::Killed(started.elapsed()));
     }
     Err(Error::Failed(format!(
-        "pid {} {} and port {port} {} 5s after SIGKILL",
+        "pid {} {} and port {port} {} {} after SIGKILL",
         target.pid,
         if target.is_alive() {
             "still runs"
@@ -173,7 +177,8 @@ pub fn terminate(target: ProcId, port: u16, grace: Duration) -> Result<Stopped> 
             "is still in use"
         } else {
             "is free"
-        }
+        },
+        crate::duration::show(KILL_WAIT)
     )))
 }
 

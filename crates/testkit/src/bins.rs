@@ -6,8 +6,9 @@
 //! not get the binaries of other packages built, so [`ensure_built`] runs `cargo build` once
 //! per process.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 /// The workspace root, fixed at compile time.
@@ -109,6 +110,41 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Runs a copy of `binary` with `args` in an empty directory and an empty environment: as
+/// root inside a chroot there (no libc, no dynamic loader, no /proc: only a static
+/// executable runs), otherwise with that directory as its working directory. Returns the
+/// output and whether it ran in the chroot.
+pub fn run_alone(binary: &Path, args: &[&str]) -> (Output, bool) {
+    let name = binary.file_name().expect("an executable file");
+    let jail = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(binary, jail.path().join(name))
+        .unwrap_or_else(|e| panic!("copy {}: {e}", binary.display()));
+    let chroot = nix::unistd::geteuid().is_root();
+    let mut command = if chroot {
+        let root = jail.path().to_path_buf();
+        let mut command = Command::new(Path::new("/").join(name));
+        // SAFETY: chroot and chdir are async-signal-safe system calls.
+        unsafe {
+            command.pre_exec(move || {
+                nix::unistd::chroot(&root)?;
+                nix::unistd::chdir("/")?;
+                Ok(())
+            });
+        }
+        command
+    } else {
+        let mut command = Command::new(jail.path().join(name));
+        command.current_dir(jail.path());
+        command
+    };
+    let output = command
+        .args(args)
+        .env_clear()
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", binary.display()));
+    (output, chroot)
 }
 
 #[cfg(test)]

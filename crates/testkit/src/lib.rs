@@ -3,14 +3,12 @@
 //! - [`bins`]: find (and build once) the workspace executables.
 //! - [`net`]: free ports, a tiny blocking HTTP GET client, polling with a deadline.
 //! - [`nginx`]: a private nginx per test, configured like the legacy deployment.
-//! - [`elf`]: is an executable static (no ELF interpreter)?
 //! - [`hooks`]: run the hook binaries as the agent does; read back the include and records.
 //! - [`fixture`]: run `fixture-app` (the stand-in application) as a child.
 //! - [`agent`]: an emulation of the CodeDeploy agent running a revision's hooks.
 
 pub mod agent;
 pub mod bins;
-pub mod elf;
 pub mod fixture;
 pub mod hooks;
 pub mod net;

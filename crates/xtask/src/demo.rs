@@ -1,7 +1,7 @@
 //! `xtask demo`: a local end-to-end deployment, no AWS account needed.
 //!
 //! Builds the hooks and the fixture app, starts the installed nginx in a sandbox directory,
-//! packs revisions v1, v2, v3 exactly as `bundle` does (with a demo portswap.yml and the
+//! packs revisions v1, v2, v3 with portswap-bundle's library (with a demo portswap.yml and the
 //! fixture app as the artifact) and deploys each `.tgz` through the CodeDeploy agent
 //! emulation, while a client thread polls nginx with new connections. Prints, per deployment,
 //! the live port before and after, each hook's duration, and what the client saw; then stops
@@ -22,7 +22,9 @@ use portswap_testkit::agent::{Agent, DeploymentReport};
 use portswap_testkit::hooks::{included_port, recorded_pid, yaml_list};
 use portswap_testkit::{net, NginxSandbox};
 
-use crate::bundle::{self, Inputs};
+use portswap_bundle::Inputs;
+
+use crate::build;
 
 /// Versions deployed, in order.
 const VERSIONS: [&str; 3] = ["v1", "v2", "v3"];
@@ -296,7 +298,7 @@ pub fn run(release: bool) -> Result<(), String> {
         "building the hooks and the fixture app ({})",
         if release { "release" } else { "debug" }
     );
-    let binaries = bundle::cargo_build(
+    let binaries = build::cargo_build(
         &[
             "portswap-stop",
             "portswap-start",
@@ -323,18 +325,19 @@ pub fn run(release: bool) -> Result<(), String> {
         ports[1]
     );
 
-    // Revisions packed like `bundle` does, one per version.
+    // Revisions packed as `portswap-bundle` packs them, one per version.
     let mut packed = Vec::new();
     for version in VERSIONS {
         let config = root.join(format!("portswap-{version}.yml"));
         fs::write(&config, demo_config(root, &nginx, ports, version)).map_err(|e| e.to_string())?;
         let inputs = Inputs {
-            appspec: bundle::workspace_root().join("appspec.yml"),
+            appspec: build::workspace_root().join("appspec.yml"),
             config,
-            binaries: binaries.clone(),
+            hooks: binaries.clone(),
             artifacts: vec![binaries.join("fixture-app")],
         };
-        let made = bundle::bundle(&inputs, &root.join("bundles").join(version))?;
+        let made = portswap_bundle::bundle(&inputs, &root.join("bundles").join(version))
+            .map_err(|e| e.to_string())?;
         packed.push(made.tgz);
     }
 

@@ -99,6 +99,9 @@ pub fn run(args: &Args) -> Result<String> {
     ))
 }
 
+/// How long the one health probe of the target may take before a normal switch.
+pub const TARGET_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The target must answer its health check: at once for a normal switch (health ran just
 /// before), within a few seconds for a rollback.
 fn check_target(port: u16, rules: &Health, rollback: bool) -> Result<()> {
@@ -109,7 +112,7 @@ fn check_target(port: u16, rules: &Health, rollback: bool) -> Result<()> {
         };
         health::wait_healthy(port, &quick, || None).map(|_| ())
     } else {
-        health::probe(port, rules, Duration::from_secs(2))
+        health::probe(port, rules, TARGET_PROBE_TIMEOUT)
             .map(|_| ())
             .map_err(Error::Failed)
     };

@@ -1,0 +1,127 @@
+//! How long each hook may run with a given configuration: every wait it can make, in order,
+//! so that a revision builder can check it against the hook's appspec timeout. A hook the
+//! agent kills on its timeout fails without its own verdict, so each wait must fit.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::commands::switch::TARGET_PROBE_TIMEOUT;
+use crate::config::Config;
+use crate::duration::show;
+use crate::health::MIN_PROBE_TIMEOUT;
+use crate::process::KILL_WAIT;
+
+/// The hook binaries, as named in a revision's `hooks/` directory.
+pub const HOOKS: [&str; 4] = ["stop", "start", "health", "switch"];
+
+/// What `switch` is allowed for the steps that have no timeout of their own: the nginx
+/// config test, the reload command and the atomic writes of the include and the record.
+pub const SWITCH_STEPS_ALLOWANCE: Duration = Duration::from_secs(3);
+
+/// One wait a hook may make, and its upper bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wait {
+    /// The configuration key (`stop.grace`) or a description of a built-in wait.
+    pub what: &'static str,
+    /// The most it can last.
+    pub limit: Duration,
+}
+
+/// Everything one hook may wait for, in the order it waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    /// The hook (`stop`, `start`, `health`, `switch`).
+    pub hook: &'static str,
+    /// Its waits.
+    pub waits: Vec<Wait>,
+}
+
+impl Budget {
+    /// The budget of `hook` under `config`; `None` when `hook` is not one of [`HOOKS`].
+    pub fn of(hook: &str, config: &Config) -> Option<Budget> {
+        let hook = HOOKS.into_iter().find(|h| *h == hook)?;
+        let wait = |what, limit| Wait { what, limit };
+        // Every hook first waits for the lock.
+        let mut waits = vec![wait("state.lock_wait", config.lock_wait)];
+        // Stopping an app (`stop`, and `start` freeing the idle slot before it starts the new
+        // version): SIGTERM, `stop.grace`, SIGKILL, then a bounded wait for it to go.
+        if hook == "stop" || hook == "start" {
+            waits.push(wait("stop.grace", config.stop_grace));
+            waits.push(wait("the wait after SIGKILL", KILL_WAIT));
+        }
+        match hook {
+            "start" => waits.push(wait("app.start_check", config.app.start_check)),
+            "health" => {
+                waits.push(wait("health.timeout", config.health.timeout));
+                waits.push(wait("the last probe", MIN_PROBE_TIMEOUT));
+            }
+            "switch" => {
+                waits.push(wait("the health probe of the target", TARGET_PROBE_TIMEOUT));
+                waits.push(wait(
+                    "nginx config test, reload command and writes",
+                    SWITCH_STEPS_ALLOWANCE,
+                ));
+                waits.push(wait("nginx.reload_timeout", config.nginx.reload_timeout));
+            }
+            _ => {}
+        }
+        Some(Budget { hook, waits })
+    }
+
+    /// The longest the hook may run.
+    pub fn total(&self) -> Duration {
+        self.waits.iter().map(|w| w.limit).sum()
+    }
+}
+
+/// `state.lock_wait 30s + stop.grace 28s + the wait after SIGKILL 5s = 63s`.
+impl fmt::Display for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let terms: Vec<String> = self
+            .waits
+            .iter()
+            .map(|w| format!("{} {}", w.what, show(w.limit)))
+            .collect();
+        write!(f, "{} = {}", terms.join(" + "), show(self.total()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, Path::new("/etc/portswap/portswap.yml")).unwrap()
+    }
+
+    #[test]
+    fn stop_counts_the_wait_after_sigkill() {
+        let config = config("app: { command: [x] }\nstop: { grace: 28s }\n");
+        let budget = Budget::of("stop", &config).unwrap();
+        assert_eq!(budget.total(), Duration::from_secs(63));
+        assert_eq!(
+            budget.to_string(),
+            "state.lock_wait 30s + stop.grace 28s + the wait after SIGKILL 5s = 63s"
+        );
+    }
+
+    #[test]
+    fn every_hook_has_a_budget_made_of_its_waits() {
+        let config = config(
+            "app: { command: [x], start_check: 1s }\nhealth: { timeout: 90s }\n\
+             nginx: { reload_timeout: 5s }\nstop: { grace: 20s }\nstate: { lock_wait: 30s }\n",
+        );
+        let total = |hook| Budget::of(hook, &config).unwrap().total();
+        assert_eq!(total("stop"), Duration::from_secs(55));
+        assert_eq!(total("start"), Duration::from_secs(56));
+        assert_eq!(total("health"), Duration::from_millis(120_100));
+        assert_eq!(total("switch"), Duration::from_secs(40));
+        assert!(Budget::of("deploy", &config).is_none());
+        for hook in HOOKS {
+            let budget = Budget::of(hook, &config).unwrap();
+            assert_eq!(budget.hook, hook);
+            assert_eq!(budget.waits[0].what, "state.lock_wait");
+        }
+    }
+}
