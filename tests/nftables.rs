@@ -123,3 +123,153 @@ fn deployments_switch_by_rule_without_reloading_nginx() {
         assert_eq!(history.lines().count(), 4, "{history}");
     });
 }
+
+/// Runs `command` with CAP_NET_ADMIN dropped from its bounding set: as root, it then starts
+/// without that capability (and so does the `nft` it runs).
+fn without_net_admin(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; it only changes this child's capability set.
+    unsafe {
+        command.pre_exec(|| {
+            const CAP_NET_ADMIN: nix::libc::c_ulong = 12;
+            if nix::libc::prctl(nix::libc::PR_CAPBSET_DROP, CAP_NET_ADMIN, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Runs `command` in its own mount namespace where the `nft` executable is hidden (a
+/// character device bound over it, which is not executable).
+fn without_nft(command: &mut std::process::Command) {
+    use nix::mount::{mount, MsFlags};
+    use std::os::unix::process::CommandExt;
+    let nft = std::fs::canonicalize(netns::nft_binary()).unwrap();
+    // SAFETY: unshare and mount are plain system calls on this child alone.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )?;
+            mount(
+                Some("/dev/null"),
+                &nft,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )?;
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn bad_input_is_refused_with_the_rule_unchanged() {
+    isolated("nftables bad input", || {
+        let site = nftables_site();
+        let [a, _] = site.ports;
+        let service = site.service_port;
+        site.deploy_ok("d-1");
+        site.run_until("d-2", "health");
+        let before = rule();
+        assert_eq!(before, Some((service, a)));
+        let include = site.include_text();
+        let unchanged = |what: &str| {
+            assert_eq!(rule(), before, "{what}: rule changed");
+            assert_eq!(site.include_text(), include, "{what}: include changed");
+            assert_eq!(site.live_version().as_deref(), Some("d-1"), "{what}");
+        };
+
+        let squatter = std::net::TcpListener::bind(("127.0.0.1", service)).unwrap();
+        site.hook("switch", &[], Some("d-2")).fails(
+            4,
+            &format!("port {service} (switch.service_port) is already listened on"),
+        );
+        drop(squatter);
+        unchanged("service port taken");
+
+        let out = site.hook_with("switch", &[], Some("d-2"), without_net_admin);
+        let out = out.fails(1, "CAP_NET_ADMIN");
+        assert!(
+            out.last_line().contains("Operation not permitted"),
+            "{}",
+            out.last_line()
+        );
+        unchanged("no CAP_NET_ADMIN");
+
+        site.hook_with("switch", &[], Some("d-2"), without_nft)
+            .fails(1, "package `nftables`");
+        unchanged("nft missing");
+
+        std::fs::write(site.include(), "set $service_url http://127.0.0.1:1;\n").unwrap();
+        site.hook("switch", &[], Some("d-2"))
+            .fails(2, "sends traffic to port 1,");
+        std::fs::write(site.include(), include.clone().unwrap()).unwrap();
+        unchanged("include pointing elsewhere");
+
+        // Each cause fixed: the same deployment switches.
+        site.hook("switch", &[], Some("d-2")).ok();
+        assert_eq!(site.live_version().as_deref(), Some("d-2"));
+    });
+}
+
+#[test]
+fn an_upstream_pool_on_the_service_port_is_refused() {
+    isolated("nftables upstream pool", || {
+        let settings = Settings {
+            switch_by: Some("nftables"),
+            ..Settings::default()
+        };
+        let site = Site::with_nginx(settings, |service| {
+            format!("upstream pooled {{ server 127.0.0.1:{service}; keepalive 4; }}")
+        });
+        site.run_until("d-1", "health");
+        let out = site
+            .hook("switch", &[], Some("d-1"))
+            .fails(1, "upstream pooled");
+        assert!(
+            out.last_line().contains("keepalive 0;"),
+            "{}",
+            out.last_line()
+        );
+        assert_eq!(rule(), None, "nothing changed");
+        assert_eq!(site.include_text(), None, "nothing changed");
+    });
+}
+
+/// An upstream{} block without `keepalive` pools from nginx 1.29.7 on (and is refused there),
+/// not before. Checked against whichever nginx the test kit runs (PORTSWAP_TESTKIT_NGINX,
+/// else the system's).
+#[test]
+fn an_upstream_block_without_keepalive_is_refused_where_nginx_pools_by_default() {
+    isolated("nftables default upstream pool", || {
+        let settings = Settings {
+            switch_by: Some("nftables"),
+            ..Settings::default()
+        };
+        let site = Site::with_nginx(settings, |service| {
+            format!("upstream plain {{ server 127.0.0.1:{service}; }}")
+        });
+        let version = std::process::Command::new(site.nginx.nginx_path())
+            .arg("-v")
+            .output()
+            .unwrap();
+        let version = String::from_utf8_lossy(&version.stderr).trim().to_string();
+        let pools = portswap::switcher::nftables::pools_by_default(&version);
+        site.run_until("d-1", "health");
+        let out = site.hook("switch", &[], Some("d-1"));
+        if pools {
+            out.fails(1, "on by default since nginx 1.29.7");
+        } else {
+            out.ok();
+            assert_eq!(site.live_version().as_deref(), Some("d-1"), "{version}");
+        }
+        println!("{version}: an upstream block without keepalive pools: {pools}");
+    });
+}

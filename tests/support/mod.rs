@@ -113,11 +113,12 @@ impl Site {
     }
 
     pub fn with(settings: Settings) -> Site {
-        Site::with_nginx(settings, "")
+        Site::with_nginx(settings, |_| String::new())
     }
 
-    /// A site whose nginx gets `http_extra` at `http` level (e.g. an upstream block).
-    pub fn with_nginx(settings: Settings, http_extra: &str) -> Site {
+    /// A site whose nginx gets `http_extra(service port)` at `http` level (e.g. an upstream
+    /// block).
+    pub fn with_nginx(settings: Settings, http_extra: impl FnOnce(u16) -> String) -> Site {
         bins::ensure_built();
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path();
@@ -126,17 +127,18 @@ impl Site {
         fs::create_dir_all(root.join("revision")).unwrap();
         fs::copy(bins::bin("fixture-app"), root.join("revision/fixture-app"))
             .expect("copy fixture-app");
+        let service_port = net::free_port();
         let nginx = NginxSandbox::start_with(
             &root.join("nginx"),
             &root.join("service-url.inc"),
-            http_extra,
+            &http_extra(service_port),
         );
         let ports = [net::free_port(), net::free_port()];
         let site = Site {
             dir,
             nginx,
             ports,
-            service_port: net::free_port(),
+            service_port,
             settings,
         };
         site.write_config();

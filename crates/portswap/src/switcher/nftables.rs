@@ -223,9 +223,10 @@ pub fn probe_reaches(service_port: u16) -> Result<u16, String> {
 }
 
 /// An `upstream {}` block in nginx's configuration (`nginx -T`) that lists the service port
-/// and may keep idle connections to it: kept connections would stay on the old slot after a
-/// switch. nginx ≥ 1.29.7 keeps them by default, so only `keepalive 0;` counts as off.
-pub fn pooled_upstream(config: &str, service_port: u16) -> Option<String> {
+/// and keeps idle connections to it: kept connections would stay on the old slot after a
+/// switch. A block with `keepalive N` (N > 0) does; one without the directive does from nginx
+/// 1.29.7 on (`pools_by_default`), where `keepalive 0;` turns it off.
+pub fn pooled_upstream(config: &str, service_port: u16, pools_by_default: bool) -> Option<String> {
     let text: String = config
         .lines()
         .map(|l| l.split('#').next().unwrap_or(""))
@@ -267,7 +268,11 @@ pub fn pooled_upstream(config: &str, service_port: u16) -> Option<String> {
             }
             '}' => {
                 if let Some((name, at, lists, keepalive)) = upstream.take() {
-                    if at == depth && lists && keepalive.as_deref() != Some("0") {
+                    let pools = match keepalive.as_deref() {
+                        Some(value) => value != "0",
+                        None => pools_by_default,
+                    };
+                    if at == depth && lists && pools {
                         return Some(format!(
                             "upstream {name} (server 127.0.0.1:{service_port}, keepalive {})",
                             keepalive
@@ -286,6 +291,22 @@ pub fn pooled_upstream(config: &str, service_port: u16) -> Option<String> {
         }
     }
     None
+}
+
+/// True when `nginx -v` output names a version that keeps upstream connections by default
+/// (1.29.7 and later).
+pub fn pools_by_default(version_output: &str) -> bool {
+    let Some(at) = version_output.find("nginx/") else {
+        return false;
+    };
+    let numbers: Vec<u32> = version_output[at + 6..]
+        .split(|c: char| !c.is_ascii_digit() && c != '.')
+        .next()
+        .unwrap_or("")
+        .split('.')
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    numbers.as_slice() >= [1, 29, 7].as_slice()
 }
 
 /// What both modes need to tell where traffic goes: the include names a slot (reload mode)
@@ -418,18 +439,30 @@ impl NftablesSwitcher {
             .filter(|a| *a != "-q")
             .map(|a| if a == "-t" { "-T" } else { a.as_str() })
             .collect();
-        let dump = resolve_program(argv[0]).and_then(|program| {
-            Command::new(program)
-                .args(&argv[1..])
-                .stdin(Stdio::null())
-                .stderr(Stdio::null())
-                .output()
-                .map_err(|e| Error::Failed(e.to_string()))
-        });
-        match dump {
+        let run = |argv: &[&str]| {
+            resolve_program(argv[0]).and_then(|program| {
+                Command::new(program)
+                    .args(&argv[1..])
+                    .stdin(Stdio::null())
+                    .output()
+                    .map_err(|e| Error::Failed(e.to_string()))
+            })
+        };
+        match run(&argv) {
             Ok(out) if out.status.success() => {
                 let text = String::from_utf8_lossy(&out.stdout);
-                match pooled_upstream(&text, self.service_port()) {
+                let service = self.service_port();
+                let pool = pooled_upstream(&text, service, false).or_else(|| {
+                    // A block without `keepalive` pools only from nginx 1.29.7 on: ask `-v`.
+                    let blocks = pooled_upstream(&text, service, true)?;
+                    let version: Vec<&str> = argv
+                        .iter()
+                        .map(|a| if *a == "-T" { "-v" } else { a })
+                        .collect();
+                    let out = run(&version).ok()?;
+                    pools_by_default(&String::from_utf8_lossy(&out.stderr)).then_some(blocks)
+                });
+                match pool {
                     Some(pool) => Err(Error::Failed(format!(
                         "nginx keeps upstream connections to the service port: {pool}; they would \
                          stay on the old slot after a switch; fix: `keepalive 0;` in that block, \
@@ -656,24 +689,31 @@ mod tests {
 
     #[test]
     fn finds_upstream_pools_on_the_service_port_only() {
+        assert!(!pools_by_default("nginx version: nginx/1.22.1\n"));
+        assert!(!pools_by_default("nginx version: nginx/1.29.6"));
+        assert!(pools_by_default("nginx version: nginx/1.29.7"));
+        assert!(pools_by_default("nginx version: nginx/1.30.4 (custom)\n"));
+        assert!(!pools_by_default("garbage"));
+        let default_off = "upstream app { server 127.0.0.1:8080; }";
+        assert_eq!(pooled_upstream(default_off, 8080, false), None);
         let plain = "http { server { location / { proxy_pass $service_url; } } }";
-        assert_eq!(pooled_upstream(plain, 8080), None);
+        assert_eq!(pooled_upstream(plain, 8080, true), None);
         let pooled = "# configuration file /etc/nginx/nginx.conf:\nhttp {\n upstream app {\n  server 127.0.0.1:8080 max_fails=0; # the service\n  keepalive 16;\n }\n}";
-        let found = pooled_upstream(pooled, 8080).unwrap();
+        let found = pooled_upstream(pooled, 8080, false).unwrap();
         assert!(
             found.contains("upstream app") && found.contains("keepalive 16"),
             "{found}"
         );
-        assert_eq!(pooled_upstream(pooled, 9090), None, "another port");
+        assert_eq!(pooled_upstream(pooled, 9090, true), None, "another port");
         let default_on = "upstream app { server localhost:8080; }";
-        assert!(pooled_upstream(default_on, 8080)
+        assert!(pooled_upstream(default_on, 8080, true)
             .unwrap()
             .contains("1.29.7"));
         let off = "upstream app { server 127.0.0.1:8080; keepalive 0; }";
-        assert_eq!(pooled_upstream(off, 8080), None);
+        assert_eq!(pooled_upstream(off, 8080, true), None);
         let nested_other =
             "upstream a { server 10.0.0.1:80; } upstream b { server 127.0.0.1:8080; keepalive 2; }";
-        assert!(pooled_upstream(nested_other, 8080)
+        assert!(pooled_upstream(nested_other, 8080, false)
             .unwrap()
             .contains("upstream b"));
     }
