@@ -273,3 +273,142 @@ fn an_upstream_block_without_keepalive_is_refused_where_nginx_pools_by_default()
         println!("{version}: an upstream block without keepalive pools: {pools}");
     });
 }
+
+#[test]
+fn a_lost_ruleset_is_refused_until_restored_and_the_boot_unit_restores_it() {
+    isolated("nftables reboot", || {
+        let site = nftables_site();
+        let [a, b] = site.ports;
+        let service = site.service_port;
+        site.deploy_ok("d-1");
+        site.deploy_ok("d-2");
+        assert_eq!(rule(), Some((service, b)));
+
+        // What a reboot does to the kernel's ruleset.
+        netns::nft(&["flush", "ruleset"]).unwrap();
+        assert_eq!(site.live_version(), None, "nothing routes the service port");
+        // No hook takes the recorded live slot for idle: stop would otherwise kill it.
+        site.hook("stop", &[], Some("d-3"))
+            .fails(2, "switch --restore");
+        site.hook("switch", &[], Some("d-3"))
+            .fails(2, "switch --restore");
+        assert_eq!(site.version_on(b).as_deref(), Some("d-2"));
+        assert_eq!(site.version_on(a).as_deref(), Some("d-1"));
+        let status = site.hook("switch", &["--status"], None).ok();
+        assert!(
+            status.stdout.contains("switch --restore"),
+            "{}",
+            status.stdout
+        );
+
+        let restored = site.hook("switch", &["--restore"], None).ok();
+        assert!(
+            restored.last_line().contains("re-applied"),
+            "{}",
+            restored.last_line()
+        );
+        assert_eq!(rule(), Some((service, b)));
+        assert_eq!(site.live_version().as_deref(), Some("d-2"));
+        let again = site.hook("switch", &["--restore"], None).ok();
+        assert!(
+            again.last_line().contains("already in place"),
+            "{}",
+            again.last_line()
+        );
+
+        // The boot unit the first switch installed re-applies the rule the same way.
+        let units = site.root().join("systemd");
+        let unit = std::fs::read_to_string(units.join("portswap-redirect.service")).unwrap();
+        assert!(unit.contains("Before=nginx.service"), "{unit}");
+        for target in ["multi-user.target.wants", "nginx.service.wants"] {
+            assert!(units
+                .join(target)
+                .join("portswap-redirect.service")
+                .exists());
+        }
+        let exec: Vec<&str> = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        netns::nft(&["flush", "ruleset"]).unwrap();
+        let boot = std::process::Command::new(exec[0])
+            .args(&exec[1..])
+            .output()
+            .unwrap();
+        assert!(boot.status.success(), "{boot:?}");
+        assert_eq!(rule(), Some((service, b)));
+        assert_eq!(site.live_version().as_deref(), Some("d-2"));
+
+        // With the rule back, the next deployment goes on as usual.
+        site.deploy_ok("d-3");
+        assert_eq!(rule(), Some((service, a)));
+        assert_eq!(site.live_version().as_deref(), Some("d-3"));
+    });
+}
+
+#[test]
+fn switch_killed_at_random_moments_leaves_exactly_one_complete_rule() {
+    use std::os::unix::process::CommandExt;
+    const ITERATIONS: usize = 200;
+    isolated("nftables kill loop", || {
+        let site = nftables_site();
+        let [a, b] = site.ports;
+        let service = site.service_port;
+        site.deploy_ok("d-1");
+        site.run_until("d-2", "health");
+        let mut rng = support::Rng::from_clock();
+        let seed = rng.seed();
+        let (mut killed, mut completed, mut flips) = (0, 0, 0);
+        // Kills spread over the whole run of a switch (and a little past it).
+        let started = std::time::Instant::now();
+        site.hook("switch", &[], None).ok();
+        let span = started.elapsed().as_micros() as u64 * 5 / 4;
+        let mut previous = rule();
+        for i in 0..ITERATIONS {
+            let mut command = portswap_testkit::hooks::command("switch", &site.config_path());
+            command
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .process_group(0);
+            let mut child = command.spawn().unwrap();
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            // The fault: a kill of the hook and its nft child after a random delay.
+            std::thread::sleep(Duration::from_micros(rng.below(span)));
+            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+            let status = child.wait().unwrap();
+            match status.code() {
+                Some(0) => completed += 1,
+                Some(code) => panic!("iteration {i} (seed {seed}): switch failed with {code}"),
+                None => killed += 1,
+            }
+            let now = rule();
+            assert!(
+                now == Some((service, a)) || now == Some((service, b)),
+                "iteration {i} (seed {seed}): rule {now:?}"
+            );
+            if now != previous {
+                flips += 1;
+                previous = now;
+            }
+        }
+        println!(
+            "{ITERATIONS} runs over {span} us: {killed} killed, {completed} completed, {flips} flips"
+        );
+        assert!(
+            killed > 0 && flips > 0,
+            "the loop must kill and switch: {killed} {flips}"
+        );
+        // A switch run to completion leaves the rule, the record and the traffic consistent.
+        site.hook("switch", &[], None).ok();
+        let (_, live) = rule().unwrap();
+        assert_eq!(site.version_on(live), site.live_version());
+        let status = site.hook("switch", &["--status"], None).ok();
+        assert!(
+            status.stdout.contains(&format!("live port: {live}")),
+            "{}",
+            status.stdout
+        );
+    });
+}
