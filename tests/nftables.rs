@@ -412,3 +412,65 @@ fn switch_killed_at_random_moments_leaves_exactly_one_complete_rule() {
         );
     });
 }
+
+#[test]
+fn moving_between_reload_and_nftables_under_load_fails_no_request() {
+    isolated("nftables mode moves", || {
+        let mut site = Site::with(Settings {
+            switch_by: Some("nginx-reload"),
+            ..Settings::default()
+        });
+        let [a, b] = site.ports;
+        let service = site.service_port;
+        site.deploy_ok("d-1");
+        site.deploy_ok("d-2");
+        let traffic = site.traffic();
+
+        site.set(|s| s.switch_by = Some("nftables"));
+        site.deploy_ok("d-3");
+        assert_eq!(rule(), Some((service, a)));
+        assert_eq!(site.included_port(), Some(service));
+        assert_eq!(site.live_version().as_deref(), Some("d-3"));
+        site.deploy_ok("d-4");
+        assert_eq!(rule(), Some((service, b)));
+        assert_eq!(site.live_version().as_deref(), Some("d-4"));
+
+        site.set(|s| s.switch_by = Some("nginx-reload"));
+        let status = site.hook("switch", &["--status"], None).ok();
+        assert!(
+            status.stdout.contains(&format!("live port: {b}")),
+            "{}",
+            status.stdout
+        );
+        site.deploy_ok("d-5");
+        assert_eq!(
+            site.included_port(),
+            Some(a),
+            "back to the include naming a slot"
+        );
+        assert_eq!(site.live_version().as_deref(), Some("d-5"));
+        site.deploy_ok("d-6");
+        assert_eq!(site.included_port(), Some(b));
+        assert_eq!(site.live_version().as_deref(), Some("d-6"));
+
+        let seen = traffic.finish();
+        let failed: Vec<&String> = seen.iter().filter(|v| v.starts_with("error")).collect();
+        assert!(
+            failed.is_empty(),
+            "{} of {} requests failed: {:?}",
+            failed.len(),
+            seen.len(),
+            &failed[..failed.len().min(5)]
+        );
+        for version in ["d-2", "d-3", "d-4", "d-5", "d-6"] {
+            assert!(
+                seen.iter().any(|v| v == version),
+                "no request reached {version}"
+            );
+        }
+        println!(
+            "{} requests through four deployments and two mode moves",
+            seen.len()
+        );
+    });
+}
