@@ -9,6 +9,7 @@
 //! between the transaction and the record, the rule is what routes traffic. The record only
 //! serves `--rollback` and, when the rule is gone (reboot, `nft flush ruleset`), `--restore`.
 
+use std::cell::Cell;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -22,7 +23,7 @@ use crate::duration::show;
 use crate::error::{Error, Result};
 use crate::process::resolve_program;
 use crate::state::StateDir;
-use crate::{fsio, procfs};
+use crate::{fsio, procfs, sockdiag};
 
 /// portswap's own table; nothing else in the ruleset is read or written.
 pub const TABLE: &str = "ip portswap";
@@ -197,25 +198,25 @@ impl Nft {
     }
 }
 
-/// Opens a connection to 127.0.0.1:`service_port` and returns the port of the listener that
-/// accepted it: the accepted socket in /proc/net/tcp whose remote port is the probe's own.
-pub fn probe_reaches(service_port: u16) -> Result<u16, String> {
+/// Opens a connection to 127.0.0.1:`service_port` and returns which of `slots` accepted it:
+/// the one with a socket whose remote port is the probe's own.
+pub fn probe_reaches(service_port: u16, slots: [u16; 2]) -> Result<u16, String> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, service_port));
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .map_err(|e| format!("a connection to 127.0.0.1:{service_port} failed: {e}"))?;
     let mine = stream.local_addr().map_err(|e| e.to_string())?.port();
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
-        let accepted = procfs::tcp_sockets().into_iter().find(|s| {
-            s.remote_port == mine && s.local_port != service_port && matches!(s.state, 0x01 | 0x03)
-        });
-        if let Some(socket) = accepted {
-            return Ok(socket.local_port);
+        for slot in slots {
+            match sockdiag::loopback_tcp_state(slot, mine) {
+                Ok(Some(_)) => return Ok(slot),
+                Ok(None) => {}
+                Err(e) => return Err(format!("cannot look the probe's connection up: {e}")),
+            }
         }
         if Instant::now() >= deadline {
             return Err(format!(
-                "a connection to 127.0.0.1:{service_port} was accepted, but no listener's socket \
-                 for it shows in /proc/net/tcp"
+                "a connection to 127.0.0.1:{service_port} was accepted, but by neither slot"
             ));
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -318,6 +319,8 @@ struct Route {
     slots: [u16; 2],
     state: StateDir,
     include: PathBuf,
+    /// The rule as last read by this hook run (which holds the lock), to spare a second `nft`.
+    last_read: Cell<Option<Option<Redirect>>>,
 }
 
 impl Route {
@@ -328,6 +331,7 @@ impl Route {
             slots: [config.slots[0].port, config.slots[1].port],
             state: state.clone(),
             include: config.nginx.include.clone(),
+            last_read: Cell::new(None),
         }
     }
 
@@ -340,7 +344,9 @@ impl Route {
     /// The slot the rule redirects to; an error when the rule is missing while a switch was
     /// recorded (the ruleset was lost: reboot, `nft flush ruleset`) or names no slot.
     fn redirected(&self, nft: &Nft) -> Result<Option<u16>> {
-        match nft.redirect()? {
+        let read = nft.redirect()?;
+        self.last_read.set(Some(read));
+        match read {
             Some(r) if r.service_port != self.service_port => Err(Error::State(format!(
                 "nftables table {TABLE} redirects port {}, but switch.service_port is {}; \
                  fix: set switch.service_port back, or `nft delete table {TABLE}` and `switch`",
@@ -406,7 +412,9 @@ impl NftablesSwitcher {
     /// include names a slot, the service port or nothing, and nginx keeps no upstream pool.
     fn preflight(&self) -> Result<bool> {
         let service = self.service_port();
-        if let Some(pid) = procfs::listeners(service).first() {
+        // Binding is the cheap test (TIME_WAIT does not count); /proc only names the holder.
+        let free = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, service)).is_ok();
+        if let Some(pid) = procfs::listeners(service).first().filter(|_| !free) {
             return Err(Error::Refused(format!(
                 "port {service} (switch.service_port) is already listened on by pid {pid} ({}); \
                  nginx must proxy to a port nothing listens on: choose another \
@@ -497,7 +505,7 @@ impl NftablesSwitcher {
                 next.rule()
             )));
         }
-        match probe_reaches(self.service_port()) {
+        match probe_reaches(self.service_port(), self.route.slots) {
             Ok(port) if port == next.slot => Ok(()),
             Ok(port) => Err(Error::Failed(format!(
                 "a fresh connection to port {} reached port {port}, not {}",
@@ -541,7 +549,10 @@ impl Switcher for NftablesSwitcher {
 
     fn switch_to(&self, port: u16) -> Result<Switched> {
         let nft = Nft::find()?;
-        let previous = nft.redirect()?;
+        let previous = match self.route.last_read.take() {
+            Some(read) => read,
+            None => nft.redirect()?,
+        };
         let needs_include = self.preflight()?;
         let next = Redirect {
             service_port: self.service_port(),
