@@ -83,7 +83,9 @@ pub fn run(args: &Args) -> Result<String> {
     if args.has("--force") {
         log::warn!("--force: not checking the health of port {target}");
     } else {
+        let probed = std::time::Instant::now();
         check_target(target, &ctx.config.health, rollback)?;
+        log::debug!("port {target} is healthy ({})", show(probed.elapsed()));
     }
     let switched = signals::critical(|| -> Result<_> {
         let switched = ctx.switcher.switch_to(target)?;

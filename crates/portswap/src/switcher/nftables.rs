@@ -414,12 +414,17 @@ impl NftablesSwitcher {
         let service = self.service_port();
         // Binding is the cheap test (TIME_WAIT does not count); /proc only names the holder.
         let free = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, service)).is_ok();
-        if let Some(pid) = procfs::listeners(service).first().filter(|_| !free) {
+        let holder = if free {
+            None
+        } else {
+            procfs::listeners(service).first().copied()
+        };
+        if let Some(pid) = holder {
             return Err(Error::Refused(format!(
                 "port {service} (switch.service_port) is already listened on by pid {pid} ({}); \
                  nginx must proxy to a port nothing listens on: choose another \
                  switch.service_port; nothing changed",
-                procfs::describe(*pid)
+                procfs::describe(pid)
             )));
         }
         let included = self.route.nginx.included_port()?;
@@ -553,7 +558,12 @@ impl Switcher for NftablesSwitcher {
             Some(read) => read,
             None => nft.redirect()?,
         };
+        let checked = Instant::now();
         let needs_include = self.preflight()?;
+        log::debug!(
+            "preflight (service port free, include, nginx upstreams) {}",
+            show(checked.elapsed())
+        );
         let next = Redirect {
             service_port: self.service_port(),
             slot: port,
