@@ -13,10 +13,16 @@ use portswap_testkit::netns::{self, isolated};
 use support::{Settings, Site};
 
 fn nftables_site() -> Site {
-    Site::with(Settings {
+    nftables_site_with(|_| String::new())
+}
+
+/// A site in nftables mode whose nginx gets `http_extra(service port)` at `http` level.
+fn nftables_site_with(http_extra: impl FnOnce(u16) -> String) -> Site {
+    let settings = Settings {
         switch_by: Some("nftables"),
         ..Settings::default()
-    })
+    };
+    Site::with_nginx(settings, http_extra)
 }
 
 /// The redirect rule in the namespace: `(service port, slot)`, or `None`.
@@ -222,11 +228,7 @@ fn bad_input_is_refused_with_the_rule_unchanged() {
 #[test]
 fn an_upstream_pool_on_the_service_port_is_refused() {
     isolated("nftables upstream pool", || {
-        let settings = Settings {
-            switch_by: Some("nftables"),
-            ..Settings::default()
-        };
-        let site = Site::with_nginx(settings, |service| {
+        let site = nftables_site_with(|service| {
             format!("upstream pooled {{ server 127.0.0.1:{service}; keepalive 4; }}")
         });
         site.run_until("d-1", "health");
@@ -249,11 +251,7 @@ fn an_upstream_pool_on_the_service_port_is_refused() {
 #[test]
 fn an_upstream_block_without_keepalive_is_refused_where_nginx_pools_by_default() {
     isolated("nftables default upstream pool", || {
-        let settings = Settings {
-            switch_by: Some("nftables"),
-            ..Settings::default()
-        };
-        let site = Site::with_nginx(settings, |service| {
+        let site = nftables_site_with(|service| {
             format!("upstream plain {{ server 127.0.0.1:{service}; }}")
         });
         let version = std::process::Command::new(site.nginx.nginx_path())
@@ -453,15 +451,7 @@ fn moving_between_reload_and_nftables_under_load_fails_no_request() {
         assert_eq!(site.included_port(), Some(b));
         assert_eq!(site.live_version().as_deref(), Some("d-6"));
 
-        let seen = traffic.finish();
-        let failed: Vec<&String> = seen.iter().filter(|v| v.starts_with("error")).collect();
-        assert!(
-            failed.is_empty(),
-            "{} of {} requests failed: {:?}",
-            failed.len(),
-            seen.len(),
-            &failed[..failed.len().min(5)]
-        );
+        let seen = traffic.assert_no_errors();
         for version in ["d-2", "d-3", "d-4", "d-5", "d-6"] {
             assert!(
                 seen.iter().any(|v| v == version),

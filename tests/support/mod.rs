@@ -303,16 +303,28 @@ impl Traffic {
     /// Stops the requests and panics unless every one of them (at least one) reached `version`.
     pub fn assert_all(self, version: &str) {
         let seen = self.finish();
-        assert!(!seen.is_empty(), "no request was made");
-        let wrong: Vec<&String> = seen.iter().filter(|v| *v != version).collect();
-        assert!(
-            wrong.is_empty(),
-            "{} of {} requests through nginx did not reach {version}: {:?}",
-            wrong.len(),
-            seen.len(),
-            &wrong[..wrong.len().min(5)]
-        );
+        assert_none(&seen, |v| v != version, &format!("did not reach {version}"));
     }
+
+    /// Stops the requests, panics if any failed, and returns the versions that answered.
+    pub fn assert_no_errors(self) -> Vec<String> {
+        let seen = self.finish();
+        assert_none(&seen, |v| v.starts_with("error"), "failed");
+        seen
+    }
+}
+
+/// Panics, showing the first few, when some of `seen` (at least one request) are `bad`.
+fn assert_none(seen: &[String], bad: impl Fn(&str) -> bool, what: &str) {
+    assert!(!seen.is_empty(), "no request was made");
+    let wrong: Vec<&String> = seen.iter().filter(|v| bad(v)).collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} requests through nginx {what}: {:?}",
+        wrong.len(),
+        seen.len(),
+        &wrong[..wrong.len().min(5)]
+    );
 }
 
 impl Site {

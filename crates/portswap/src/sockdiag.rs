@@ -66,36 +66,23 @@ fn request(local: u16, remote: u16) -> Vec<u8> {
 /// The state from an inet_diag_msg reply, `None` for ENOENT or for the listener the kernel
 /// falls back to when no connection matches.
 fn parse(reply: &[u8], remote: u16) -> io::Result<Option<u8>> {
-    let short = || io::Error::new(io::ErrorKind::InvalidData, "short sock_diag reply");
-    let kind = u16::from_ne_bytes(
-        reply
-            .get(4..6)
-            .ok_or_else(short)?
-            .try_into()
-            .unwrap_or([0; 2]),
-    );
-    if kind == NLMSG_ERROR {
-        let code = i32::from_ne_bytes(
-            reply
-                .get(16..20)
-                .ok_or_else(short)?
-                .try_into()
-                .unwrap_or([0; 4]),
-        );
-        return match -code {
+    if u16::from_ne_bytes(field(reply, 4)?) == NLMSG_ERROR {
+        return match -i32::from_ne_bytes(field(reply, 16)?) {
             0 | libc::ENOENT => Ok(None),
             errno => Err(io::Error::from_raw_os_error(errno)),
         };
     }
-    let state = *reply.get(17).ok_or_else(short)?;
-    let peer = u16::from_be_bytes(
-        reply
-            .get(22..24)
-            .ok_or_else(short)?
-            .try_into()
-            .unwrap_or([0; 2]),
-    );
+    let [_, state] = field(reply, 16)?;
+    let peer = u16::from_be_bytes(field(reply, 22)?);
     Ok((state != TCP_LISTEN && peer == remote).then_some(state))
+}
+
+/// `N` bytes of `reply` at `at`.
+fn field<const N: usize>(reply: &[u8], at: usize) -> io::Result<[u8; N]> {
+    reply
+        .get(at..at + N)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short sock_diag reply"))
 }
 
 #[cfg(test)]
