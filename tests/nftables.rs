@@ -464,3 +464,68 @@ fn moving_between_reload_and_nftables_under_load_fails_no_request() {
         );
     });
 }
+
+/// The point of the mechanism: clients that keep their connection to nginx and never retry
+/// (a load balancer) see no error across swaps, and each request after a swap returned reaches
+/// the new version on the same connections.
+#[test]
+fn keepalive_clients_that_never_retry_see_no_error_across_swaps() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    isolated("nftables keep-alive swaps", || {
+        let site = nftables_site();
+        site.deploy_ok("d-1");
+        site.run_until("d-2", "health");
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                let (stop, port) = (stop.clone(), site.nginx.port());
+                std::thread::spawn(move || {
+                    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(5)))
+                        .unwrap();
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut answers = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        let sent = std::time::Instant::now();
+                        let answer = ask(&mut stream, &mut reader);
+                        let failed = answer.is_err();
+                        answers.push((sent, answer));
+                        if failed {
+                            break; // no retry: the connection is gone
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    answers
+                })
+            })
+            .collect();
+        let versions = ["d-2", "d-1"];
+        let mut returned = Vec::new();
+        for i in 0..6 {
+            std::thread::sleep(Duration::from_millis(100));
+            let args: &[&str] = if i % 2 == 0 { &[] } else { &["--rollback"] };
+            site.hook("switch", args, None).ok();
+            returned.push((std::time::Instant::now(), versions[i % 2]));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        stop.store(true, Ordering::SeqCst);
+        let mut total = 0;
+        for client in clients {
+            for (sent, answer) in client.join().unwrap() {
+                total += 1;
+                let version = answer.unwrap_or_else(|e| panic!("a kept connection failed: {e}"));
+                // A request sent after the last swap returned reaches that swap's version.
+                let after_the_last = returned.iter().all(|(t, _)| *t < sent);
+                if let (Some((_, live)), true) = (returned.last(), after_the_last) {
+                    assert_eq!(
+                        &version, live,
+                        "sent after the last swap, answered by another"
+                    );
+                }
+            }
+        }
+        assert!(total > 100, "only {total} requests");
+    });
+}
