@@ -100,14 +100,6 @@ impl Site {
             yaml_list(&self.nginx.test_command()),
             self.nginx.pid_file().display(),
         );
-        // SCRATCH (not committed): nftables mode for measurements.
-        let text = match std::env::var("SCRATCH_SWITCH_BY") {
-            Ok(by) => format!(
-                "{text}switch:\n  by: {by}\n  service_port: {}\n  boot_unit_dir: systemd\n",
-                18080
-            ),
-            Err(_) => text,
-        };
         fs::write(self.config(), text).expect("write portswap.yml");
     }
 
