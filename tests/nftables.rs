@@ -259,7 +259,7 @@ fn an_upstream_block_without_keepalive_is_refused_where_nginx_pools_by_default()
             .output()
             .unwrap();
         let version = String::from_utf8_lossy(&version.stderr).trim().to_string();
-        let pools = portswap::switcher::nftables::pools_by_default(&version);
+        let pools = portswap::switcher::upstreams::pools_by_default(&version);
         site.run_until("d-1", "health");
         let out = site.hook("switch", &[], Some("d-1"));
         if pools {
@@ -527,5 +527,22 @@ fn keepalive_clients_that_never_retry_see_no_error_across_swaps() {
             }
         }
         assert!(total > 100, "only {total} requests");
+    });
+}
+
+#[test]
+fn in_reload_mode_an_include_naming_the_service_port_without_a_rule_is_refused() {
+    isolated("reload mode, include on the service port", || {
+        let site = Site::with(Settings {
+            switch_by: Some("nginx-reload"),
+            ..Settings::default()
+        });
+        site.run_until("d-1", "health");
+        let line = format!("set $service_url http://127.0.0.1:{};\n", site.service_port);
+        std::fs::write(site.include(), &line).unwrap();
+        site.hook("switch", &[], Some("d-1"))
+            .fails(2, "which is neither slot");
+        assert_eq!(site.include_text().as_deref(), Some(line.as_str()));
+        assert_eq!(rule(), None);
     });
 }

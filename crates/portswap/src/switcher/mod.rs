@@ -5,6 +5,7 @@
 pub mod boot_unit;
 pub mod nftables;
 pub mod nginx;
+pub mod upstreams;
 mod workers;
 
 use std::time::Duration;

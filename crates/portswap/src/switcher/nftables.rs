@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::nginx::NginxSwitcher;
-use super::{boot_unit, Switched, Switcher};
+use super::{boot_unit, upstreams, Switched, Switcher};
 use crate::config::Config;
 use crate::duration::show;
 use crate::error::{Error, Result};
@@ -223,93 +223,6 @@ pub fn probe_reaches(service_port: u16, slots: [u16; 2]) -> Result<u16, String> 
     }
 }
 
-/// An `upstream {}` block in nginx's configuration (`nginx -T`) that lists the service port
-/// and keeps idle connections to it: kept connections would stay on the old slot after a
-/// switch. A block with `keepalive N` (N > 0) does; one without the directive does from nginx
-/// 1.29.7 on (`pools_by_default`), where `keepalive 0;` turns it off.
-pub fn pooled_upstream(config: &str, service_port: u16, pools_by_default: bool) -> Option<String> {
-    let text: String = config
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let targets = [
-        format!("127.0.0.1:{service_port}"),
-        format!("localhost:{service_port}"),
-    ];
-    let mut depth = 0usize;
-    let mut statement = String::new();
-    // (name, depth, lists the service port, keepalive value)
-    let mut upstream: Option<(String, usize, bool, Option<String>)> = None;
-    for c in text.chars() {
-        match c {
-            '{' => {
-                depth += 1;
-                let words: Vec<&str> = statement.split_whitespace().collect();
-                if upstream.is_none() && words.first() == Some(&"upstream") {
-                    let name = words.get(1).unwrap_or(&"").to_string();
-                    upstream = Some((name, depth, false, None));
-                }
-                statement.clear();
-            }
-            ';' => {
-                let words: Vec<&str> = statement.split_whitespace().collect();
-                if let Some((_, at, lists, keepalive)) = upstream.as_mut() {
-                    if *at == depth {
-                        match words.as_slice() {
-                            ["server", addr, ..] if targets.iter().any(|t| t == addr) => {
-                                *lists = true
-                            }
-                            ["keepalive", value, ..] => *keepalive = Some(value.to_string()),
-                            _ => {}
-                        }
-                    }
-                }
-                statement.clear();
-            }
-            '}' => {
-                if let Some((name, at, lists, keepalive)) = upstream.take() {
-                    let pools = match keepalive.as_deref() {
-                        Some(value) => value != "0",
-                        None => pools_by_default,
-                    };
-                    if at == depth && lists && pools {
-                        return Some(format!(
-                            "upstream {name} (server 127.0.0.1:{service_port}, keepalive {})",
-                            keepalive
-                                .as_deref()
-                                .unwrap_or("on by default since nginx 1.29.7")
-                        ));
-                    }
-                    if at != depth {
-                        upstream = Some((name, at, lists, keepalive));
-                    }
-                }
-                depth = depth.saturating_sub(1);
-                statement.clear();
-            }
-            _ => statement.push(c),
-        }
-    }
-    None
-}
-
-/// True when `nginx -v` output names a version that keeps upstream connections by default
-/// (1.29.7 and later).
-pub fn pools_by_default(version_output: &str) -> bool {
-    let Some(at) = version_output.find("nginx/") else {
-        return false;
-    };
-    let numbers: Vec<u32> = version_output[at + 6..]
-        .split(|c: char| !c.is_ascii_digit() && c != '.')
-        .next()
-        .unwrap_or("")
-        .split('.')
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    numbers.as_slice() >= [1, 29, 7].as_slice()
-}
-
 /// What both modes need to tell where traffic goes: the include names a slot (reload mode)
 /// or the service port (nftables mode: then the rule says which slot).
 #[derive(Debug, Clone)]
@@ -344,7 +257,11 @@ impl Route {
     /// The slot the rule redirects to; an error when the rule is missing while a switch was
     /// recorded (the ruleset was lost: reboot, `nft flush ruleset`) or names no slot.
     fn redirected(&self, nft: &Nft) -> Result<Option<u16>> {
-        let read = nft.redirect()?;
+        self.judge(nft.redirect()?)
+    }
+
+    /// [`Route::redirected`] for a rule already read.
+    fn judge(&self, read: Option<Redirect>) -> Result<Option<u16>> {
         self.last_read.set(Some(read));
         match read {
             Some(r) if r.service_port != self.service_port => Err(Error::State(format!(
@@ -435,69 +352,8 @@ impl NftablesSwitcher {
                 self.route.include.display()
             )));
         }
-        self.refuse_upstream_pool()?;
+        upstreams::refuse_pool(&self.test_command, service)?;
         Ok(included != Some(service))
-    }
-
-    /// Reads nginx's whole configuration (the config test command with `-T`) and refuses an
-    /// upstream pool on the service port. When it cannot be read, says so and goes on.
-    fn refuse_upstream_pool(&self) -> Result<()> {
-        if !self.test_command.iter().any(|a| a == "-t") {
-            log::debug!("nginx.test_command has no -t: upstream keep-alive not checked");
-            return Ok(());
-        }
-        let argv: Vec<&str> = self
-            .test_command
-            .iter()
-            .filter(|a| *a != "-q")
-            .map(|a| if a == "-t" { "-T" } else { a.as_str() })
-            .collect();
-        let run = |argv: &[&str]| {
-            resolve_program(argv[0]).and_then(|program| {
-                Command::new(program)
-                    .args(&argv[1..])
-                    .stdin(Stdio::null())
-                    .output()
-                    .map_err(|e| Error::Failed(e.to_string()))
-            })
-        };
-        match run(&argv) {
-            Ok(out) if out.status.success() => {
-                let text = String::from_utf8_lossy(&out.stdout);
-                let service = self.service_port();
-                let pool = pooled_upstream(&text, service, false).or_else(|| {
-                    // A block without `keepalive` pools only from nginx 1.29.7 on: ask `-v`.
-                    let blocks = pooled_upstream(&text, service, true)?;
-                    let version: Vec<&str> = argv
-                        .iter()
-                        .map(|a| if *a == "-T" { "-v" } else { a })
-                        .collect();
-                    let out = run(&version).ok()?;
-                    pools_by_default(&String::from_utf8_lossy(&out.stderr)).then_some(blocks)
-                });
-                match pool {
-                    Some(pool) => Err(Error::Failed(format!(
-                        "nginx keeps upstream connections to the service port: {pool}; they would \
-                         stay on the old slot after a switch; fix: `keepalive 0;` in that block, \
-                         or `proxy_pass $service_url` without an upstream block; nothing changed"
-                    ))),
-                    None => Ok(()),
-                }
-            }
-            other => {
-                let why = match other {
-                    Ok(out) => out.status.to_string(),
-                    Err(e) => e.to_string(),
-                };
-                log::warn!(
-                    "could not read nginx's configuration (`{}`: {why}): make sure no upstream \
-                     block with keepalive points at port {}",
-                    argv.join(" "),
-                    self.service_port()
-                );
-                Ok(())
-            }
-        }
     }
 
     /// The rule must read back as `next`, and a fresh connection must reach the target.
@@ -658,7 +514,7 @@ impl Switcher for NftablesSwitcher {
 }
 
 /// Reload mode on a host nftables mode may have left behind: while the include still names
-/// the service port, the live port is the rule's; the next switch rewrites the include for a
+/// the service port and portswap's rule exists, the live port is the rule's; the next switch rewrites the include for a
 /// slot and reloads nginx as usual. The rule is left in place (nothing uses the service port
 /// any more, and old workers may still finish requests through it).
 #[derive(Debug, Clone)]
@@ -676,8 +532,16 @@ impl ReloadSwitcher {
 }
 
 impl Switcher for ReloadSwitcher {
+    /// Only a rule portswap wrote counts: without one (no `nft`, no table), an include naming
+    /// the service port is what it always was in reload mode, a port that is no slot.
     fn live_port(&self) -> Result<Option<u16>> {
-        self.route.live_port()
+        if self.route.behind_redirect()? {
+            let read = Nft::find().and_then(|nft| nft.redirect()).ok().flatten();
+            if let Some(redirect) = read.filter(|r| r.service_port == self.route.service_port) {
+                return self.route.judge(Some(redirect));
+            }
+        }
+        self.route.nginx.live_port()
     }
 
     fn switch_to(&self, port: u16) -> Result<Switched> {
@@ -706,36 +570,5 @@ mod tests {
         let two = format!("{listing}\t\tip daddr 127.0.0.1 tcp dport 8080 redirect to :8081\n");
         assert!(Redirect::parse(&two).is_err());
         assert!(Redirect::parse("tcp dport 8080 redirect to :8081").is_err());
-    }
-
-    #[test]
-    fn finds_upstream_pools_on_the_service_port_only() {
-        assert!(!pools_by_default("nginx version: nginx/1.22.1\n"));
-        assert!(!pools_by_default("nginx version: nginx/1.29.6"));
-        assert!(pools_by_default("nginx version: nginx/1.29.7"));
-        assert!(pools_by_default("nginx version: nginx/1.30.4 (custom)\n"));
-        assert!(!pools_by_default("garbage"));
-        let default_off = "upstream app { server 127.0.0.1:8080; }";
-        assert_eq!(pooled_upstream(default_off, 8080, false), None);
-        let plain = "http { server { location / { proxy_pass $service_url; } } }";
-        assert_eq!(pooled_upstream(plain, 8080, true), None);
-        let pooled = "# configuration file /etc/nginx/nginx.conf:\nhttp {\n upstream app {\n  server 127.0.0.1:8080 max_fails=0; # the service\n  keepalive 16;\n }\n}";
-        let found = pooled_upstream(pooled, 8080, false).unwrap();
-        assert!(
-            found.contains("upstream app") && found.contains("keepalive 16"),
-            "{found}"
-        );
-        assert_eq!(pooled_upstream(pooled, 9090, true), None, "another port");
-        let default_on = "upstream app { server localhost:8080; }";
-        assert!(pooled_upstream(default_on, 8080, true)
-            .unwrap()
-            .contains("1.29.7"));
-        let off = "upstream app { server 127.0.0.1:8080; keepalive 0; }";
-        assert_eq!(pooled_upstream(off, 8080, true), None);
-        let nested_other =
-            "upstream a { server 10.0.0.1:80; } upstream b { server 127.0.0.1:8080; keepalive 2; }";
-        assert!(pooled_upstream(nested_other, 8080, false)
-            .unwrap()
-            .contains("upstream b"));
     }
 }
