@@ -546,3 +546,43 @@ fn in_reload_mode_an_include_naming_the_service_port_without_a_rule_is_refused()
         assert_eq!(rule(), None);
     });
 }
+
+#[test]
+fn a_failure_after_the_transaction_puts_the_previous_rule_back() {
+    isolated("nftables put back", || {
+        let site = nftables_site();
+        let [a, b] = site.ports;
+        let service = site.service_port;
+        site.deploy_ok("d-1");
+        // Nothing listens on b: the rule takes, the probe connection is refused.
+        let out = site.hook("switch", &["--force"], None).fails(1, "failed");
+        assert!(
+            out.last_line().contains(&service.to_string()),
+            "{}",
+            out.last_line()
+        );
+        assert!(
+            out.stderr.contains(&format!(
+                "restored the rule `ip daddr 127.0.0.1 tcp dport {service} redirect to :{a}`"
+            )),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(rule(), Some((service, a)));
+        assert_eq!(site.live_version().as_deref(), Some("d-1"));
+        assert!(site.version_on(b).is_none());
+    });
+}
+
+#[test]
+fn a_rejected_first_reload_removes_the_new_rule_and_restores_the_include() {
+    isolated("nftables first reload fails", || {
+        let mut site = nftables_site();
+        site.set(|s| s.test_command = Some(vec!["false".into()]));
+        site.run_until("d-1", "health");
+        site.hook("switch", &[], Some("d-1"))
+            .fails(1, "nginx config test");
+        assert_eq!(rule(), None, "the table is gone again");
+        assert_eq!(site.include_text(), None, "no include, as before");
+    });
+}
