@@ -398,8 +398,10 @@ fn switch_killed_at_random_moments_leaves_exactly_one_complete_rule() {
             killed > 0 && flips > 0,
             "the loop must kill and switch: {killed} {flips}"
         );
-        // A switch run to completion leaves the rule, the record and the traffic consistent.
+        // A switch run to completion leaves the rule, the record and the traffic consistent,
+        // and no temp file of a killed writer.
         site.hook("switch", &[], None).ok();
+        assert_eq!(site.temp_files(), Vec::<std::path::PathBuf>::new());
         let (_, live) = rule().unwrap();
         assert_eq!(site.version_on(live), site.live_version());
         let status = site.hook("switch", &["--status"], None).ok();
