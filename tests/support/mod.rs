@@ -77,6 +77,9 @@ pub struct Settings {
     pub extra: String,
     /// `app.user`.
     pub app_user: Option<String>,
+    /// `switch.by` (with the site's service port and a boot unit directory inside the site);
+    /// `None` leaves the `switch:` section out.
+    pub switch_by: Option<&'static str>,
 }
 
 impl Default for Settings {
@@ -89,6 +92,7 @@ impl Default for Settings {
             test_command: None,
             extra: String::new(),
             app_user: None,
+            switch_by: None,
         }
     }
 }
@@ -98,6 +102,8 @@ pub struct Site {
     pub dir: tempfile::TempDir,
     pub nginx: NginxSandbox,
     pub ports: [u16; 2],
+    /// `switch.service_port` when `settings.switch_by` is set.
+    pub service_port: u16,
     pub settings: Settings,
 }
 
@@ -107,19 +113,32 @@ impl Site {
     }
 
     pub fn with(settings: Settings) -> Site {
+        Site::with_nginx(settings, |_| String::new())
+    }
+
+    /// A site whose nginx gets `http_extra(service port)` at `http` level (e.g. an upstream
+    /// block).
+    pub fn with_nginx(settings: Settings, http_extra: impl FnOnce(u16) -> String) -> Site {
         bins::ensure_built();
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path();
         fs::create_dir_all(root.join("nginx")).unwrap();
+        fs::create_dir_all(root.join("systemd")).unwrap();
         fs::create_dir_all(root.join("revision")).unwrap();
         fs::copy(bins::bin("fixture-app"), root.join("revision/fixture-app"))
             .expect("copy fixture-app");
-        let nginx = NginxSandbox::start(&root.join("nginx"), &root.join("service-url.inc"));
+        let service_port = net::free_port();
+        let nginx = NginxSandbox::start_with(
+            &root.join("nginx"),
+            &root.join("service-url.inc"),
+            &http_extra(service_port),
+        );
         let ports = [net::free_port(), net::free_port()];
         let site = Site {
             dir,
             nginx,
             ports,
+            service_port,
             settings,
         };
         site.write_config();
@@ -153,7 +172,7 @@ impl Site {
              health:\n  path: /health\n  timeout: {ht}\n\
              nginx:\n  include: service-url.inc\n  test_command: {test}\n  pid_file: {pid}\n\
              stop:\n  grace: {grace}\n\
-             state:\n  dir: state\n  lock_wait: {lw}\n{extra}",
+             state:\n  dir: state\n  lock_wait: {lw}\n{switch}{extra}",
             p0 = self.ports[0],
             p1 = self.ports[1],
             cmd = yaml_list(&app_command),
@@ -163,6 +182,14 @@ impl Site {
             grace = self.settings.grace,
             lw = self.settings.lock_wait,
             extra = self.settings.extra,
+            switch = self
+                .settings
+                .switch_by
+                .map(|by| format!(
+                    "switch:\n  by: {by}\n  service_port: {}\n  boot_unit_dir: systemd\n",
+                    self.service_port
+                ))
+                .unwrap_or_default(),
             user = self
                 .settings
                 .app_user
@@ -276,16 +303,28 @@ impl Traffic {
     /// Stops the requests and panics unless every one of them (at least one) reached `version`.
     pub fn assert_all(self, version: &str) {
         let seen = self.finish();
-        assert!(!seen.is_empty(), "no request was made");
-        let wrong: Vec<&String> = seen.iter().filter(|v| *v != version).collect();
-        assert!(
-            wrong.is_empty(),
-            "{} of {} requests through nginx did not reach {version}: {:?}",
-            wrong.len(),
-            seen.len(),
-            &wrong[..wrong.len().min(5)]
-        );
+        assert_none(&seen, |v| v != version, &format!("did not reach {version}"));
     }
+
+    /// Stops the requests, panics if any failed, and returns the versions that answered.
+    pub fn assert_no_errors(self) -> Vec<String> {
+        let seen = self.finish();
+        assert_none(&seen, |v| v.starts_with("error"), "failed");
+        seen
+    }
+}
+
+/// Panics, showing the first few, when some of `seen` (at least one request) are `bad`.
+fn assert_none(seen: &[String], bad: impl Fn(&str) -> bool, what: &str) {
+    assert!(!seen.is_empty(), "no request was made");
+    let wrong: Vec<&String> = seen.iter().filter(|v| bad(v)).collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} requests through nginx {what}: {:?}",
+        wrong.len(),
+        seen.len(),
+        &wrong[..wrong.len().min(5)]
+    );
 }
 
 impl Site {

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use super::Context;
+use crate::config::By;
 use crate::error::Result;
 use crate::procfs;
 use crate::state;
@@ -20,12 +21,12 @@ pub fn render(ctx: &Context) -> Result<String> {
     let mut out = String::new();
     let live = ctx.switcher.live_port();
     let live_port = *live.as_ref().unwrap_or(&None);
+    let source = match ctx.config.switch.by {
+        By::NginxReload => ctx.config.nginx.include.display().to_string(),
+        By::Nftables => "read from nginx's include and the nftables rule below".to_string(),
+    };
     let _ = match &live {
-        Ok(Some(port)) => writeln!(
-            out,
-            "live port: {port} ({})",
-            ctx.config.nginx.include.display()
-        ),
+        Ok(Some(port)) => writeln!(out, "live port: {port} ({source})"),
         Ok(None) => writeln!(
             out,
             "live port: none ({} does not exist)",
@@ -34,6 +35,10 @@ pub fn render(ctx: &Context) -> Result<String> {
         Err(e) => writeln!(out, "live port: unknown: {e}"),
     };
     let _ = writeln!(out, "supervisor: {}", ctx.supervisor.kind());
+    let _ = writeln!(out, "switch by: {}", ctx.config.switch.by.name());
+    for line in ctx.switcher.describe() {
+        let _ = writeln!(out, "{line}");
+    }
     if let Some(last) = ctx.state.switch_record() {
         let previous = last.previous.map_or("none".into(), |p| p.to_string());
         let ago = uptime(state::now_secs().saturating_sub(last.at));
