@@ -120,12 +120,11 @@ pub fn say(mut out: impl Write, line: &str) {
 }
 
 fn init_logging(hook: &'static str) {
-    let deployment = std::env::var("DEPLOYMENT_ID")
-        .ok()
-        .filter(|d| !d.is_empty());
-    let tag = match deployment {
-        Some(id) => format!("{hook} {id}"),
-        None => hook.to_string(),
+    let deployment = crate::deployment::current();
+    let tag = if deployment.manual {
+        hook.to_string()
+    } else {
+        format!("{hook} {}", deployment.id)
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(move |buf, record| {
@@ -184,10 +183,7 @@ pub fn run(hook: &'static Hook, body: fn(&Args) -> Result<String>) -> ExitCode {
         }
     };
     init_logging(hook.name);
-    signals::install(format!(
-        "portswap {}: FAILED: stopped by SIGTERM (the CodeDeploy hook timeout?); the live app was not touched",
-        hook.name
-    ));
+    signals::install(hook.name);
     let result = body(&args);
     say(std::io::stderr(), &verdict(hook, result.as_ref()));
     match result {

@@ -11,6 +11,23 @@ use crate::error::{Error, Result};
 /// Why a single probe did not pass.
 pub type ProbeFailure = String;
 
+/// The longest one probe may take, in `health` and in `switch` alike (less when
+/// `health.timeout` is shorter, or has less time left).
+pub const PROBE_LIMIT: Duration = Duration::from_secs(5);
+
+/// How much of the body `health.body_contains` is looked for in.
+const BODY_LIMIT: u64 = 64 * 1024;
+
+/// The time limit of one probe when `left` of `health.timeout` remains: the one rule for
+/// `health` and `switch`.
+pub fn probe_limit(left: Duration) -> Duration {
+    left.clamp(Duration::from_millis(100), PROBE_LIMIT)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// One request to `http://127.0.0.1:{port}{path}` judged by the configured rules.
 pub fn probe(port: u16, rules: &Health, timeout: Duration) -> Result<u16, ProbeFailure> {
     let url = format!("http://127.0.0.1:{port}{}", rules.path);
@@ -32,12 +49,14 @@ pub fn probe(port: u16, rules: &Health, timeout: Duration) -> Result<u16, ProbeF
         return Err(format!("{url} answered {status}, expected {wanted}"));
     }
     if let Some(needle) = &rules.body_contains {
-        let mut body = String::new();
+        // Bytes, not text: a body that is not UTF-8, or whose first 64 KiB end inside a
+        // multi-byte character, still holds the needle.
+        let mut body = Vec::new();
         let _ = response
             .into_reader()
-            .take(64 * 1024)
-            .read_to_string(&mut body);
-        if !body.contains(needle.as_str()) {
+            .take(BODY_LIMIT)
+            .read_to_end(&mut body);
+        if !contains(&body, needle.as_bytes()) {
             return Err(format!(
                 "{url} answered {status} without `{needle}` in the body"
             ));
@@ -72,11 +91,7 @@ pub fn wait_healthy(
     loop {
         tries += 1;
         let left = deadline.saturating_duration_since(Instant::now());
-        let failure = match probe(
-            port,
-            rules,
-            left.clamp(Duration::from_millis(100), Duration::from_secs(5)),
-        ) {
+        let failure = match probe(port, rules, probe_limit(left)) {
             Ok(status) => return Ok((status, started.elapsed())),
             Err(failure) => failure,
         };

@@ -6,6 +6,7 @@ pub mod applog;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod deployment;
 pub mod duration;
 pub mod error;
 pub mod fsio;

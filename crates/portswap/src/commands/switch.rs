@@ -10,7 +10,8 @@ use crate::duration::show;
 use crate::error::{Error, Result};
 use crate::health;
 use crate::signals;
-use crate::state::{self, SwitchRecord};
+use crate::state::{self, SwitchIntent, SwitchRecord};
+use crate::switcher::Switched;
 
 /// The `switch` binary.
 pub const HOOK: Hook = Hook {
@@ -38,6 +39,12 @@ pub fn run(args: &Args) -> Result<String> {
     let (live, idle) = ctx.sides()?;
     let live_port = live.map(|s| s.port);
     let rollback = args.has("--rollback");
+    // A switch of this deployment (or any, by hand) that was cut short: complete it.
+    let resumed = ctx.state.switch_intent().filter(|i| {
+        !rollback
+            && (ctx.manual || i.deployment_id == ctx.deployment_id)
+            && ctx.config.slot(i.target).is_some()
+    });
     let target = if rollback {
         let live_port = live_port
             .ok_or_else(|| Error::Refused("nothing is live yet: nothing to roll back to".into()))?;
@@ -45,20 +52,27 @@ pub fn run(args: &Args) -> Result<String> {
         recorded
             .filter(|p| *p != live_port && ctx.config.slot(*p).is_some())
             .unwrap_or(idle.port)
+    } else if let Some(intent) = &resumed {
+        log::warn!(
+            "a switch to port {} (deployment {}) was cut short; completing it: the include and \
+             nginx may disagree until it completes",
+            intent.target,
+            intent.deployment_id
+        );
+        intent.target
     } else {
         idle.port
     };
-    if !rollback {
-        let live_record = live_port.and_then(|p| ctx.state.app_record(p));
-        if live_record.is_some_and(|r| r.deployment_id == ctx.deployment_id) {
-            return Ok(format!(
-                "port {} already serves deployment {}; nothing to do",
-                live_port.unwrap_or(0),
-                ctx.deployment_id
-            ));
+    let previous = match &resumed {
+        Some(intent) => intent.previous,
+        None => live_port,
+    };
+    if !rollback && resumed.is_none() {
+        if let Some(done) = already_live(&ctx, live_port) {
+            return Ok(done);
         }
     }
-    if !rollback && !args.has("--force") && std::env::var_os("DEPLOYMENT_ID").is_some() {
+    if !rollback && !args.has("--force") && !ctx.manual {
         // Two deployments interleaved: the idle slot may now run the other one's app.
         if let Some(other) = ctx
             .state
@@ -77,26 +91,89 @@ pub fn run(args: &Args) -> Result<String> {
     } else {
         check_target(target, &ctx.config.health, rollback)?;
     }
-    let switched = signals::critical(|| -> Result<_> {
-        let switched = ctx.switcher.switch_to(target)?;
-        let record = SwitchRecord {
-            live: target,
-            previous: live_port,
-            deployment_id: ctx.deployment_id.clone(),
-            at: state::now_secs(),
-        };
-        if let Err(e) = ctx.state.save_switch(&record) {
-            log::warn!("switched, but could not record it for --rollback: {e}");
-        }
-        Ok(switched)
-    })?;
+    let intent = SwitchIntent {
+        target,
+        previous,
+        deployment_id: ctx.deployment_id.clone(),
+        at: state::now_secs(),
+    };
+    let switched = signals::critical_then(
+        || switch_recorded(&ctx, &intent),
+        |result| match result {
+            Ok(_) => format!("the switch had completed: nginx sends new requests to port {target}"),
+            Err(e) => format!("the switch had failed, nginx unchanged: {e}"),
+        },
+    )?;
     log::info!("{}", switched.detail);
-    let was = live_port.map_or("nothing live".to_string(), |p| format!("was {p}"));
+    let was = previous.map_or("nothing live".to_string(), |p| format!("was {p}"));
     Ok(format!(
-        "nginx now sends all new requests to port {target} ({was}{}); switch took {}",
+        "nginx now sends all new requests to port {target} ({was}{}{}); switch took {}",
         if rollback { ", rollback" } else { "" },
+        if resumed.is_some() {
+            ", completing a switch that was cut short"
+        } else {
+            ""
+        },
         show(switched.elapsed)
     ))
+}
+
+/// "Nothing to do" when this deployment's switch to the live port was recorded as complete
+/// (a run by hand never counts: its id is made up).
+fn already_live(ctx: &Context, live_port: Option<u16>) -> Option<String> {
+    let last = ctx.state.switch_record()?;
+    let done = !ctx.manual
+        && Some(last.live) == live_port
+        && last.deployment_id == ctx.deployment_id
+        && ctx
+            .state
+            .app_record(last.live)
+            .is_some_and(|r| r.deployment_id == ctx.deployment_id);
+    done.then(|| {
+        format!(
+            "port {} already serves deployment {} (switch completed); nothing to do",
+            last.live, ctx.deployment_id
+        )
+    })
+}
+
+/// The switch itself between its two records: the intent first (so a switch cut short is
+/// known), then the switch, then the completed record. The intent is cleared once nginx is
+/// known to be in one consistent state: switched and recorded, or left as it was.
+fn switch_recorded(ctx: &Context, intent: &SwitchIntent) -> Result<Switched> {
+    ctx.state.save_switch_intent(intent).map_err(|e| {
+        Error::Failed(format!(
+            "cannot record the switch before making it ({e}); nginx unchanged"
+        ))
+    })?;
+    let switched = match ctx.switcher.switch_to(intent.target) {
+        Ok(switched) => switched,
+        Err(e) => {
+            // The switcher leaves the previous routing in force when it fails.
+            if let Err(clear) = ctx.state.clear_switch_intent() {
+                log::warn!("{clear}");
+            }
+            return Err(e);
+        }
+    };
+    let record = SwitchRecord {
+        live: intent.target,
+        previous: intent.previous,
+        deployment_id: ctx.deployment_id.clone(),
+        at: state::now_secs(),
+    };
+    let saved = ctx.state.save_switch(&record);
+    // Without the completed record the intent stays: a re-run completes the switch again
+    // instead of taking it as done.
+    if ctx.state.switch_record().as_ref() == Some(&record) {
+        if let Err(e) = ctx.state.clear_switch_intent() {
+            log::warn!("{e}");
+        }
+    }
+    if let Err(e) = saved {
+        log::warn!("switched, but could not record it for --rollback: {e}");
+    }
+    Ok(switched)
 }
 
 /// The target must answer its health check: at once for a normal switch (health ran just
@@ -109,7 +186,7 @@ fn check_target(port: u16, rules: &Health, rollback: bool) -> Result<()> {
         };
         health::wait_healthy(port, &quick, || None).map(|_| ())
     } else {
-        health::probe(port, rules, Duration::from_secs(2))
+        health::probe(port, rules, health::probe_limit(rules.timeout))
             .map(|_| ())
             .map_err(Error::Failed)
     };
