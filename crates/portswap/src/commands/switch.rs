@@ -118,13 +118,12 @@ pub fn run(args: &Args) -> Result<String> {
     ))
 }
 
-/// "Nothing to do" when this deployment's switch to the live port was recorded as complete
-/// (a run by hand never counts: its id is made up).
+/// "Nothing to do" when a switch to the live port was recorded as complete and the live
+/// slot runs this deployment's app (a run by hand never counts: its id is made up).
 fn already_live(ctx: &Context, live_port: Option<u16>) -> Option<String> {
     let last = ctx.state.switch_record()?;
     let done = !ctx.manual
         && Some(last.live) == live_port
-        && last.deployment_id == ctx.deployment_id
         && ctx
             .state
             .app_record(last.live)
