@@ -66,23 +66,6 @@ pub struct SwitchRecord {
     pub at: u64,
 }
 
-/// A switch that has begun and not yet ended (`switch-intent.yml`): written before the
-/// include is touched, removed once the switch completed or left nginx as it was. Found
-/// afterwards, it means the switch was cut short (SIGKILL, power loss): the include and
-/// nginx may disagree until a switch completes. Its own file, so a `switch.yml` stays
-/// readable by older versions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SwitchIntent {
-    /// Port the switch was sending traffic to.
-    pub target: u16,
-    /// Port traffic went to before, if any.
-    pub previous: Option<u16>,
-    /// `DEPLOYMENT_ID` of the switch.
-    pub deployment_id: String,
-    /// When it began, seconds since the Unix epoch.
-    pub at: u64,
-}
-
 /// The state directory of one host.
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -150,13 +133,19 @@ impl StateDir {
         self.dir.join("switch-intent.yml")
     }
 
-    /// A switch begun and not ended, if one was recorded.
-    pub fn switch_intent(&self) -> Option<SwitchIntent> {
+    /// A switch begun and not ended (`switch-intent.yml`), if one was recorded: written
+    /// before the include is touched, removed once the switch completed or left nginx as it
+    /// was. Found afterwards, it means the switch was cut short (SIGKILL, power loss): the
+    /// include and nginx may disagree until a switch completes. It has the shape of a
+    /// [`SwitchRecord`] (`live` is the port the switch was sending traffic to) in a file of
+    /// its own, so `switch.yml` stays readable by older versions.
+    pub fn switch_intent(&self) -> Option<SwitchRecord> {
         self.read_record(&self.intent_path())
     }
 
-    /// Records that a switch begins; must succeed before the include is touched.
-    pub fn save_switch_intent(&self, intent: &SwitchIntent) -> Result<()> {
+    /// Records that a switch to `intent.live` begins; must succeed before the include is
+    /// touched.
+    pub fn save_switch_intent(&self, intent: &SwitchRecord) -> Result<()> {
         self.write_record(&self.intent_path(), intent)
     }
 

@@ -105,7 +105,7 @@ impl Context {
             "a switch from {from} to port {} (deployment {}) was cut short; nginx may still \
              send traffic to either port (the include names {}); fix: re-run `switch` (with \
              DEPLOYMENT_ID={}, or by hand) to complete it, then retry; nothing was stopped",
-            intent.target,
+            intent.live,
             intent.deployment_id,
             live_port.map_or("none".to_string(), |p| format!("port {p}")),
             intent.deployment_id,

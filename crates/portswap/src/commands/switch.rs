@@ -10,7 +10,7 @@ use crate::duration::show;
 use crate::error::{Error, Result};
 use crate::health;
 use crate::signals;
-use crate::state::{self, SwitchIntent, SwitchRecord};
+use crate::state::{self, SwitchRecord};
 use crate::switcher::Switched;
 
 /// The `switch` binary.
@@ -43,7 +43,7 @@ pub fn run(args: &Args) -> Result<String> {
     let resumed = ctx.state.switch_intent().filter(|i| {
         !rollback
             && (ctx.manual || i.deployment_id == ctx.deployment_id)
-            && ctx.config.slot(i.target).is_some()
+            && ctx.config.slot(i.live).is_some()
     });
     let target = if rollback {
         let live_port = live_port
@@ -56,10 +56,10 @@ pub fn run(args: &Args) -> Result<String> {
         log::warn!(
             "a switch to port {} (deployment {}) was cut short; completing it: the include and \
              nginx may disagree until it completes",
-            intent.target,
+            intent.live,
             intent.deployment_id
         );
-        intent.target
+        intent.live
     } else {
         idle.port
     };
@@ -91,8 +91,8 @@ pub fn run(args: &Args) -> Result<String> {
     } else {
         check_target(target, &ctx.config.health, rollback)?;
     }
-    let intent = SwitchIntent {
-        target,
+    let intent = SwitchRecord {
+        live: target,
         previous,
         deployment_id: ctx.deployment_id.clone(),
         at: state::now_secs(),
@@ -139,13 +139,13 @@ fn already_live(ctx: &Context, live_port: Option<u16>) -> Option<String> {
 /// The switch itself between its two records: the intent first (so a switch cut short is
 /// known), then the switch, then the completed record. The intent is cleared once nginx is
 /// known to be in one consistent state: switched and recorded, or left as it was.
-fn switch_recorded(ctx: &Context, intent: &SwitchIntent) -> Result<Switched> {
+fn switch_recorded(ctx: &Context, intent: &SwitchRecord) -> Result<Switched> {
     ctx.state.save_switch_intent(intent).map_err(|e| {
         Error::Failed(format!(
             "cannot record the switch before making it ({e}); nginx unchanged"
         ))
     })?;
-    let switched = match ctx.switcher.switch_to(intent.target) {
+    let switched = match ctx.switcher.switch_to(intent.live) {
         Ok(switched) => switched,
         Err(e) => {
             // The switcher leaves the previous routing in force when it fails.
@@ -156,10 +156,8 @@ fn switch_recorded(ctx: &Context, intent: &SwitchIntent) -> Result<Switched> {
         }
     };
     let record = SwitchRecord {
-        live: intent.target,
-        previous: intent.previous,
-        deployment_id: ctx.deployment_id.clone(),
         at: state::now_secs(),
+        ..intent.clone()
     };
     let saved = ctx.state.save_switch(&record);
     // Without the completed record the intent stays: a re-run completes the switch again

@@ -2,10 +2,10 @@
 //! every worker from before the reload has stopped accepting.
 
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, killpg, Signal};
@@ -103,15 +103,6 @@ impl NginxSwitcher {
             .map_err(|e| {
                 Error::Failed(format!("{what} `{}` could not run: {e}", argv.join(" ")))
             })?;
-        // Read stderr beside the wait, so a chatty command never blocks on a full pipe.
-        let (sender, receiver) = mpsc::channel();
-        if let Some(mut pipe) = child.stderr.take() {
-            std::thread::spawn(move || {
-                let mut bytes = Vec::new();
-                let _ = pipe.read_to_end(&mut bytes);
-                let _ = sender.send(bytes);
-            });
-        }
         let limit = self.nginx.reload_timeout;
         let deadline = Instant::now() + limit;
         let status = loop {
@@ -139,9 +130,16 @@ impl NginxSwitcher {
                 }
             }
         };
-        let stderr = receiver
-            .recv_timeout(Duration::from_millis(200))
-            .unwrap_or_default();
+        // What it wrote to stderr (nginx -t: a few lines, far below the pipe's capacity);
+        // non-blocking, so a daemonized child keeping the pipe open cannot hold us.
+        let mut stderr = Vec::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            let _ = nix::fcntl::fcntl(
+                pipe.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            );
+            let _ = pipe.read_to_end(&mut stderr);
+        }
         let output = std::process::Output {
             status,
             stdout: Vec::new(),
