@@ -1,4 +1,4 @@
-//! What every hook binary shares: flags, `--help`/`--version`, logging, the SIGTERM rule and
+//! What every hook binary shares: flags, `--help`/`--version`, logging, the signal rule and
 //! the one-line verdict that ends the output.
 
 use std::ffi::OsString;
@@ -106,8 +106,8 @@ fn help(hook: &Hook) -> String {
     }
     text.push_str(
         "  -h, --help      print this help\n  -V, --version   print the version\n\nExit codes: 0 done, 1 failed, \
-         2 bad configuration, flags or state, 3 another hook holds the lock, 4 refused (live slot or\nforeign \
-         process), 143 stopped by SIGTERM.\nLogs go to stderr (RUST_LOG=debug for more); the last line is the \
+         2 bad configuration, flags or state, 3 another hook holds the lock, 4 refused (live slot,\nforeign \
+         process, or a switch cut short), 143/130/129 stopped by SIGTERM/SIGINT/SIGHUP.\nLogs go to stderr (RUST_LOG=debug for more); the last line is the \
          verdict.\n",
     );
     text
