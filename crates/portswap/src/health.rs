@@ -122,3 +122,18 @@ pub fn wait_healthy(
         pause = (pause * 2).min(Duration::from_millis(cap));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_probe_limit_and_byte_matching() {
+        assert_eq!(probe_limit(Duration::from_secs(60)), PROBE_LIMIT);
+        assert_eq!(probe_limit(Duration::from_secs(3)), Duration::from_secs(3));
+        assert_eq!(probe_limit(Duration::ZERO), Duration::from_millis(100));
+        assert!(contains(b"UP \xff\xfe", b"UP"));
+        assert!(contains(&[0xc3], b""));
+        assert!(!contains(b"U", b"UP"));
+    }
+}
