@@ -818,7 +818,10 @@ fn fill(dir: &std::path::Path) -> std::path::PathBuf {
 fn disk_full_or_read_only_state_directory() {
     let site = Site::new();
     let Some(tmpfs) = Tmpfs::mount(&site.state(), "40m") else {
-        println!("SKIPPED disk full / read-only state dir: `mount -t tmpfs` is not permitted here");
+        portswap_testkit::skip(
+            "disk full / read-only state dir",
+            "`mount -t tmpfs` is not permitted here",
+        );
         return;
     };
     site.deploy_ok("d-1");
@@ -836,22 +839,33 @@ fn disk_full_or_read_only_state_directory() {
     fs::remove_file(&filler).unwrap();
     recovers(&site, "d-2");
 
-    // Disk full at the switch: the include (elsewhere) is switched; the record is not.
+    // Disk full at the switch: the switch cannot be recorded before it is made, so nothing
+    // is switched; once there is room, the re-run switches.
     site.run_until("d-3", "health");
+    let include_before = site.include_text();
     let filler = fill(&site.state());
-    let out = site.hook("switch", &[], Some("d-3")).ok();
+    let traffic = site.traffic();
+    let out = site
+        .hook("switch", &[], Some("d-3"))
+        .fails(1, "cannot record the switch before making it");
+    traffic.assert_all("d-2");
     assert!(
-        out.stderr.contains("could not record it for --rollback"),
+        out.last_line().contains("No space left"),
         "{}",
-        out.stderr
+        out.last_line()
     );
-    assert_eq!(site.live_version().as_deref(), Some("d-3"));
+    assert_eq!(site.include_text(), include_before);
     fs::remove_file(&filler).unwrap();
+    site.hook("switch", &[], Some("d-3")).ok();
+    assert_eq!(site.live_version().as_deref(), Some("d-3"));
     site.assert_nothing_half_written();
 
     // Read-only state directory: every hook fails at the lock, nothing changes.
     let Some(read_only) = ReadOnly::mount(&site.state()) else {
-        println!("SKIPPED read-only state dir: a read-only bind mount is not permitted here");
+        portswap_testkit::skip(
+            "read-only state dir",
+            "a read-only bind mount is not permitted here",
+        );
         return;
     };
     let out = failing_deploy(&site, "d-4", "d-3", "stop", 1, "Read-only file system");

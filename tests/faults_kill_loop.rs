@@ -1,7 +1,9 @@
 //! `switch` killed with SIGKILL at a random moment, at least 500 times against one sandbox:
 //! afterwards the include is always one of the two complete renders, `nginx -t` passes, at
 //! most one temp file (a killed writer's) is left and the next write removes it, and a
-//! switch run to completion leaves nginx consistent with the include.
+//! switch run to completion leaves nginx consistent with the include. Then, as CodeDeploy
+//! re-runs a deployment: whenever a kill left nginx and the include disagreeing, `switch`
+//! re-run with the same DEPLOYMENT_ID makes nginx serve what the include names.
 
 mod support;
 
@@ -132,4 +134,66 @@ fn switch_killed_at_random_moments_never_leaves_a_broken_include() {
         assert_eq!(site.live_version().as_deref(), Some(version));
     }
     site.hook("switch", &["--status"], None).ok();
+
+    // CodeDeploy re-runs the deployment: `switch` of d-2 killed at a random moment, and
+    // whenever the kill left nginx serving another port than the include names (include
+    // written, reload not sent), `switch` re-run with the same DEPLOYMENT_ID must make them
+    // agree.
+    let version_of = |port: u16| if port == a { "d-1" } else { "d-2" };
+    let (mut disagreements, mut tries) = (0, 0);
+    while disagreements < 3 && tries < 400 {
+        tries += 1;
+        // From d-1 live, with no switch left cut short (a run by hand completes one first).
+        for _ in 0..3 {
+            if site.included_port() == Some(a) && !site.state().join("switch-intent.yml").exists() {
+                break;
+            }
+            site.hook("switch", &[], None).ok();
+        }
+        assert_eq!(site.included_port(), Some(a));
+        let mut child = Command::new(&switch)
+            .current_dir("/")
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("PORTSWAP_CONFIG", site.config_path())
+            .env("DEPLOYMENT_ID", "d-2")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(rng.below(30_000)));
+        let _ = child.kill();
+        child.wait().unwrap();
+        let included = site.included_port().unwrap();
+        let agree = portswap_testkit::net::wait_until(
+            Duration::from_millis(300),
+            "nginx to serve what the include names",
+            || site.live_version().as_deref() == Some(version_of(included)),
+        );
+        if agree.is_ok() {
+            continue;
+        }
+        disagreements += 1;
+        let out = site.hook("switch", &[], Some("d-2")).ok();
+        let included = site.included_port().unwrap();
+        support::wait(
+            Duration::from_secs(5),
+            "nginx serves what the include names",
+            || site.live_version().as_deref() == Some(version_of(included)),
+        );
+        for _ in 0..20 {
+            assert_eq!(
+                site.live_version().as_deref(),
+                Some(version_of(included)),
+                "(seed {seed}) after the re-run: {}",
+                out.last_line()
+            );
+        }
+    }
+    println!("re-run with the same DEPLOYMENT_ID: {disagreements} disagreements repaired in {tries} tries");
+    assert!(
+        disagreements > 0,
+        "no kill left the include and nginx disagreeing in {tries} tries (seed {seed})"
+    );
 }

@@ -85,7 +85,10 @@ fn reload_without_permission_names_the_sudoers_fix() {
         );
         assert_eq!(site.include_text(), before);
     } else {
-        println!("SKIPPED reload_command through sudo: sudo is not installed");
+        portswap_testkit::skip(
+            "reload_command through sudo",
+            "sudo is not installed (apt-get install -y sudo)",
+        );
     }
     std::os::unix::fs::chown(site.root(), Some(0), Some(0)).unwrap();
     site.write_config();

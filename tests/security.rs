@@ -279,7 +279,10 @@ fn secrets_in_the_app_environment_never_appear_in_hook_output_or_state() {
 #[test]
 fn a_root_run_refuses_a_configuration_others_could_have_written() {
     if !nix::unistd::geteuid().is_root() {
-        println!("SKIPPED ownership checks: only enforced when running as root");
+        portswap_testkit::skip(
+            "configuration ownership checks",
+            "only enforced when running as root",
+        );
         return;
     }
     let site = Site::new();

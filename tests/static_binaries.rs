@@ -20,7 +20,7 @@ fn hook_binaries_have_no_elf_interpreter() {
 #[test]
 fn version_runs_in_an_empty_chroot() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: chroot needs root");
+        portswap_testkit::skip("--version in an empty chroot", "chroot needs root");
         return;
     }
     bins::ensure_built();

@@ -478,12 +478,13 @@ pub struct TestUser {
 static USERADD: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl TestUser {
-    /// Creates the user, or prints a SKIPPED line naming `row` and returns `None` when that is
-    /// impossible (not root, no useradd).
+    /// Creates the user, or reports `row` skipped ([`portswap_testkit::skip`]: a visible
+    /// SKIPPED line, a failure under CI) and returns `None` when that is impossible (not
+    /// root, no useradd).
     pub fn create(row: &str) -> Option<TestUser> {
         let _serial = USERADD.lock().unwrap_or_else(|e| e.into_inner());
         if !nix::unistd::geteuid().is_root() {
-            println!("SKIPPED {row}: needs root to create a throwaway user");
+            portswap_testkit::skip(row, "needs root to create a throwaway user");
             return None;
         }
         let nanos = std::time::SystemTime::now()
@@ -523,7 +524,7 @@ impl TestUser {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        println!("SKIPPED {row}: cannot create a throwaway user: {last}");
+        portswap_testkit::skip(row, &format!("cannot create a throwaway user: {last}"));
         None
     }
 

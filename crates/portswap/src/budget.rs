@@ -5,18 +5,13 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::commands::switch::TARGET_PROBE_TIMEOUT;
 use crate::config::Config;
 use crate::duration::show;
-use crate::health::MIN_PROBE_TIMEOUT;
+use crate::health::{probe_limit, MIN_PROBE_TIMEOUT};
 use crate::process::KILL_WAIT;
 
 /// The hook binaries, as named in a revision's `hooks/` directory.
 pub const HOOKS: [&str; 4] = ["stop", "start", "health", "switch"];
-
-/// What `switch` is allowed for the steps that have no timeout of their own: the nginx
-/// config test, the reload command and the atomic writes of the include and the record.
-pub const SWITCH_STEPS_ALLOWANCE: Duration = Duration::from_secs(3);
 
 /// One wait a hook may make, and its upper bound.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,12 +51,19 @@ impl Budget {
                 waits.push(wait("the last probe", MIN_PROBE_TIMEOUT));
             }
             "switch" => {
-                waits.push(wait("the health probe of the target", TARGET_PROBE_TIMEOUT));
+                let reload = config.nginx.reload_timeout;
                 waits.push(wait(
-                    "nginx config test, reload command and writes",
-                    SWITCH_STEPS_ALLOWANCE,
+                    "the health probe of the target",
+                    probe_limit(config.health.timeout),
                 ));
-                waits.push(wait("nginx.reload_timeout", config.nginx.reload_timeout));
+                // Each nginx command and the reload itself are bounded by reload_timeout; a
+                // reload that times out is undone by a second reload.
+                waits.push(wait("the nginx config test (nginx.reload_timeout)", reload));
+                if config.nginx.reload_command.is_some() {
+                    waits.push(wait("nginx.reload_command (nginx.reload_timeout)", reload));
+                }
+                waits.push(wait("nginx.reload_timeout", reload));
+                waits.push(wait("undoing a reload that timed out", reload * 2));
             }
             _ => {}
         }

@@ -1,4 +1,4 @@
-//! What every hook binary shares: flags, `--help`/`--version`, logging, the SIGTERM rule and
+//! What every hook binary shares: flags, `--help`/`--version`, logging, the signal rule and
 //! the one-line verdict that ends the output.
 
 use std::ffi::{OsStr, OsString};
@@ -111,8 +111,8 @@ fn help(hook: &Hook) -> String {
     }
     text.push_str(
         "  -h, --help      print this help\n  -V, --version   print the version\n\nExit codes: 0 done, 1 failed, \
-         2 bad configuration, flags or state, 3 another hook holds the lock, 4 refused (live slot or\nforeign \
-         process), 143 stopped by SIGTERM.\nLogs go to stderr (RUST_LOG=debug for more); the last line is the \
+         2 bad configuration, flags or state, 3 another hook holds the lock, 4 refused (live slot,\nforeign \
+         process, or a switch cut short), 143/130/129 stopped by SIGTERM/SIGINT/SIGHUP.\nLogs go to stderr (RUST_LOG=debug for more); the last line is the \
          verdict.\n",
     );
     text
@@ -127,12 +127,11 @@ pub fn say(mut out: impl Write, line: &str) {
 /// Logs to stderr through env_logger (`RUST_LOG`, default info), each line tagged with the
 /// binary and `$DEPLOYMENT_ID` and a UTC time stamp.
 pub fn init_logging(hook: &'static str) {
-    let deployment = std::env::var("DEPLOYMENT_ID")
-        .ok()
-        .filter(|d| !d.is_empty());
-    let tag = match deployment {
-        Some(id) => format!("{hook} {id}"),
-        None => hook.to_string(),
+    let deployment = crate::deployment::current();
+    let tag = if deployment.manual {
+        hook.to_string()
+    } else {
+        format!("{hook} {}", deployment.id)
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(move |buf, record| {
@@ -191,10 +190,7 @@ pub fn run(hook: &'static Hook, body: fn(&Args) -> Result<String>) -> ExitCode {
         }
     };
     init_logging(hook.name);
-    signals::install(format!(
-        "portswap {}: FAILED: stopped by SIGTERM (the CodeDeploy hook timeout?); the live app was not touched",
-        hook.name
-    ));
+    signals::install(hook.name);
     let result = body(&args);
     say(std::io::stderr(), &verdict(hook, result.as_ref()));
     match result {

@@ -289,6 +289,8 @@ impl Config {
     /// Parses configuration text as if it were read from `path` (relative paths resolve
     /// against its directory).
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        // Editors on Windows start UTF-8 files with a byte-order mark; YAML allows it.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
         } else {

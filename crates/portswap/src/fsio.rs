@@ -5,7 +5,11 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use std::os::fd::{AsRawFd, FromRawFd};
+
+use nix::fcntl::OFlag;
 use nix::libc;
+use nix::sys::stat::Mode;
 
 use crate::error::{Error, Result};
 
@@ -116,11 +120,81 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
         .map_err(|e| Error::io("cannot create directory", dir, e))
 }
 
-/// The last `lines` lines of a log file, for error messages.
+/// Opens `dir/name` for appending (created with `mode` when missing) without following a
+/// symlink at `name` and refusing anything but a regular file; with `owner`, hands the
+/// opened file (never a path, which could be swapped for a link meanwhile) to that uid/gid.
+pub fn open_append_in(
+    dir: &Path,
+    name: &str,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<File> {
+    let path = dir.join(name);
+    let dir_fd = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(dir)
+        .map_err(|e| Error::io("cannot open directory", dir, e))?;
+    let fd = nix::fcntl::openat(
+        Some(dir_fd.as_raw_fd()),
+        name,
+        OFlag::O_WRONLY
+            | OFlag::O_APPEND
+            | OFlag::O_CREAT
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(mode),
+    )
+    .map_err(|e| Error::io("cannot open", &path, e.into()))?;
+    // SAFETY: openat just returned this descriptor, owned by nothing else.
+    let file = unsafe { File::from_raw_fd(fd) };
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("cannot stat", &path, e))?;
+    if !meta.is_file() {
+        return Err(Error::State(format!(
+            "{} is not a regular file; fix: remove it",
+            path.display()
+        )));
+    }
+    // Back to blocking writes (O_NONBLOCK only kept a planted FIFO from blocking the open).
+    nix::fcntl::fcntl(
+        file.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(OFlag::O_APPEND),
+    )
+    .map_err(|e| Error::io("cannot set flags of", &path, e.into()))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+            .map_err(|e| Error::io("cannot chown", &path, e))?;
+    }
+    Ok(file)
+}
+
+/// The last `lines` lines of a log file, for error messages. A symlink, a FIFO or anything
+/// else that is not a regular file is never read (a planted link could print another
+/// file into the hook output): it yields one line saying so.
 pub fn tail(path: &Path, lines: usize) -> Vec<String> {
-    let Ok(mut file) = File::open(path) else {
-        return Vec::new();
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let mut file = match opened {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return vec![format!(
+                "({} is a symbolic link; not shown)",
+                path.display()
+            )]
+        }
+        Err(_) => return Vec::new(),
     };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return vec![format!(
+            "({} is not a regular file; not shown)",
+            path.display()
+        )];
+    }
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let start = len.saturating_sub(16 * 1024);
     let _ = std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start));

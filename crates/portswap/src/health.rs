@@ -17,6 +17,19 @@ pub type ProbeFailure = String;
 
 /// Most of a response the probe reads (headers and the start of the body).
 const READ_LIMIT: usize = 64 * 1024;
+/// The longest one probe may take, in `health` and in `switch` alike (less when
+/// `health.timeout` is shorter, or has less time left).
+pub const PROBE_LIMIT: Duration = Duration::from_secs(5);
+
+/// The time limit of one probe when `left` of `health.timeout` remains: the one rule for
+/// `health` and `switch`.
+pub fn probe_limit(left: Duration) -> Duration {
+    left.clamp(Duration::from_millis(100), PROBE_LIMIT)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
 
 /// One request to `http://127.0.0.1:{port}{path}` judged by the configured rules.
 pub fn probe(port: u16, rules: &Health, timeout: Duration) -> Result<u16, ProbeFailure> {
@@ -30,7 +43,7 @@ pub fn probe(port: u16, rules: &Health, timeout: Duration) -> Result<u16, ProbeF
         return Err(format!("{url} answered {status}, expected {wanted}"));
     }
     if let Some(needle) = &rules.body_contains {
-        if !String::from_utf8_lossy(&body).contains(needle.as_str()) {
+        if !contains(&body, needle.as_bytes()) {
             return Err(format!(
                 "{url} answered {status} without `{needle}` in the body"
             ));
@@ -177,11 +190,7 @@ pub fn wait_healthy(
     loop {
         tries += 1;
         let left = deadline.saturating_duration_since(Instant::now());
-        let failure = match probe(
-            port,
-            rules,
-            left.clamp(MIN_PROBE_TIMEOUT, Duration::from_secs(5)),
-        ) {
+        let failure = match probe(port, rules, probe_limit(left)) {
             Ok(status) => return Ok((status, started.elapsed())),
             Err(failure) => failure,
         };
@@ -236,5 +245,15 @@ mod tests {
         );
         assert!(parse(b"HTTP/1.1 204 No Content\r\n\r\n", false).is_some());
         assert!(parse(b"SSH-2.0-OpenSSH\r\n\r\n", true).unwrap().is_err());
+    }
+
+    #[test]
+    fn one_probe_limit_and_byte_matching() {
+        assert_eq!(probe_limit(Duration::from_secs(60)), PROBE_LIMIT);
+        assert_eq!(probe_limit(Duration::from_secs(3)), Duration::from_secs(3));
+        assert_eq!(probe_limit(Duration::ZERO), Duration::from_millis(100));
+        assert!(contains(b"UP \xff\xfe", b"UP"));
+        assert!(contains(&[0xc3], b""));
+        assert!(!contains(b"U", b"UP"));
     }
 }

@@ -7,6 +7,7 @@ pub mod budget;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod deployment;
 pub mod duration;
 pub mod error;
 pub mod fsio;

@@ -1,7 +1,6 @@
 //! Starting the app detached from the hook, and stopping it: SIGTERM, grace, SIGKILL.
 
-use std::fs::{self, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -13,6 +12,7 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
+use crate::fsio;
 use crate::procfs::{self, ProcId};
 use crate::users::Account;
 
@@ -67,16 +67,25 @@ fn close_inherited_descriptors() {
     }
 }
 
+/// Opens the app log for appending under its directory, never through a link, and hands
+/// the open file to the app's account (see [`fsio::open_append_in`]).
+fn open_log(spec: &LaunchSpec) -> Result<fs::File> {
+    let path = &spec.log_file;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Err(Error::Failed(format!(
+            "app log {} has no directory or file name",
+            path.display()
+        )));
+    };
+    let owner = spec.account.as_ref().map(|a| (a.uid, a.gid));
+    fsio::open_append_in(dir, name, 0o640, owner)
+        .map_err(|e| Error::Failed(format!("cannot open app log: {e}")))
+}
+
 /// Starts the app in a new session, stdin from /dev/null, stdout/stderr appended to its log.
 pub fn launch(spec: &LaunchSpec) -> Result<Child> {
     let program = resolve_program(&spec.argv[0])?;
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&spec.log_file)
-        .map_err(|e| Error::io("cannot open app log", &spec.log_file, e))?;
+    let log = open_log(spec)?;
     let log_err = log
         .try_clone()
         .map_err(|e| Error::io("cannot open app log", &spec.log_file, e))?;
@@ -90,11 +99,6 @@ pub fn launch(spec: &LaunchSpec) -> Result<Child> {
         .stderr(log_err)
         .envs(spec.env.iter().map(|(k, v)| (k, v)));
     if let Some(account) = &spec.account {
-        let _ = nix::unistd::chown(
-            &spec.log_file,
-            Some(account.uid.into()),
-            Some(account.gid.into()),
-        );
         command
             .uid(account.uid)
             .gid(account.gid)

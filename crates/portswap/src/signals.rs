@@ -1,74 +1,146 @@
-//! SIGTERM from the CodeDeploy agent (hook timeout): stop at once with a clear last line,
-//! except inside a critical section (the switch), which finishes first.
+//! SIGTERM from the CodeDeploy agent (hook timeout), SIGINT and SIGHUP from an ssh session:
+//! stop at once with a clear last line, except inside a critical section (the switch, the
+//! start of the app and its record), which finishes first and then says how it ended.
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicUsize, Ordering};
 
 use nix::libc;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
-static IN_CRITICAL: AtomicBool = AtomicBool::new(false);
-static PENDING: AtomicBool = AtomicBool::new(false);
-static MESSAGE: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
-static MESSAGE_LEN: AtomicUsize = AtomicUsize::new(0);
+/// The signals that end a hook early; inside a critical section they are deferred.
+const STOPPING: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
+
+static IN_CRITICAL: AtomicI32 = AtomicI32::new(0);
+/// The signal that arrived inside a critical section (0: none).
+static PENDING: AtomicI32 = AtomicI32::new(0);
+static HOOK: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+static HOOK_LEN: AtomicUsize = AtomicUsize::new(0);
 
 /// Exit code after SIGTERM (128 + 15, as a shell reports it).
 pub const TERMINATED: u8 = 143;
 
-fn write_message() {
-    let ptr = MESSAGE.load(Ordering::SeqCst);
+/// 128 + the signal number, as a shell reports a process ended by it.
+fn exit_code(signal: i32) -> i32 {
+    128 + signal
+}
+
+fn name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGINT => "SIGINT",
+        libc::SIGHUP => "SIGHUP",
+        _ => "SIGTERM",
+    }
+}
+
+fn cause(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGTERM => " (the CodeDeploy hook timeout?)",
+        libc::SIGHUP => " (the terminal or ssh session closed?)",
+        _ => "",
+    }
+}
+
+fn write_raw(bytes: &[u8]) {
+    // SAFETY: write(2) is async-signal-safe; its result is ignored because stderr may
+    // already be closed.
+    unsafe {
+        libc::write(2, bytes.as_ptr() as *const libc::c_void, bytes.len());
+    }
+}
+
+/// Writes `portswap <hook>: FAILED (exit N): stopped by SIG...` using only async-signal-safe
+/// calls (no allocation).
+fn write_stopped_verdict(signal: i32) {
+    write_raw(b"portswap ");
+    let ptr = HOOK.load(Ordering::SeqCst);
     if !ptr.is_null() {
-        // SAFETY: the message is a leaked, immutable buffer; write(2) is async-signal-safe and
-        // its result is ignored because stderr may already be closed.
-        unsafe {
-            libc::write(
-                2,
-                ptr as *const libc::c_void,
-                MESSAGE_LEN.load(Ordering::SeqCst),
-            );
+        // SAFETY: a leaked, immutable buffer of HOOK_LEN bytes.
+        write_raw(unsafe { std::slice::from_raw_parts(ptr, HOOK_LEN.load(Ordering::SeqCst)) });
+    }
+    let code = exit_code(signal);
+    let digits = [
+        b'0' + (code / 100) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+    ];
+    write_raw(b": FAILED (exit ");
+    write_raw(&digits);
+    write_raw(b"): stopped by ");
+    write_raw(name(signal).as_bytes());
+    write_raw(cause(signal).as_bytes());
+    write_raw(b"; the live app was not touched\n");
+}
+
+extern "C" fn on_signal(signal: libc::c_int) {
+    if IN_CRITICAL.load(Ordering::SeqCst) > 0 {
+        let _ = PENDING.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+        return;
+    }
+    write_stopped_verdict(signal);
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(exit_code(signal)) }
+}
+
+/// Installs the handler for SIGTERM, SIGINT and SIGHUP of hook `hook`.
+pub fn install(hook: &'static str) {
+    HOOK_LEN.store(hook.len(), Ordering::SeqCst);
+    HOOK.store(hook.as_ptr() as *mut u8, Ordering::SeqCst);
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in STOPPING {
+        // SAFETY: the handler only touches atomics and calls async-signal-safe functions.
+        if let Err(e) = unsafe { sigaction(signal, &action) } {
+            log::warn!("cannot install the {signal} handler: {e}");
         }
     }
 }
 
-extern "C" fn on_sigterm(_: libc::c_int) {
-    if IN_CRITICAL.load(Ordering::SeqCst) {
-        PENDING.store(true, Ordering::SeqCst);
-        return;
-    }
-    write_message();
-    // SAFETY: _exit is async-signal-safe.
-    unsafe { libc::_exit(TERMINATED as libc::c_int) }
-}
-
-/// Installs the SIGTERM handler; `verdict` is the last line it prints.
-pub fn install(verdict: String) {
-    let bytes: &'static mut [u8] =
-        Box::leak(format!("{verdict}\n").into_bytes().into_boxed_slice());
-    MESSAGE_LEN.store(bytes.len(), Ordering::SeqCst);
-    MESSAGE.store(bytes.as_mut_ptr(), Ordering::SeqCst);
-    let action = SigAction::new(
-        SigHandler::Handler(on_sigterm),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    // SAFETY: the handler only touches atomics and calls async-signal-safe functions.
-    if let Err(e) = unsafe { sigaction(Signal::SIGTERM, &action) } {
-        log::warn!("cannot install the SIGTERM handler: {e}");
-    }
-}
-
-/// Runs `work` with SIGTERM deferred; a SIGTERM that arrived meanwhile ends the process
-/// right after, with the installed verdict.
-pub fn critical<T>(work: impl FnOnce() -> T) -> T {
-    IN_CRITICAL.store(true, Ordering::SeqCst);
+/// Runs `work` with SIGTERM, SIGINT and SIGHUP deferred; one that arrived meanwhile ends the
+/// process right after, its verdict saying what the completed step did (`outcome`).
+pub fn critical_then<T>(work: impl FnOnce() -> T, outcome: impl FnOnce(&T) -> String) -> T {
+    IN_CRITICAL.fetch_add(1, Ordering::SeqCst);
     let result = work();
-    IN_CRITICAL.store(false, Ordering::SeqCst);
-    if PENDING.load(Ordering::SeqCst) {
+    IN_CRITICAL.fetch_sub(1, Ordering::SeqCst);
+    let signal = PENDING.load(Ordering::SeqCst);
+    if signal != 0 && IN_CRITICAL.load(Ordering::SeqCst) == 0 {
+        let hook = {
+            let ptr = HOOK.load(Ordering::SeqCst);
+            if ptr.is_null() {
+                ""
+            } else {
+                // SAFETY: a leaked &'static str stored by install().
+                unsafe {
+                    std::str::from_utf8_unchecked(std::slice::from_raw_parts(
+                        ptr,
+                        HOOK_LEN.load(Ordering::SeqCst),
+                    ))
+                }
+            }
+        };
         log::error!(
-            "SIGTERM arrived during a step that must not be cut short; that step completed"
+            "{} arrived during a step that must not be cut short; that step ran to its end",
+            name(signal)
         );
-        write_message();
-        // SAFETY: plain process exit without unwinding.
-        unsafe { libc::_exit(TERMINATED as libc::c_int) }
+        crate::cli::say(
+            std::io::stderr(),
+            &format!(
+                "portswap {hook}: FAILED (exit {}): stopped by {}{} once its current step ended: {}",
+                exit_code(signal),
+                name(signal),
+                cause(signal),
+                outcome(&result)
+            ),
+        );
+        std::process::exit(exit_code(signal));
     }
     result
+}
+
+/// Runs `work` with SIGTERM, SIGINT and SIGHUP deferred; one that arrived meanwhile ends the
+/// process right after, saying the live app was not touched.
+pub fn critical<T>(work: impl FnOnce() -> T) -> T {
+    critical_then(work, |_| "the live app was not touched".to_string())
 }

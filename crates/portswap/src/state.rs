@@ -15,9 +15,12 @@ use crate::error::{Error, Result};
 use crate::fsio;
 use crate::procfs::ProcId;
 
+// Records carry no `deny_unknown_fields`: ApplicationStop runs the previous revision's
+// binary, which must read what a newer one wrote (a field it does not know is ignored;
+// a record lacking a field it needs, or garbage, is still rejected).
+
 /// What `start` recorded about the app it started on a slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AppRecord {
     /// Process id (also its process group: the app leads its own session).
     pub pid: i32,
@@ -49,9 +52,9 @@ impl AppRecord {
     }
 }
 
-/// The outcome of the last switch, for `--rollback` and the status view.
+/// The outcome of the last completed switch, for `--rollback`, the status view and
+/// "already live".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SwitchRecord {
     /// Port nginx sends traffic to since the switch.
     pub live: u16,
@@ -83,13 +86,29 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Removes `path`; a file already gone is fine.
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::io("cannot remove", path, e))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl StateDir {
     /// Uses `dir`, creating it (mode 0755) when missing.
     pub fn open(dir: &Path) -> Result<StateDir> {
         fsio::ensure_dir(dir, 0o755)?;
-        Ok(StateDir {
+        Ok(StateDir::at(dir))
+    }
+
+    /// Uses `dir` as it is, creating nothing (read-only views: a missing directory reads as
+    /// no records).
+    pub fn at(dir: &Path) -> StateDir {
+        StateDir {
             dir: dir.to_path_buf(),
-        })
+        }
     }
 
     /// The directory itself.
@@ -108,6 +127,31 @@ impl StateDir {
 
     fn switch_record_path(&self) -> PathBuf {
         self.dir.join("switch.yml")
+    }
+
+    fn intent_path(&self) -> PathBuf {
+        self.dir.join("switch-intent.yml")
+    }
+
+    /// A switch begun and not ended (`switch-intent.yml`), if one was recorded: written
+    /// before the include is touched, removed once the switch completed or left nginx as it
+    /// was. Found afterwards, it means the switch was cut short (SIGKILL, power loss): the
+    /// include and nginx may disagree until a switch completes. It has the shape of a
+    /// [`SwitchRecord`] (`live` is the port the switch was sending traffic to) in a file of
+    /// its own, so `switch.yml` stays readable by older versions.
+    pub fn switch_intent(&self) -> Option<SwitchRecord> {
+        self.read_record(&self.intent_path())
+    }
+
+    /// Records that a switch to `intent.live` begins; must succeed before the include is
+    /// touched.
+    pub fn save_switch_intent(&self, intent: &SwitchRecord) -> Result<()> {
+        self.write_record(&self.intent_path(), intent)
+    }
+
+    /// Forgets the switch intent: the switch ended (completed, or nginx left as it was).
+    pub fn clear_switch_intent(&self) -> Result<()> {
+        remove_if_present(&self.intent_path())
     }
 
     /// Takes the exclusive lock, waiting up to `wait` for another hook to release it.
@@ -169,13 +213,7 @@ impl StateDir {
 
     /// Forgets the app on `port`.
     pub fn clear_app_record(&self, port: u16) -> Result<()> {
-        let path = self.app_record_path(port);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(Error::io("cannot remove", &path, e))
-            }
-            _ => Ok(()),
-        }
+        remove_if_present(&self.app_record_path(port))
     }
 
     /// The last switch, if recorded and readable.

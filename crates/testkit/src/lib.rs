@@ -7,6 +7,7 @@
 //! - [`fixture`]: run `fixture-app` (the stand-in application) as a child.
 //! - [`agent`]: an emulation of the CodeDeploy agent running a revision's hooks.
 //! - [`netns`]: a private network namespace per test (own ports and nftables ruleset).
+//! - [`skip`]: report a test branch the machine cannot run (visible; a failure under CI).
 
 pub mod agent;
 pub mod bins;
@@ -15,8 +16,10 @@ pub mod hooks;
 pub mod net;
 pub mod netns;
 pub mod nginx;
+pub mod skip;
 
 pub use bins::{bin, ensure_built};
 pub use fixture::FixtureApp;
 pub use net::{free_port, http_get, port_is_listening, wait_until, Response};
 pub use nginx::NginxSandbox;
+pub use skip::skip;

@@ -222,8 +222,8 @@ fn print_deployment(
             versions.join(", ")
         }
     );
-    if before.is_none() && seen.failed() > 0 {
-        println!("                   (nothing was live before this first deployment: nginx answered 502 until the switch)");
+    if let Some(why) = failures_note(before, seen) {
+        println!("                   ({why})");
     }
     if let Some((event, _)) = &report.failure {
         if let Some(script) = report.event(event).and_then(|e| e.scripts.last()) {
@@ -232,6 +232,37 @@ fn print_deployment(
                 println!("    {line}");
             }
         }
+    }
+}
+
+/// Why a deployment's client saw failures when that is expected: nothing was live before the
+/// first one, so nginx answered 502 until its switch.
+fn failures_note(before: Option<u16>, seen: &Seen) -> Option<&'static str> {
+    (before.is_none() && seen.failed() > 0).then_some(
+        "nothing was live before this first deployment: nginx answered 502 until the switch",
+    )
+}
+
+/// One row of the summary table, with the explanation of expected failures beside it.
+fn summary_row(
+    deployment: &str,
+    before: Option<u16>,
+    after: Option<u16>,
+    took: Duration,
+    seen: &Seen,
+) -> String {
+    let row = format!(
+        "  {:<12} {:>5}->{:<5} {:>8.2}s {:>9} {:>9}",
+        deployment,
+        show_port(before),
+        show_port(after),
+        took.as_secs_f64(),
+        seen.requests,
+        seen.failed()
+    );
+    match failures_note(before, seen) {
+        Some(why) => format!("{row}  ({why})"),
+        None => row,
     }
 }
 
@@ -382,13 +413,14 @@ pub fn run(release: bool) -> Result<(), String> {
     );
     for (report, before, after, seen) in &summary {
         println!(
-            "  {:<12} {:>5}->{:<5} {:>8.2}s {:>9} {:>9}",
-            report.deployment_id,
-            show_port(*before),
-            show_port(*after),
-            report.duration.as_secs_f64(),
-            seen.requests,
-            seen.failed()
+            "{}",
+            summary_row(
+                &report.deployment_id,
+                *before,
+                *after,
+                report.duration,
+                seen
+            )
         );
     }
     println!("stopped both apps and nginx; removing {}", root.display());
@@ -397,4 +429,34 @@ pub fn run(release: bool) -> Result<(), String> {
         return Err("a deployment failed (see above)".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_explains_the_first_deployments_failed_requests() {
+        let mut seen = Seen {
+            requests: 5000,
+            ..Seen::default()
+        };
+        seen.failures.insert("502".into(), 1200);
+        let first = summary_row("d-demo-1", None, Some(8081), Duration::from_secs(2), &seen);
+        assert!(
+            first.contains("1200") && first.contains("502 until the switch"),
+            "{first}"
+        );
+        let later = summary_row(
+            "d-demo-2",
+            Some(8081),
+            Some(8082),
+            Duration::from_secs(2),
+            &seen,
+        );
+        assert!(
+            !later.contains("502 until"),
+            "unexplained failures stay unexplained: {later}"
+        );
+    }
 }

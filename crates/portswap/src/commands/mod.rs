@@ -8,8 +8,9 @@ pub mod switch;
 
 use crate::cli::Args;
 use crate::config::{self, Config, Slot};
+use crate::deployment;
 use crate::error::{Error, Result};
-use crate::state::{self, LockGuard, StateDir};
+use crate::state::{LockGuard, StateDir};
 use crate::supervisor::{self, Supervisor};
 use crate::switcher::{self, Switcher};
 
@@ -19,43 +20,57 @@ pub struct Context {
     pub config: Config,
     /// The state directory.
     pub state: StateDir,
-    /// `DEPLOYMENT_ID`, or `manual-<unix time>` when run by hand.
+    /// `DEPLOYMENT_ID` (escaped), or `manual-<unix time>` when run by hand
+    /// ([`crate::deployment`]).
     pub deployment_id: String,
+    /// Run by hand (`DEPLOYMENT_ID` unset or blank): the id is made up and never compared.
+    pub manual: bool,
     /// How traffic is pointed at a slot.
     pub switcher: Box<dyn Switcher>,
     /// How the app is run on a slot.
     pub supervisor: Box<dyn Supervisor>,
+    /// The hook holding the lock (empty for read-only views).
+    hook: String,
     _lock: Option<LockGuard>,
 }
 
 impl Context {
-    /// Loads the configuration and state without taking the lock (read-only views).
+    /// Loads the configuration and state without taking the lock or creating anything
+    /// (read-only views).
     pub fn unlocked(args: &Args) -> Result<Context> {
+        Context::load(args, false)
+    }
+
+    fn load(args: &Args, create_state: bool) -> Result<Context> {
         let path = config::locate(args.config.as_deref())?;
         let config = Config::load(&path)?;
         log::debug!("configuration {}", path.display());
-        let state = StateDir::open(&config.state_dir)?;
-        let deployment_id = std::env::var("DEPLOYMENT_ID")
-            .ok()
-            .filter(|d| !d.trim().is_empty())
-            .unwrap_or_else(|| format!("manual-{}", state::now_secs()));
+        let state = if create_state {
+            StateDir::open(&config.state_dir)?
+        } else {
+            StateDir::at(&config.state_dir)
+        };
+        let deployment = deployment::current();
         let switcher = switcher::for_config(&config, &state);
         let supervisor = supervisor::for_config(&config, &state)?;
         Ok(Context {
             config,
             state,
-            deployment_id,
+            deployment_id: deployment.id.clone(),
+            manual: deployment.manual,
             switcher,
             supervisor,
+            hook: String::new(),
             _lock: None,
         })
     }
 
     /// Loads everything and takes the exclusive lock for the whole run of `hook`.
     pub fn locked(hook: &str, args: &Args) -> Result<Context> {
-        let mut ctx = Context::unlocked(args)?;
+        let mut ctx = Context::load(args, true)?;
         let holder = format!("{hook} ({})", ctx.deployment_id);
         ctx._lock = Some(ctx.state.lock(&holder, ctx.config.lock_wait)?);
+        ctx.hook = hook.to_string();
         Ok(ctx)
     }
 
@@ -65,12 +80,35 @@ impl Context {
         if live_port.is_none() {
             self.refuse_lost_include()?;
         }
+        if matches!(self.hook.as_str(), "stop" | "start") {
+            self.refuse_interrupted_switch(live_port)?;
+        }
         let live = live_port.and_then(|port| self.config.slot(port));
         let idle = match live {
             Some(slot) => self.config.other_slot(slot.port),
             None => &self.config.slots[0],
         };
         Ok((live, idle))
+    }
+
+    /// A switch was cut short (its intent is still recorded): nginx may serve either port
+    /// whatever the include says, so neither slot may be stopped until a switch completes.
+    fn refuse_interrupted_switch(&self, live_port: Option<u16>) -> Result<()> {
+        let Some(intent) = self.state.switch_intent() else {
+            return Ok(());
+        };
+        let from = intent
+            .previous
+            .map_or("nothing".to_string(), |p| format!("port {p}"));
+        Err(Error::Refused(format!(
+            "a switch from {from} to port {} (deployment {}) was cut short; nginx may still \
+             send traffic to either port (the include names {}); fix: re-run `switch` (with \
+             DEPLOYMENT_ID={}, or by hand) to complete it, then retry; nothing was stopped",
+            intent.live,
+            intent.deployment_id,
+            live_port.map_or("none".to_string(), |p| format!("port {p}")),
+            intent.deployment_id,
+        )))
     }
 
     /// No include, yet a switch was recorded: the include was lost (deleted, or the path

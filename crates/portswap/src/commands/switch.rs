@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::health;
 use crate::signals;
 use crate::state::{self, SwitchRecord};
+use crate::switcher::Switched;
 
 /// The `switch` binary.
 pub const HOOK: Hook = Hook {
@@ -48,6 +49,12 @@ pub fn run(args: &Args) -> Result<String> {
     let (live, idle) = ctx.sides()?;
     let live_port = live.map(|s| s.port);
     let rollback = args.has("--rollback");
+    // A switch of this deployment (or any, by hand) that was cut short: complete it.
+    let resumed = ctx.state.switch_intent().filter(|i| {
+        !rollback
+            && (ctx.manual || i.deployment_id == ctx.deployment_id)
+            && ctx.config.slot(i.live).is_some()
+    });
     let target = if rollback {
         let live_port = live_port
             .ok_or_else(|| Error::Refused("nothing is live yet: nothing to roll back to".into()))?;
@@ -55,20 +62,27 @@ pub fn run(args: &Args) -> Result<String> {
         recorded
             .filter(|p| *p != live_port && ctx.config.slot(*p).is_some())
             .unwrap_or(idle.port)
+    } else if let Some(intent) = &resumed {
+        log::warn!(
+            "a switch to port {} (deployment {}) was cut short; completing it: the include and \
+             nginx may disagree until it completes",
+            intent.live,
+            intent.deployment_id
+        );
+        intent.live
     } else {
         idle.port
     };
-    if !rollback {
-        let live_record = live_port.and_then(|p| ctx.state.app_record(p));
-        if live_record.is_some_and(|r| r.deployment_id == ctx.deployment_id) {
-            return Ok(format!(
-                "port {} already serves deployment {}; nothing to do",
-                live_port.unwrap_or(0),
-                ctx.deployment_id
-            ));
+    let previous = match &resumed {
+        Some(intent) => intent.previous,
+        None => live_port,
+    };
+    if !rollback && resumed.is_none() {
+        if let Some(done) = already_live(&ctx, live_port) {
+            return Ok(done);
         }
     }
-    if !rollback && !args.has("--force") && std::env::var_os("DEPLOYMENT_ID").is_some() {
+    if !rollback && !args.has("--force") && !ctx.manual {
         // Two deployments interleaved: the idle slot may now run the other one's app.
         if let Some(other) = ctx
             .state
@@ -89,31 +103,34 @@ pub fn run(args: &Args) -> Result<String> {
         check_target(target, &ctx.config.health, rollback)?;
         log::debug!("port {target} is healthy ({})", show(probed.elapsed()));
     }
-    let switched = signals::critical(|| -> Result<_> {
-        let switched = ctx.switcher.switch_to(target)?;
-        let record = SwitchRecord {
-            live: target,
-            previous: live_port,
-            deployment_id: ctx.deployment_id.clone(),
-            at: state::now_secs(),
-        };
-        if let Err(e) = ctx.state.save_switch(&record) {
-            log::warn!("switched, but could not record it for --rollback: {e}");
-        }
-        Ok(switched)
-    })?;
+    let intent = SwitchRecord {
+        live: target,
+        previous,
+        deployment_id: ctx.deployment_id.clone(),
+        at: state::now_secs(),
+    };
+    let switched = signals::critical_then(
+        || switch_recorded(&ctx, &intent),
+        |result| match result {
+            Ok(_) => format!("the switch had completed: nginx sends new requests to port {target}"),
+            Err(e) => format!("the switch had failed, nginx unchanged: {e}"),
+        },
+    )?;
     log::info!("{}", switched.detail);
-    let was = live_port.map_or("nothing live".to_string(), |p| format!("was {p}"));
+    let was = previous.map_or("nothing live".to_string(), |p| format!("was {p}"));
     Ok(format!(
-        "all new requests now go to port {target} ({was}{}, by {}); switch took {}",
+        "all new requests now go to port {target} ({was}{}{}, by {}); switch took {}",
         if rollback { ", rollback" } else { "" },
+        if resumed.is_some() {
+            ", completing a switch that was cut short"
+        } else {
+            ""
+        },
         ctx.config.switch.by.name(),
         show(switched.elapsed)
     ))
 }
 
-/// How long the one health probe of the target may take before a normal switch.
-pub const TARGET_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// `--restore`: the last recorded switch, put back where the system lost it.
 fn restore(ctx: &Context) -> Result<String> {
     let record = ctx.state.switch_record().ok_or_else(|| {
@@ -133,6 +150,61 @@ fn restore(ctx: &Context) -> Result<String> {
     Ok(format!("{done} (by {})", ctx.config.switch.by.name()))
 }
 
+/// "Nothing to do" when a switch to the live port was recorded as complete and the live
+/// slot runs this deployment's app (a run by hand never counts: its id is made up).
+fn already_live(ctx: &Context, live_port: Option<u16>) -> Option<String> {
+    let last = ctx.state.switch_record()?;
+    let done = !ctx.manual
+        && Some(last.live) == live_port
+        && ctx
+            .state
+            .app_record(last.live)
+            .is_some_and(|r| r.deployment_id == ctx.deployment_id);
+    done.then(|| {
+        format!(
+            "port {} already serves deployment {} (switch completed); nothing to do",
+            last.live, ctx.deployment_id
+        )
+    })
+}
+
+/// The switch itself between its two records: the intent first (so a switch cut short is
+/// known), then the switch, then the completed record. The intent is cleared once nginx is
+/// known to be in one consistent state: switched and recorded, or left as it was.
+fn switch_recorded(ctx: &Context, intent: &SwitchRecord) -> Result<Switched> {
+    ctx.state.save_switch_intent(intent).map_err(|e| {
+        Error::Failed(format!(
+            "cannot record the switch before making it ({e}); nginx unchanged"
+        ))
+    })?;
+    let switched = match ctx.switcher.switch_to(intent.live) {
+        Ok(switched) => switched,
+        Err(e) => {
+            // The switcher leaves the previous routing in force when it fails.
+            if let Err(clear) = ctx.state.clear_switch_intent() {
+                log::warn!("{clear}");
+            }
+            return Err(e);
+        }
+    };
+    let record = SwitchRecord {
+        at: state::now_secs(),
+        ..intent.clone()
+    };
+    let saved = ctx.state.save_switch(&record);
+    // Without the completed record the intent stays: a re-run completes the switch again
+    // instead of taking it as done.
+    if ctx.state.switch_record().as_ref() == Some(&record) {
+        if let Err(e) = ctx.state.clear_switch_intent() {
+            log::warn!("{e}");
+        }
+    }
+    if let Err(e) = saved {
+        log::warn!("switched, but could not record it for --rollback: {e}");
+    }
+    Ok(switched)
+}
+
 /// The target must answer its health check: at once for a normal switch (health ran just
 /// before), within a few seconds for a rollback.
 fn check_target(port: u16, rules: &Health, rollback: bool) -> Result<()> {
@@ -143,7 +215,7 @@ fn check_target(port: u16, rules: &Health, rollback: bool) -> Result<()> {
         };
         health::wait_healthy(port, &quick, || None).map(|_| ())
     } else {
-        health::probe(port, rules, TARGET_PROBE_TIMEOUT)
+        health::probe(port, rules, health::probe_limit(rules.timeout))
             .map(|_| ())
             .map_err(Error::Failed)
     };

@@ -1,11 +1,14 @@
 //! The nginx switch: rewrite the include atomically, test the config, reload, and wait until
 //! every worker from before the reload has stopped accepting.
 
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
 use super::workers::Workers;
@@ -85,15 +88,63 @@ impl NginxSwitcher {
         Ok(pid)
     }
 
+    /// Runs `argv` (the config test or the reload command) in its own process group,
+    /// bounded by `nginx.reload_timeout`: a command still running then (a hung sudo or
+    /// systemctl) is killed with its whole group, and the error names it.
     fn run(&self, what: &str, argv: &[String]) -> Result<()> {
         let program = resolve_program(&argv[0])?;
-        let output = Command::new(&program)
+        let mut child = Command::new(&program)
             .args(&argv[1..])
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
             .map_err(|e| {
                 Error::Failed(format!("{what} `{}` could not run: {e}", argv.join(" ")))
             })?;
+        let limit = self.nginx.reload_timeout;
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Ok(None) => {
+                    let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(Error::Failed(format!(
+                        "{what} `{}` hung: still running after {} (nginx.reload_timeout), \
+                         killed with its process group",
+                        argv.join(" "),
+                        show(limit)
+                    )));
+                }
+                Err(e) => {
+                    return Err(Error::Failed(format!(
+                        "{what} `{}`: cannot wait for it: {e}",
+                        argv.join(" ")
+                    )))
+                }
+            }
+        };
+        // What it wrote to stderr (nginx -t: a few lines, far below the pipe's capacity);
+        // non-blocking, so a daemonized child keeping the pipe open cannot hold us.
+        let mut stderr = Vec::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            let _ = nix::fcntl::fcntl(
+                pipe.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            );
+            let _ = pipe.read_to_end(&mut stderr);
+        }
+        let output = std::process::Output {
+            status,
+            stdout: Vec::new(),
+            stderr,
+        };
         if output.status.success() {
             return Ok(());
         }
@@ -136,6 +187,27 @@ impl NginxSwitcher {
                 };
                 Error::Failed(format!("cannot signal the nginx master (pid {master}): {e}{hint}"))
             }),
+        }
+    }
+
+    /// Reloads nginx again (after the include was restored) and waits, bounded by
+    /// `nginx.reload_timeout`, until new workers serve and none of `stale` (the workers that
+    /// read the new include) still does.
+    fn reload_again(&self, master: i32, stale: &[i32]) -> Result<()> {
+        let before = Workers::of(master);
+        self.reload(master)?;
+        let applied = crate::process::wait_for(self.nginx.reload_timeout, || {
+            let now = Workers::of(master);
+            now.serving.iter().any(|p| !before.serving.contains(p))
+                && !now.serving.iter().any(|p| stale.contains(p))
+        });
+        if applied {
+            Ok(())
+        } else {
+            Err(Error::Failed(format!(
+                "the second reload did not complete within {}",
+                show(self.nginx.reload_timeout)
+            )))
         }
     }
 
@@ -189,6 +261,20 @@ impl NginxSwitcher {
         };
         if !done {
             self.restore(previous);
+            let stale: Vec<i32> = (now.serving.iter())
+                .filter(|p| !before.serving.contains(p))
+                .copied()
+                .collect();
+            let reloaded = if stale.is_empty() {
+                String::new()
+            } else {
+                // New workers run the new include: reload again so nginx serves the
+                // restored one, as the include says.
+                match self.reload_again(master, &stale) {
+                    Ok(()) => "; nginx reloaded with it".to_string(),
+                    Err(e) => format!("; nginx may still serve port {port}: {e}"),
+                }
+            };
             let reason = if procfs::ProcId::of(master).is_none() {
                 "the nginx master exited".to_string()
             } else if now.serving == before.serving {
@@ -198,7 +284,7 @@ impl NginxSwitcher {
                 format!("old workers still accept connections: {:?}", before.serving)
             };
             return Err(Error::Failed(format!(
-                "reload not complete after {}: {reason}; include restored",
+                "reload not complete after {}: {reason}; include restored{reloaded}",
                 show(self.nginx.reload_timeout)
             )));
         }

@@ -1,0 +1,284 @@
+//! The include and nginx never disagree silently (issue 8, items 2, 5, 6, 8): a switch cut
+//! short is recorded and completed by a re-run, SIGINT/SIGHUP/SIGTERM inside the switch wait
+//! for it and the verdict says how it ended, hung nginx commands are killed and named, a
+//! reload that timed out after new workers started is undone in nginx too, and `switch`
+//! allows a health probe as long as `health` does.
+
+mod support;
+
+use std::fs;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use portswap_testkit::hooks;
+use support::{wait, Outcome, Settings, Site};
+
+/// A site where `d-1` is live on the first slot and `d-2` is started and healthy.
+fn ready_to_switch() -> Site {
+    let site = Site::new();
+    site.deploy_ok("d-1");
+    site.run_until("d-2", "health");
+    site
+}
+
+fn render(port: u16) -> String {
+    format!("set $service_url http://127.0.0.1:{port};\n")
+}
+
+/// Starts `switch` for deployment `id` with its output piped.
+fn spawn_switch(site: &Site, id: &str) -> Child {
+    hooks::command("switch", &site.config_path())
+        .env("DEPLOYMENT_ID", id)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn outcome(child: Child) -> Outcome {
+    let output = child.wait_with_output().unwrap();
+    Outcome {
+        hook: "switch".into(),
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Processes whose command line is exactly `argv`.
+fn processes_running(argv: &[&str]) -> Vec<i32> {
+    let wanted: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted))
+        .collect()
+}
+
+/// The version nginx serves once it has settled, checked on several requests.
+fn assert_nginx_serves(site: &Site, version: &str) {
+    wait(Duration::from_secs(5), "nginx to serve the version", || {
+        site.live_version().as_deref() == Some(version)
+    });
+    for _ in 0..20 {
+        assert_eq!(site.live_version().as_deref(), Some(version));
+    }
+}
+
+#[test]
+fn switch_accepts_a_health_probe_as_slow_as_health_accepts() {
+    // /health answers after 3 s: within the per-probe limit (5 s) that `health` allows.
+    let site = Site::with(Settings {
+        app_args: vec!["--health-delay-ms".into(), "3000".into()],
+        health_timeout: "20s",
+        ..Settings::default()
+    });
+    site.run_until("d-1", "health");
+    let out = site.hook("switch", &[], Some("d-1")).ok();
+    assert!(
+        out.last_line().contains("nginx now sends"),
+        "{}",
+        out.stderr
+    );
+    assert_nginx_serves(&site, "d-1");
+}
+
+#[test]
+fn a_switch_killed_after_writing_the_include_blocks_stop_and_is_completed_by_a_rerun() {
+    let site = ready_to_switch();
+    let [a, b] = site.ports;
+    // A slow config test holds the switch between the include write and the reload.
+    site.set_key("nginx", "test_command", "[\"sleep\", \"2\"]");
+    let mut child = spawn_switch(&site, "d-2");
+    wait(
+        Duration::from_secs(10),
+        "the include names the new port",
+        || site.include_text().as_deref() == Some(render(b).as_str()),
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The include names d-2's port; nginx still serves d-1, and nothing says so but the intent.
+    assert_eq!(site.live_version().as_deref(), Some("d-1"));
+    assert!(site.state().join("switch-intent.yml").exists());
+
+    // The next deployment's stop would take d-1's port for idle: refused, d-1 keeps serving.
+    let traffic = site.traffic();
+    site.hook("stop", &[], Some("d-3"))
+        .fails(4, "was cut short");
+    site.hook("start", &[], Some("d-3"))
+        .fails(4, "re-run `switch`");
+    traffic.assert_all("d-1");
+    assert!(site.version_on(a).is_some(), "d-1 still runs");
+
+    // CodeDeploy re-runs the deployment: its switch completes what was cut short.
+    site.write_config();
+    let out = site.hook("switch", &[], Some("d-2")).ok();
+    assert!(out.last_line().contains("cut short"), "{}", out.last_line());
+    assert_eq!(site.included_port(), Some(b));
+    assert_nginx_serves(&site, "d-2");
+    assert!(!site.state().join("switch-intent.yml").exists());
+    // Now the switch is recorded complete: a re-run does nothing, and the next deployment runs.
+    let out = site.hook("switch", &[], Some("d-2")).ok();
+    assert!(
+        out.last_line().contains("nothing to do"),
+        "{}",
+        out.last_line()
+    );
+    site.deploy_ok("d-3");
+    assert_nginx_serves(&site, "d-3");
+    site.assert_nothing_half_written();
+}
+
+#[test]
+fn sigint_sighup_and_sigterm_inside_the_switch_wait_for_it_and_the_verdict_says_so() {
+    let site = Site::new();
+    site.deploy_ok("d-1");
+    for (i, (signal, code)) in [
+        (Signal::SIGINT, 130),
+        (Signal::SIGHUP, 129),
+        (Signal::SIGTERM, 143),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("d-{}", i + 2);
+        site.write_config();
+        site.run_until(&id, "health");
+        let target = site.ports[(i + 1) % 2];
+        site.set_key("nginx", "test_command", "[\"sleep\", \"1\"]");
+        let child = spawn_switch(&site, &id);
+        wait(
+            Duration::from_secs(10),
+            "the include names the new port",
+            || site.include_text().as_deref() == Some(render(target).as_str()),
+        );
+        kill(Pid::from_raw(child.id() as i32), signal).unwrap();
+        let out = outcome(child);
+        assert_eq!(out.code, code, "{signal}: {}", out.stderr);
+        let last = out.last_line();
+        assert!(
+            last.contains(&format!("stopped by {signal}"))
+                && last.contains(&format!(
+                    "the switch had completed: nginx sends new requests to port {target}"
+                ))
+                && !last.contains("not touched"),
+            "{signal}: {last}"
+        );
+        assert_nginx_serves(&site, &id);
+    }
+    site.assert_nothing_half_written();
+}
+
+#[test]
+fn a_hung_config_test_or_reload_command_is_killed_with_its_group_and_named() {
+    let site = ready_to_switch();
+    let before = site.include_text();
+    site.set_key("nginx", "reload_timeout", "1s");
+    // Each command leaves a child in its process group that outlives the command itself.
+    let cases = [
+        (
+            "test_command",
+            "nginx config test",
+            ["sleep 30.11", "sleep 30.12"],
+        ),
+        (
+            "reload_command",
+            "nginx reload",
+            ["sleep 30.21", "sleep 30.22"],
+        ),
+    ];
+    for (key, what, [first, second]) in cases {
+        let script = format!("{first} & exec {second}");
+        site.set_key("nginx", key, &format!("[\"sh\", \"-c\", \"{script}\"]"));
+        let traffic = site.traffic();
+        let started = Instant::now();
+        let out = site.hook("switch", &[], Some("d-2")).fails(1, "hung");
+        let took = started.elapsed();
+        traffic.assert_all("d-1");
+        assert!(took < Duration::from_secs(8), "{key}: took {took:?}");
+        assert!(
+            out.last_line().contains(what) && out.last_line().contains(&script),
+            "{key}: names the command: {}",
+            out.last_line()
+        );
+        for sleeper in [first, second] {
+            let argv: Vec<&str> = sleeper.split(' ').collect();
+            wait(
+                Duration::from_secs(2),
+                "the command's group is gone",
+                || processes_running(&argv).is_empty(),
+            );
+        }
+        assert_eq!(site.include_text(), before, "{key}: include restored");
+        site.assert_nothing_half_written();
+        site.write_config();
+        site.set_key("nginx", "reload_timeout", "1s");
+    }
+    site.write_config();
+    site.hook("switch", &[], Some("d-2")).ok();
+    assert_nginx_serves(&site, "d-2");
+}
+
+/// Resumes a stopped process on drop.
+struct Stopped(i32);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0), Signal::SIGCONT);
+    }
+}
+
+#[test]
+fn a_reload_that_times_out_after_new_workers_started_is_undone_in_nginx_too() {
+    let site = ready_to_switch();
+    let before = site.include_text();
+    site.set_key("nginx", "reload_timeout", "1s");
+    // A stopped worker never takes up its shutdown: the reload starts new workers (which
+    // read the new include) but never completes.
+    let worker = site.nginx.worker_pids()[0];
+    kill(Pid::from_raw(worker), Signal::SIGSTOP).unwrap();
+    let stopped = Stopped(worker);
+    let out = site
+        .hook("switch", &[], Some("d-2"))
+        .fails(1, "reload not complete");
+    assert!(
+        out.last_line()
+            .contains("include restored; nginx reloaded with it"),
+        "{}",
+        out.last_line()
+    );
+    drop(stopped);
+    wait(Duration::from_secs(10), "the stopped worker exits", || {
+        !site.nginx.worker_pids().contains(&worker)
+    });
+    assert_eq!(site.include_text(), before);
+    // nginx serves what the include says.
+    assert_nginx_serves(&site, "d-1");
+    site.write_config();
+    site.hook("switch", &[], Some("d-2")).ok();
+    assert_nginx_serves(&site, "d-2");
+    site.assert_nothing_half_written();
+}
+
+#[test]
+fn nothing_is_switched_when_the_intent_cannot_be_recorded_first() {
+    // The intent must be written before the include: with switch-intent.yml unwritable
+    // (a directory in its place), nothing is switched.
+    let site = ready_to_switch();
+    let before = site.include_text();
+    fs::create_dir(site.state().join("switch-intent.yml")).unwrap();
+    let traffic = site.traffic();
+    site.hook("switch", &[], Some("d-2"))
+        .fails(1, "cannot record the switch before making it");
+    traffic.assert_all("d-1");
+    assert_eq!(site.include_text(), before);
+    fs::remove_dir(site.state().join("switch-intent.yml")).unwrap();
+    site.hook("switch", &[], Some("d-2")).ok();
+    assert_nginx_serves(&site, "d-2");
+}
