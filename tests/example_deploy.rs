@@ -195,7 +195,7 @@ fn the_spring_boot_example_deploys_through_the_agent() {
     let log = fs::read_to_string(instance.agent.scripts_log("d-EXAMPLE1")).unwrap();
     assert!(
         log.lines()
-            .any(|l| l.contains("[stderr]portswap switch: OK: nginx now sends all new requests")),
+            .any(|l| l.contains("[stderr]portswap switch: OK: all new requests now go to")),
         "{log}"
     );
 

@@ -82,7 +82,7 @@ fn switch_accepts_a_health_probe_as_slow_as_health_accepts() {
     site.run_until("d-1", "health");
     let out = site.hook("switch", &[], Some("d-1")).ok();
     assert!(
-        out.last_line().contains("nginx now sends"),
+        out.last_line().contains("all new requests now go to"),
         "{}",
         out.stderr
     );

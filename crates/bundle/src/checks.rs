@@ -151,12 +151,12 @@ mod tests {
                 .starts_with("hooks/start in ApplicationStart"),
             "{err}"
         );
-        let err = fits(&format!("{base}nginx: {{ reload_timeout: 36s }}\n")).unwrap_err();
+        let err = fits(&format!("{base}nginx: {{ reload_timeout: 17s }}\n")).unwrap_err();
         assert!(
             err.to_string().starts_with(
                 "hooks/switch in ValidateService may wait state.lock_wait 20s + the health probe \
-                 of the target 2s + nginx config test, reload command and writes 3s + \
-                 nginx.reload_timeout 36s = 61s"
+                 of the target 5s + the nginx config test (nginx.reload_timeout) 17s + \
+                 nginx.reload_timeout 17s + undoing a reload that timed out 34s = 93s"
             ),
             "{err}"
         );

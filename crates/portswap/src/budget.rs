@@ -118,7 +118,7 @@ mod tests {
         assert_eq!(total("stop"), Duration::from_secs(55));
         assert_eq!(total("start"), Duration::from_secs(56));
         assert_eq!(total("health"), Duration::from_millis(120_100));
-        assert_eq!(total("switch"), Duration::from_secs(40));
+        assert_eq!(total("switch"), Duration::from_secs(55));
         assert!(Budget::of("deploy", &config).is_none());
         for hook in HOOKS {
             let budget = Budget::of(hook, &config).unwrap();
