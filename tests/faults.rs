@@ -72,8 +72,9 @@ impl Drop for Guarded {
 /// An unrelated process (`sleep`), to plant its pid where portswap might signal it.
 fn unrelated_process() -> Guarded {
     Guarded(
+        // Outlives the slowest test run (killed on drop).
         Command::new("sleep")
-            .arg("60")
+            .arg("3600")
             .stdin(Stdio::null())
             .spawn()
             .unwrap(),
@@ -237,7 +238,9 @@ fn an_app_ignoring_sigterm_is_killed_after_the_grace_period_and_the_port_freed()
     traffic.assert_all("d-2");
     assert!(
         out.last_line().contains("killed pid")
-            && out.last_line().contains("still running 300ms after SIGTERM, sent SIGKILL"),
+            && out
+                .last_line()
+                .contains("still running 300ms after SIGTERM, sent SIGKILL"),
         "{}",
         out.last_line()
     );

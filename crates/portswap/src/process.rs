@@ -153,11 +153,7 @@ fn pids(processes: &[ProcId]) -> String {
 /// wrapper, or left behind when the wrapper died, is signalled too): SIGTERM, up to `grace`
 /// for all of them to exit and `port` to be free, then SIGKILL to whoever is left and up to
 /// 5 s more. Only processes `targets()` names are ever signalled.
-pub fn terminate(
-    port: u16,
-    grace: Duration,
-    targets: impl Fn() -> Vec<ProcId>,
-) -> Result<Stopped> {
+pub fn terminate(port: u16, grace: Duration, targets: impl Fn() -> Vec<ProcId>) -> Result<Stopped> {
     let started = Instant::now();
     let mut termed = Vec::new();
     let finished = |left: &[ProcId]| left.is_empty() && !procfs::port_in_use(port);

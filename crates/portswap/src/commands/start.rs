@@ -109,16 +109,17 @@ fn launch_checked(ctx: &Context, idle: &Slot, release: &Release) -> Result<AppRe
     };
     let hint = "an app that puts itself in the background cannot be supervised: run it in the \
                 foreground";
-    Err(Error::Failed(
-        match ctx.supervisor.stop(idle.port, false) {
-            Ok(done) => format!("{reason}; it left pid {} running ({hint}): {done}", left.pid),
-            Err(e) => format!(
-                "{reason}; it left pid {} running ({hint}), and stopping it failed: {e}; run \
+    Err(Error::Failed(match ctx.supervisor.stop(idle.port, false) {
+        Ok(done) => format!(
+            "{reason}; it left pid {} running ({hint}): {done}",
+            left.pid
+        ),
+        Err(e) => format!(
+            "{reason}; it left pid {} running ({hint}), and stopping it failed: {e}; run \
                  `stop --port {}` once the cause is fixed",
-                left.pid, idle.port
-            ),
-        },
-    ))
+            left.pid, idle.port
+        ),
+    }))
 }
 
 /// Removes the release of a start that failed, unless something of ours still runs there.
