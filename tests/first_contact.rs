@@ -294,6 +294,35 @@ fn a_wrapper_that_does_not_exec_is_stopped_whole_and_sigkill_is_really_sent() {
     // The next deployment finds nothing left over and succeeds.
     site.deploy_ok("d-3");
     assert_eq!(site.included_port(), Some(a));
+
+    // Nothing listens yet (the app is still starting): the wrapper is what was recorded,
+    // and killing it alone would leave its child behind with nothing to show for it.
+    let [_, b] = site.ports;
+    let mut command = vec!["bash".to_string(), "{release_dir}/run.sh".to_string()];
+    command.extend(portswap_testkit::hooks::fixture_command(
+        "{deployment_id}",
+        &["--ignore-sigterm", "--never-bind"],
+    ));
+    site.set_key(
+        "app",
+        "command",
+        &portswap_testkit::hooks::yaml_list(&command),
+    );
+    site.hook("stop", &[], Some("d-4")).ok();
+    site.hook("start", &[], Some("d-4")).ok();
+    assert_eq!(pids_with_marker(&site, b).len(), 2);
+    let out = site.hook("stop", &[], Some("d-4")).ok();
+    assert!(
+        out.last_line()
+            .contains("still running 300ms after SIGTERM, sent SIGKILL to 1"),
+        "{}",
+        out.last_line()
+    );
+    assert_eq!(
+        pids_with_marker(&site, b),
+        Vec::<i32>::new(),
+        "the wrapper's child is stopped too"
+    );
 }
 
 #[test]
