@@ -423,3 +423,42 @@ fn a_failed_start_shows_only_what_its_own_app_wrote_and_removes_its_release() {
     site.deploy_ok("d-5");
     assert_eq!(site.live_version().as_deref(), Some("d-5"));
 }
+
+#[test]
+fn start_checks_the_port_is_still_free_right_before_the_launch() {
+    let site = Site::new();
+    site.deploy_ok("d-1");
+    let [_, b] = site.ports;
+    // Many artifacts make staging take a while; a process takes the port meanwhile.
+    let many = site.root().join("revision/many");
+    fs::create_dir_all(&many).unwrap();
+    for i in 0..4000 {
+        fs::write(many.join(format!("part-{i}.txt")), "x").unwrap();
+    }
+    site.set_key(
+        "app",
+        "artifacts",
+        r#"["revision/fixture-app", "revision/many/*.txt"]"#,
+    );
+    site.hook("stop", &[], Some("d-2")).ok();
+    let release = site.state().join(format!("releases/d-2-{b}"));
+    let taker = std::thread::spawn(move || {
+        wait(Duration::from_secs(30), "staging begins", || {
+            release.exists()
+        });
+        std::net::TcpListener::bind(("127.0.0.1", b)).unwrap()
+    });
+    let out = site
+        .hook("start", &[], Some("d-2"))
+        .fails(4, "no longer free right before the launch");
+    let listener = taker.join().unwrap();
+    assert!(
+        out.last_line().contains("nothing was started"),
+        "{}",
+        out.last_line()
+    );
+    assert_eq!(pids_with_marker(&site, b), Vec::<i32>::new());
+    assert!(!site.state().join(format!("releases/d-2-{b}")).exists());
+    drop(listener);
+    site.deploy_ok("d-2");
+}
