@@ -162,6 +162,17 @@ impl Slot<'_> {
                     .unwrap_or(Holder::Free),
             };
         }
+        // The usual case, without looking through every process: the recorded app itself
+        // holds every listening socket.
+        if let Some(process) = self.record.map(AppRecord::process) {
+            let held = procfs::socket_inodes(process.pid);
+            if inodes.iter().all(|i| held.contains(i)) && process.is_alive() {
+                return Holder::Ours {
+                    process,
+                    proof: Proof::Recorded,
+                };
+            }
+        }
         let pids = procfs::listeners(self.port);
         let mut foreign = None;
         for pid in &pids {

@@ -271,25 +271,32 @@ pub fn port_in_use(port: u16) -> bool {
     !listening_inodes(port).is_empty()
 }
 
+/// The inodes of the sockets `pid` holds open (empty when its descriptors are unreadable).
+pub fn socket_inodes(pid: i32) -> Vec<u64> {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|fd| {
+            let target = fs::read_link(fd.path()).ok()?;
+            let text = target.to_str()?;
+            text.strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
 /// The processes holding a socket that listens on `port`.
 pub fn listeners(port: u16) -> Vec<i32> {
-    let wanted: Vec<String> = listening_inodes(port)
-        .iter()
-        .map(|i| format!("socket:[{i}]"))
-        .collect();
+    let wanted = listening_inodes(port);
     if wanted.is_empty() {
         return Vec::new();
     }
     all_pids()
         .into_iter()
-        .filter(|pid| {
-            fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
-                fds.flatten().any(|fd| {
-                    fs::read_link(fd.path())
-                        .is_ok_and(|target| wanted.iter().any(|w| target.as_os_str() == w.as_str()))
-                })
-            })
-        })
+        .filter(|pid| socket_inodes(*pid).iter().any(|i| wanted.contains(i)))
         .collect()
 }
 
