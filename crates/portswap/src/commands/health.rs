@@ -3,7 +3,7 @@
 use super::Context;
 use crate::cli::{Args, Hook};
 use crate::duration::show;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::{applog, health};
 
 /// The `health` binary.
@@ -33,6 +33,13 @@ pub fn run(args: &Args) -> Result<String> {
         if let Some(r) = &record {
             applog::log_tail(r);
         }
+    })?;
+    // A 200 from whatever listens proves nothing: it must come from the app start launched.
+    ctx.supervisor.serves(idle.port).map_err(|why| {
+        Error::Refused(format!(
+            "port {} answered {status}, but not from the app start launched: {why}",
+            idle.port
+        ))
     })?;
     Ok(format!(
         "port {} is healthy: {} answered {status} after {}",

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::health;
 use crate::signals;
 use crate::state::{self, SwitchRecord};
-use crate::switcher::Switched;
+use crate::switcher::{Live, Switched};
 
 /// The `switch` binary.
 pub const HOOK: Hook = Hook {
@@ -46,7 +46,8 @@ pub fn run(args: &Args) -> Result<String> {
     if args.has("--restore") {
         return restore(&ctx);
     }
-    let (live, idle) = ctx.sides()?;
+    let now = ctx.live()?;
+    let (live, idle) = ctx.sides_of(now);
     let live_port = live.map(|s| s.port);
     let rollback = args.has("--rollback");
     // A switch of this deployment (or any, by hand) that was cut short: complete it.
@@ -56,9 +57,22 @@ pub fn run(args: &Args) -> Result<String> {
             && ctx.config.slot(i.live).is_some()
     });
     let target = if rollback {
+        if let Live::Unmanaged(port) = now {
+            return Err(Error::Refused(format!(
+                "port {port} is live and not a slot: portswap rolls back only between its slots"
+            )));
+        }
         let live_port = live_port
             .ok_or_else(|| Error::Refused("nothing is live yet: nothing to roll back to".into()))?;
         let recorded = ctx.state.switch_record().and_then(|r| r.previous);
+        if let Some(p) = recorded.filter(|p| ctx.config.slot(*p).is_none()) {
+            return Err(Error::Refused(format!(
+                "the switch to port {live_port} took over from port {p}, which portswap does not \
+                 manage: no slot to roll back to; to go back, put `{}` into {} and reload nginx",
+                ctx.config.nginx.template.render(p).trim_end(),
+                ctx.config.nginx.include.display()
+            )));
+        }
         recorded
             .filter(|p| *p != live_port && ctx.config.slot(*p).is_some())
             .unwrap_or(idle.port)
@@ -75,7 +89,7 @@ pub fn run(args: &Args) -> Result<String> {
     };
     let previous = match &resumed {
         Some(intent) => intent.previous,
-        None => live_port,
+        None => now.port(),
     };
     if !rollback && resumed.is_none() {
         if let Some(done) = already_live(&ctx, live_port) {
@@ -102,6 +116,12 @@ pub fn run(args: &Args) -> Result<String> {
         let probed = std::time::Instant::now();
         check_target(target, &ctx.config.health, rollback)?;
         log::debug!("port {target} is healthy ({})", show(probed.elapsed()));
+        // An answer proves nothing unless our app is what listens there.
+        ctx.supervisor.serves(target).map_err(|why| {
+            Error::Refused(format!(
+                "refusing to switch to port {target}: {why}; nginx unchanged"
+            ))
+        })?;
     }
     let intent = SwitchRecord {
         live: target,
@@ -117,7 +137,15 @@ pub fn run(args: &Args) -> Result<String> {
         },
     )?;
     log::info!("{}", switched.detail);
-    let was = previous.map_or("nothing live".to_string(), |p| format!("was {p}"));
+    let was = match (now, &resumed) {
+        (_, Some(_)) => previous.map_or("nothing live".to_string(), |p| format!("was {p}")),
+        (Live::Slot(p), None) => format!("was {p}"),
+        (Live::Unmanaged(p), None) => format!(
+            "took over from port {p}, which portswap does not manage: nothing there was \
+             signalled; retire that app when you no longer need it (README, migration)"
+        ),
+        (Live::Nothing, None) => "nothing live".to_string(),
+    };
     Ok(format!(
         "all new requests now go to port {target} ({was}{}{}, by {}); switch took {}",
         if rollback { ", rollback" } else { "" },

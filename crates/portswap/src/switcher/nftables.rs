@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::nginx::NginxSwitcher;
-use super::{boot_unit, upstreams, Switched, Switcher};
+use super::{boot_unit, upstreams, Live, Switched, Switcher};
 use crate::config::Config;
 use crate::duration::show;
 use crate::error::{Error, Result};
@@ -292,11 +292,11 @@ impl Route {
         }
     }
 
-    fn live_port(&self) -> Result<Option<u16>> {
+    fn live(&self) -> Result<Live> {
         if self.behind_redirect()? {
-            return self.redirected(&Nft::find()?);
+            return Ok(slot_or_nothing(self.redirected(&Nft::find()?)?));
         }
-        self.nginx.live_port()
+        self.nginx.live()
     }
 }
 
@@ -403,9 +403,14 @@ impl NftablesSwitcher {
     }
 }
 
+/// A redirect's slot as the live state (no rule: nothing is live).
+fn slot_or_nothing(slot: Option<u16>) -> Live {
+    slot.map_or(Live::Nothing, Live::Slot)
+}
+
 impl Switcher for NftablesSwitcher {
-    fn live_port(&self) -> Result<Option<u16>> {
-        self.route.live_port()
+    fn live(&self) -> Result<Live> {
+        self.route.live()
     }
 
     fn switch_to(&self, port: u16) -> Result<Switched> {
@@ -533,15 +538,16 @@ impl ReloadSwitcher {
 
 impl Switcher for ReloadSwitcher {
     /// Only a rule portswap wrote counts: without one (no `nft`, no table), an include naming
-    /// the service port is what it always was in reload mode, a port that is no slot.
-    fn live_port(&self) -> Result<Option<u16>> {
+    /// the service port is what it always was in reload mode, a port that is no slot (a
+    /// version portswap does not manage, taken over by the next switch).
+    fn live(&self) -> Result<Live> {
         if self.route.behind_redirect()? {
             let read = Nft::find().and_then(|nft| nft.redirect()).ok().flatten();
             if let Some(redirect) = read.filter(|r| r.service_port == self.route.service_port) {
-                return self.route.judge(Some(redirect));
+                return Ok(slot_or_nothing(self.route.judge(Some(redirect))?));
             }
         }
-        self.route.nginx.live_port()
+        self.route.nginx.live()
     }
 
     fn switch_to(&self, port: u16) -> Result<Switched> {

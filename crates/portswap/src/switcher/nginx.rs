@@ -12,7 +12,7 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
 use super::workers::Workers;
-use super::{Switched, Switcher};
+use super::{Live, Switched, Switcher};
 use crate::config::{Config, Nginx};
 use crate::duration::show;
 use crate::error::{Error, Result};
@@ -323,20 +323,14 @@ impl NginxSwitcher {
 }
 
 impl Switcher for NginxSwitcher {
-    fn live_port(&self) -> Result<Option<u16>> {
-        let fix = "fix: write a valid include (or delete it if nothing is live) and retry";
-        let Some(port) = self.included_port()? else {
-            return Ok(None);
-        };
-        if !self.ports.contains(&port) {
-            return Err(Error::State(format!(
-                "include {} sends traffic to port {port}, which is neither slot ({} or {}); {fix}",
-                self.include().display(),
-                self.ports[0],
-                self.ports[1]
-            )));
-        }
-        Ok(Some(port))
+    /// A well-formed include naming a port that is not a slot is [`Live::Unmanaged`]; an
+    /// include that does not parse is refused (state error).
+    fn live(&self) -> Result<Live> {
+        Ok(match self.included_port()? {
+            None => Live::Nothing,
+            Some(port) if self.ports.contains(&port) => Live::Slot(port),
+            Some(port) => Live::Unmanaged(port),
+        })
     }
 
     fn switch_to(&self, port: u16) -> Result<Switched> {
