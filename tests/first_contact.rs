@@ -125,7 +125,7 @@ fn a_book_style_include_naming_an_unmanaged_port_is_taken_over_and_that_app_neve
     );
     let switch = outcomes[3].last_line();
     assert!(
-        switch.contains(&format!("now sends all new requests to port {a}"))
+        switch.contains(&format!("all new requests now go to port {a}"))
             && switch.contains(&format!("took over from port {old_port}")),
         "{switch}"
     );

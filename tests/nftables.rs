@@ -533,7 +533,10 @@ fn keepalive_clients_that_never_retry_see_no_error_across_swaps() {
 }
 
 #[test]
-fn in_reload_mode_an_include_naming_the_service_port_without_a_rule_is_refused() {
+fn in_reload_mode_an_include_naming_the_service_port_without_a_rule_is_taken_over() {
+    // Without portswap's rule the service port is what it is on a book-style host: a port
+    // that is not a slot, a version portswap does not manage; the switch takes over from it
+    // by reloading nginx and never writes a rule.
     isolated("reload mode, include on the service port", || {
         let site = Site::with(Settings {
             switch_by: Some("nginx-reload"),
@@ -542,10 +545,16 @@ fn in_reload_mode_an_include_naming_the_service_port_without_a_rule_is_refused()
         site.run_until("d-1", "health");
         let line = format!("set $service_url http://127.0.0.1:{};\n", site.service_port);
         std::fs::write(site.include(), &line).unwrap();
-        site.hook("switch", &[], Some("d-1"))
-            .fails(2, "which is neither slot");
-        assert_eq!(site.include_text().as_deref(), Some(line.as_str()));
+        let out = site.hook("switch", &[], Some("d-1")).ok();
+        assert!(
+            out.last_line()
+                .contains(&format!("took over from port {}", site.service_port)),
+            "{}",
+            out.last_line()
+        );
+        assert_ne!(site.include_text().as_deref(), Some(line.as_str()));
         assert_eq!(rule(), None);
+        assert_eq!(site.live_version().as_deref(), Some("d-1"));
     });
 }
 

@@ -25,21 +25,40 @@ pub fn end(path: &Path) -> u64 {
         .map_or(0, |m| m.len())
 }
 
-/// Opens the log for reading: a regular file, never through a symbolic link.
-fn open_log(path: &Path) -> Option<File> {
-    let file = OpenOptions::new()
+/// Opens the log for reading: a regular file, never through a symbolic link, never a FIFO
+/// (it would hang the hook). `Err` is the one line to show instead of the log.
+fn open_log(path: &Path) -> Result<Option<File>, String> {
+    let opened = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    file.metadata().ok()?.is_file().then_some(file)
+        .open(path);
+    let file = match opened {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(format!(
+                "({} is a symbolic link; not shown)",
+                path.display()
+            ))
+        }
+        Err(_) => return Ok(None),
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(format!(
+            "({} is not a regular file; not shown)",
+            path.display()
+        ));
+    }
+    Ok(Some(file))
 }
 
 /// The last `lines` non-blank lines written to `path` after byte `offset` (from the start
-/// when the log is now shorter than that: it was rotated or truncated).
+/// when the log is now shorter than that: it was rotated or truncated). A log that is a
+/// link or not a regular file yields one line saying so, never its content.
 pub fn tail_since(path: &Path, offset: u64, lines: usize) -> Vec<String> {
-    let Some(mut file) = open_log(path) else {
-        return Vec::new();
+    let mut file = match open_log(path) {
+        Ok(Some(file)) => file,
+        Ok(None) => return Vec::new(),
+        Err(refused) => return vec![refused],
     };
     let len = file.metadata().map_or(0, |m| m.len());
     let offset = if offset > len { 0 } else { offset };
@@ -100,7 +119,13 @@ mod tests {
         // A link is never followed.
         let link = dir.join("link.log");
         std::os::unix::fs::symlink(&log, &link).unwrap();
-        assert_eq!(tail_since(&link, 0, 8), Vec::<String>::new());
+        assert_eq!(
+            tail_since(&link, 0, 8),
+            vec![format!(
+                "({} is a symbolic link; not shown)",
+                link.display()
+            )]
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -171,43 +171,6 @@ pub fn open_append_in(
     Ok(file)
 }
 
-/// The last `lines` lines of a log file, for error messages. A symlink, a FIFO or anything
-/// else that is not a regular file is never read (a planted link could print another
-/// file into the hook output): it yields one line saying so.
-pub fn tail(path: &Path, lines: usize) -> Vec<String> {
-    let opened = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path);
-    let mut file = match opened {
-        Ok(file) => file,
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return vec![format!(
-                "({} is a symbolic link; not shown)",
-                path.display()
-            )]
-        }
-        Err(_) => return Vec::new(),
-    };
-    if !file.metadata().is_ok_and(|m| m.is_file()) {
-        return vec![format!(
-            "({} is not a regular file; not shown)",
-            path.display()
-        )];
-    }
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(16 * 1024);
-    let _ = std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start));
-    let mut bytes = Vec::new();
-    let _ = file.read_to_end(&mut bytes);
-    let text = String::from_utf8_lossy(&bytes);
-    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    all[all.len().saturating_sub(lines)..]
-        .iter()
-        .map(|l| l.to_string())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -292,11 +292,26 @@ impl Route {
         }
     }
 
+    /// nftables mode cannot take over from a port nginx proxies to that is neither the
+    /// service port nor a slot (switch in reload mode once to take over from it).
+    fn elsewhere(&self, port: u16) -> Error {
+        Error::State(format!(
+            "include {} sends traffic to port {port}, which is neither the service port {} nor \
+             a slot; fix the include (or delete it), or take over from port {port} with one \
+             switch in nginx-reload mode first, and retry; nothing changed",
+            self.include.display(),
+            self.service_port
+        ))
+    }
+
     fn live(&self) -> Result<Live> {
         if self.behind_redirect()? {
             return Ok(slot_or_nothing(self.redirected(&Nft::find()?)?));
         }
-        self.nginx.live()
+        match self.nginx.live()? {
+            Live::Unmanaged(port) => Err(self.elsewhere(port)),
+            live => Ok(live),
+        }
     }
 }
 
@@ -346,11 +361,7 @@ impl NftablesSwitcher {
         }
         let included = self.route.nginx.included_port()?;
         if let Some(port) = included.filter(|p| *p != service && !self.route.slots.contains(p)) {
-            return Err(Error::State(format!(
-                "include {} sends traffic to port {port}, which is neither the service port \
-                 {service} nor a slot; fix the include (or delete it) and retry; nothing changed",
-                self.route.include.display()
-            )));
+            return Err(self.route.elsewhere(port));
         }
         upstreams::refuse_pool(&self.test_command, service)?;
         Ok(included != Some(service))
