@@ -8,7 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use portswap_testkit::hooks::{self, yaml_list};
-use portswap_testkit::{bins, net, nginx::NginxSandbox};
+use portswap_testkit::nginx::{self, NginxSandbox};
+use portswap_testkit::{bins, net};
 
 /// What one hook run produced.
 #[derive(Debug)]
@@ -107,6 +108,11 @@ impl Site {
     }
 
     pub fn with(settings: Settings) -> Site {
+        Site::using(&nginx::nginx_binary(), "", settings)
+    }
+
+    /// A site whose nginx is the executable `nginx_bin`, with extra http-level directives.
+    pub fn using(nginx_bin: &Path, http_extra: &str, settings: Settings) -> Site {
         bins::ensure_built();
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path();
@@ -114,7 +120,12 @@ impl Site {
         fs::create_dir_all(root.join("revision")).unwrap();
         fs::copy(bins::bin("fixture-app"), root.join("revision/fixture-app"))
             .expect("copy fixture-app");
-        let nginx = NginxSandbox::start(&root.join("nginx"), &root.join("service-url.inc"));
+        let nginx = NginxSandbox::start_using(
+            nginx_bin,
+            &root.join("nginx"),
+            &root.join("service-url.inc"),
+            http_extra,
+        );
         let ports = [net::free_port(), net::free_port()];
         let site = Site {
             dir,

@@ -6,6 +6,7 @@ use super::Context;
 use crate::error::Result;
 use crate::procfs::{self, ProcId};
 use crate::state;
+use crate::switcher::keepalive;
 
 fn uptime(seconds: u64) -> String {
     match seconds {
@@ -33,6 +34,8 @@ pub fn render(ctx: &Context) -> Result<String> {
         ),
         Err(e) => writeln!(out, "live port: unknown: {e}"),
     };
+    let keepalive = keepalive::status(&ctx.config.nginx.test_command);
+    let _ = writeln!(out, "keep-alive clients: {keepalive}");
     if let Some(last) = ctx.state.switch_record() {
         let previous = last.previous.map_or("none".into(), |p| p.to_string());
         let ago = uptime(state::now_secs().saturating_sub(last.at));

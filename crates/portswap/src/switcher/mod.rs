@@ -2,6 +2,7 @@
 //! below nginx (a kernel-level port redirect, with no reload) fits beside it by implementing
 //! [`Switcher`].
 
+pub mod keepalive;
 pub mod nginx;
 mod workers;
 
