@@ -223,6 +223,31 @@ const CASES: &[(&str, &str, &[&str])] = &[
         &["nginx.reload_timeout", "200ms"],
     ),
     (
+        "unknown switch mechanism",
+        "{VALID}switch:\n  by: iptables\n",
+        &["switch.by", "iptables", "nftables"],
+    ),
+    (
+        "service port equal to a slot (nftables)",
+        "{VALID}slots: [{port: 8080, profile: a}, {port: 8082, profile: b}]\nswitch:\n  by: nftables\n",
+        &["switch.service_port", "8080 is slots[0].port"],
+    ),
+    (
+        "service port given and equal to a slot",
+        "{VALID}switch:\n  service_port: 8082\n",
+        &["switch.service_port", "8082 is slots[1].port"],
+    ),
+    (
+        "service port zero",
+        "{VALID}switch:\n  by: nftables\n  service_port: 0\n",
+        &["switch.service_port", "1 to 65535"],
+    ),
+    (
+        "unknown switch key",
+        "{VALID}switch:\n  mode: nftables\n",
+        &["switch", "unknown field `mode`"],
+    ),
+    (
         "stop grace garbage",
         "{VALID}stop:\n  grace: [1]\n",
         &["stop.grace", "duration"],

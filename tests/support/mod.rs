@@ -78,6 +78,9 @@ pub struct Settings {
     pub extra: String,
     /// `app.user`.
     pub app_user: Option<String>,
+    /// `switch.by` (with the site's service port and a boot unit directory inside the site);
+    /// `None` leaves the `switch:` section out.
+    pub switch_by: Option<&'static str>,
 }
 
 impl Default for Settings {
@@ -90,6 +93,7 @@ impl Default for Settings {
             test_command: None,
             extra: String::new(),
             app_user: None,
+            switch_by: None,
         }
     }
 }
@@ -99,6 +103,8 @@ pub struct Site {
     pub dir: tempfile::TempDir,
     pub nginx: NginxSandbox,
     pub ports: [u16; 2],
+    /// `switch.service_port` when `settings.switch_by` is set.
+    pub service_port: u16,
     pub settings: Settings,
 }
 
@@ -108,7 +114,12 @@ impl Site {
     }
 
     pub fn with(settings: Settings) -> Site {
-        Site::using(&nginx::nginx_binary(), "", settings)
+        Site::with_nginx(settings, "")
+    }
+
+    /// A site whose nginx gets `http_extra` at `http` level (e.g. an upstream block).
+    pub fn with_nginx(settings: Settings, http_extra: &str) -> Site {
+        Site::using(&nginx::nginx_binary(), http_extra, settings)
     }
 
     /// A site whose nginx is the executable `nginx_bin`, with extra http-level directives.
@@ -117,6 +128,7 @@ impl Site {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path();
         fs::create_dir_all(root.join("nginx")).unwrap();
+        fs::create_dir_all(root.join("systemd")).unwrap();
         fs::create_dir_all(root.join("revision")).unwrap();
         fs::copy(bins::bin("fixture-app"), root.join("revision/fixture-app"))
             .expect("copy fixture-app");
@@ -131,6 +143,7 @@ impl Site {
             dir,
             nginx,
             ports,
+            service_port: net::free_port(),
             settings,
         };
         site.write_config();
@@ -164,7 +177,7 @@ impl Site {
              health:\n  path: /health\n  timeout: {ht}\n\
              nginx:\n  include: service-url.inc\n  test_command: {test}\n  pid_file: {pid}\n\
              stop:\n  grace: {grace}\n\
-             state:\n  dir: state\n  lock_wait: {lw}\n{extra}",
+             state:\n  dir: state\n  lock_wait: {lw}\n{switch}{extra}",
             p0 = self.ports[0],
             p1 = self.ports[1],
             cmd = yaml_list(&app_command),
@@ -174,6 +187,14 @@ impl Site {
             grace = self.settings.grace,
             lw = self.settings.lock_wait,
             extra = self.settings.extra,
+            switch = self
+                .settings
+                .switch_by
+                .map(|by| format!(
+                    "switch:\n  by: {by}\n  service_port: {}\n  boot_unit_dir: systemd\n",
+                    self.service_port
+                ))
+                .unwrap_or_default(),
             user = self
                 .settings
                 .app_user

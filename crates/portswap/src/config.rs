@@ -82,6 +82,37 @@ pub struct Nginx {
     pub quit_old_workers: bool,
 }
 
+/// The mechanism that points traffic at a slot (`switch.by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    /// Rewrite nginx's include file and reload nginx (works with nginx alone).
+    NginxReload,
+    /// nginx proxies to a fixed service port; one nftables NAT rule redirects it to the live
+    /// slot, replaced atomically without reloading nginx.
+    Nftables,
+}
+
+impl By {
+    /// The name used in portswap.yml, the status view and verdicts.
+    pub fn name(self) -> &'static str {
+        match self {
+            By::NginxReload => "nginx-reload",
+            By::Nftables => "nftables",
+        }
+    }
+}
+
+/// How a switch is made (`switch:` section).
+#[derive(Debug, Clone)]
+pub struct Switch {
+    /// The mechanism.
+    pub by: By,
+    /// The port on 127.0.0.1 nginx proxies to in `nftables` mode; nothing may listen on it.
+    pub service_port: u16,
+    /// Where the boot unit that re-applies the nftables rule is installed (when it exists).
+    pub boot_unit_dir: PathBuf,
+}
+
 /// The whole, checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -95,6 +126,8 @@ pub struct Config {
     pub health: Health,
     /// nginx.
     pub nginx: Nginx,
+    /// The switch mechanism.
+    pub switch: Switch,
     /// Grace period between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
     /// Where pid records, the lock, history, releases and (by default) logs live.
@@ -112,6 +145,8 @@ struct RawConfig {
     health: RawHealth,
     #[serde(default)]
     nginx: RawNginx,
+    #[serde(default)]
+    switch: RawSwitch,
     #[serde(default)]
     stop: RawStop,
     #[serde(default)]
@@ -162,6 +197,14 @@ struct RawNginx {
     #[serde(default, deserialize_with = "duration::deserialize_opt")]
     reload_timeout: Option<Duration>,
     quit_old_workers: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSwitch {
+    by: Option<String>,
+    service_port: Option<u16>,
+    boot_unit_dir: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -339,12 +382,14 @@ impl Checker<'_> {
         let app = self.app(raw.app, &state_dir)?;
         let health = self.health(raw.health)?;
         let nginx = self.nginx(raw.nginx)?;
+        let switch = self.switch(raw.switch, &slots)?;
         Ok(Config {
             path: self.path.to_path_buf(),
             slots,
             app,
             health,
             nginx,
+            switch,
             stop_grace: raw.stop.grace.unwrap_or(Duration::from_secs(10)),
             state_dir,
             lock_wait: raw.state.lock_wait.unwrap_or(Duration::from_secs(30)),
@@ -485,6 +530,48 @@ impl Checker<'_> {
             status: raw.status,
             body_contains: raw.body_contains,
             timeout,
+        })
+    }
+
+    fn switch(&self, raw: RawSwitch, slots: &[Slot; 2]) -> Result<Switch> {
+        let by = match raw.by.as_deref() {
+            None | Some("nginx-reload") => By::NginxReload,
+            Some("nftables") => By::Nftables,
+            Some(other) => {
+                return Err(self.err(
+                    "switch.by",
+                    format!("`{other}` is not a mechanism; use nginx-reload or nftables"),
+                ))
+            }
+        };
+        let service_port = raw.service_port.unwrap_or(8080);
+        if service_port == 0 {
+            return Err(self.err("switch.service_port", "must be 1 to 65535"));
+        }
+        // The default only matters in nftables mode; a reload-mode host may use 8080 as a slot.
+        let checked = by == By::Nftables || raw.service_port.is_some();
+        if let Some(i) = slots.iter().position(|s| s.port == service_port) {
+            if checked {
+                return Err(self.err(
+                    "switch.service_port",
+                    format!(
+                        "{service_port} is slots[{i}].port; nginx proxies to the service port \
+                         and the kernel redirects it to a slot, so it must be a third port that \
+                         nothing listens on"
+                    ),
+                ));
+            }
+        }
+        let boot_unit_dir = self.path_of(
+            "switch.boot_unit_dir",
+            raw.boot_unit_dir
+                .as_deref()
+                .unwrap_or("/etc/systemd/system"),
+        )?;
+        Ok(Switch {
+            by,
+            service_port,
+            boot_unit_dir,
         })
     }
 

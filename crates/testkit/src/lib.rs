@@ -7,6 +7,7 @@
 //! - [`hooks`]: run the hook binaries as the agent does; read back the include and records.
 //! - [`fixture`]: run `fixture-app` (the stand-in application) as a child.
 //! - [`agent`]: an emulation of the CodeDeploy agent running a revision's hooks.
+//! - [`netns`]: a private network namespace per test (own ports and nftables ruleset).
 
 pub mod agent;
 pub mod bins;
@@ -14,6 +15,7 @@ pub mod elf;
 pub mod fixture;
 pub mod hooks;
 pub mod net;
+pub mod netns;
 pub mod nginx;
 
 pub use bins::{bin, ensure_built};

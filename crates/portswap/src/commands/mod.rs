@@ -10,8 +10,7 @@ use crate::cli::Args;
 use crate::config::{self, Config, Slot};
 use crate::error::{Error, Result};
 use crate::state::{self, LockGuard, StateDir};
-use crate::switcher::nginx::NginxSwitcher;
-use crate::switcher::Switcher;
+use crate::switcher::{self, Switcher};
 
 /// Everything a hook works with, loaded once; holds the lock when opened with [`Context::locked`].
 pub struct Context {
@@ -37,7 +36,7 @@ impl Context {
             .ok()
             .filter(|d| !d.trim().is_empty())
             .unwrap_or_else(|| format!("manual-{}", state::now_secs()));
-        let switcher = Box::new(NginxSwitcher::new(&config));
+        let switcher = switcher::for_config(&config, &state);
         Ok(Context {
             config,
             state,

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use super::Context;
+use crate::config::By;
 use crate::error::Result;
 use crate::procfs::{self, ProcId};
 use crate::state;
@@ -21,12 +22,12 @@ pub fn render(ctx: &Context) -> Result<String> {
     let mut out = String::new();
     let live = ctx.switcher.live_port();
     let live_port = *live.as_ref().unwrap_or(&None);
+    let source = match ctx.config.switch.by {
+        By::NginxReload => ctx.config.nginx.include.display().to_string(),
+        By::Nftables => "switch.by nftables: see the rule below".to_string(),
+    };
     let _ = match &live {
-        Ok(Some(port)) => writeln!(
-            out,
-            "live port: {port} ({})",
-            ctx.config.nginx.include.display()
-        ),
+        Ok(Some(port)) => writeln!(out, "live port: {port} ({source})"),
         Ok(None) => writeln!(
             out,
             "live port: none ({} does not exist)",
@@ -34,7 +35,11 @@ pub fn render(ctx: &Context) -> Result<String> {
         ),
         Err(e) => writeln!(out, "live port: unknown: {e}"),
     };
-    let keepalive = keepalive::status(&ctx.config.nginx.test_command);
+    let _ = writeln!(out, "switch by: {}", ctx.config.switch.by.name());
+    for line in ctx.switcher.describe() {
+        let _ = writeln!(out, "{line}");
+    }
+    let keepalive = keepalive::status(ctx.config.switch.by, &ctx.config.nginx.test_command);
     let _ = writeln!(out, "keep-alive clients: {keepalive}");
     if let Some(last) = ctx.state.switch_record() {
         let previous = last.previous.map_or("none".into(), |p| p.to_string());

@@ -23,6 +23,11 @@ pub const HOOK: Hook = Hook {
         ("--rollback", "switch back to the previous port (after a health probe of it)"),
         ("--force", "switch even if the target does not answer its health check"),
         ("--status", "print the live port and each slot's app, change nothing"),
+        (
+            "--restore",
+            "re-apply the recorded live port where the system lost it (nftables rule after a\n                  \
+             reboot); no health check, for boot before nginx starts",
+        ),
     ],
     takes_port: false,
 };
@@ -35,6 +40,9 @@ pub fn run(args: &Args) -> Result<String> {
         return Ok("status shown, nothing changed".into());
     }
     let ctx = Context::locked(HOOK.name, args)?;
+    if args.has("--restore") {
+        return restore(&ctx);
+    }
     let (live, idle) = ctx.sides()?;
     let live_port = live.map(|s| s.port);
     let rollback = args.has("--rollback");
@@ -93,10 +101,30 @@ pub fn run(args: &Args) -> Result<String> {
     log::info!("{}", switched.detail);
     let was = live_port.map_or("nothing live".to_string(), |p| format!("was {p}"));
     Ok(format!(
-        "nginx now sends all new requests to port {target} ({was}{}); switch took {}",
+        "all new requests now go to port {target} ({was}{}, by {}); switch took {}",
         if rollback { ", rollback" } else { "" },
+        ctx.config.switch.by.name(),
         show(switched.elapsed)
     ))
+}
+
+/// `--restore`: the last recorded switch, put back where the system lost it.
+fn restore(ctx: &Context) -> Result<String> {
+    let record = ctx.state.switch_record().ok_or_else(|| {
+        Error::State(format!(
+            "{}: no switch recorded, nothing to restore; run a deployment (or `switch`)",
+            ctx.state.path().join("switch.yml").display()
+        ))
+    })?;
+    if ctx.config.slot(record.live).is_none() {
+        return Err(Error::State(format!(
+            "{} records port {} live, which is not a slot; fix portswap.yml or run `switch`",
+            ctx.state.path().join("switch.yml").display(),
+            record.live
+        )));
+    }
+    let done = ctx.switcher.restore(record.live)?;
+    Ok(format!("{done} (by {})", ctx.config.switch.by.name()))
 }
 
 /// The target must answer its health check: at once for a normal switch (health ran just

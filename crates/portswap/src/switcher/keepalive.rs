@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
 use super::workers::Workers;
+use crate::config::By;
 use crate::duration::show;
 use crate::process::resolve_program;
 
@@ -184,9 +185,15 @@ fn spawn(test_command: &[String]) -> Result<(Child, File), String> {
     Ok((child, File::from(read)))
 }
 
-/// One line for `switch --status`: what a reload does to idle keep-alive clients on this
-/// host, asked of nginx as `test_command` runs it.
-pub fn status(test_command: &[String]) -> String {
+/// One line for `switch --status`: what a switch does to idle keep-alive clients on this
+/// host; in reload mode, asked of nginx as `test_command` runs it.
+pub fn status(by: By, test_command: &[String]) -> String {
+    if by == By::Nftables {
+        return "switch.by nftables: a switch does not reload nginx, so it closes no client \
+                connection (a reload happens only when the include is first pointed at the \
+                service port)"
+            .into();
+    }
     match Probe::start(test_command).finish() {
         Ok(info) => info.behaviour(),
         Err(e) => format!("unknown: {e}"),

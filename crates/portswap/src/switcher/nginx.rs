@@ -213,8 +213,10 @@ impl NginxSwitcher {
     }
 }
 
-impl Switcher for NginxSwitcher {
-    fn live_port(&self) -> Result<Option<u16>> {
+impl NginxSwitcher {
+    /// The port the include names, whatever it is (`None` when there is no include); an
+    /// include that cannot be parsed is an error naming the file and the fix.
+    pub fn included_port(&self) -> Result<Option<u16>> {
         let Some(bytes) = self.read_include()? else {
             return Ok(None);
         };
@@ -231,6 +233,16 @@ impl Switcher for NginxSwitcher {
                 self.include().display()
             ))
         })?;
+        Ok(Some(port))
+    }
+}
+
+impl Switcher for NginxSwitcher {
+    fn live_port(&self) -> Result<Option<u16>> {
+        let fix = "fix: write a valid include (or delete it if nothing is live) and retry";
+        let Some(port) = self.included_port()? else {
+            return Ok(None);
+        };
         if !self.ports.contains(&port) {
             return Err(Error::State(format!(
                 "include {} sends traffic to port {port}, which is neither slot ({} or {}); {fix}",

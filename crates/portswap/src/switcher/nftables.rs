@@ -1,0 +1,680 @@
+//! The nftables switch (`switch.by: nftables`): nginx proxies to a fixed service port on
+//! 127.0.0.1 that nothing listens on (written once into the include), and one NAT rule in
+//! portswap's own table redirects that port to the live slot. A switch replaces the rule in
+//! one `nft -f` transaction, which the kernel applies atomically: nginx is not reloaded, so
+//! its client connections are never closed; new upstream connections reach the new slot at
+//! once, open ones finish on the old slot (conntrack keeps their mapping).
+//!
+//! The live port is read from the kernel's rule, never from the switch record: after a kill
+//! between the transaction and the record, the rule is what routes traffic. The record only
+//! serves `--rollback` and, when the rule is gone (reboot, `nft flush ruleset`), `--restore`.
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::nginx::NginxSwitcher;
+use super::{boot_unit, Switched, Switcher};
+use crate::config::Config;
+use crate::duration::show;
+use crate::error::{Error, Result};
+use crate::process::resolve_program;
+use crate::state::StateDir;
+use crate::{fsio, procfs};
+
+/// portswap's own table; nothing else in the ruleset is read or written.
+pub const TABLE: &str = "ip portswap";
+
+/// File in the state directory holding the last applied ruleset, for the boot unit.
+pub const RULES_FILE: &str = "nftables.rules";
+
+/// The one rule: new connections to 127.0.0.1:`service_port` go to `slot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Redirect {
+    /// The port nginx proxies to.
+    pub service_port: u16,
+    /// The live slot.
+    pub slot: u16,
+}
+
+impl Redirect {
+    /// The rule as nft prints it.
+    pub fn rule(&self) -> String {
+        format!(
+            "ip daddr 127.0.0.1 tcp dport {} redirect to :{}",
+            self.service_port, self.slot
+        )
+    }
+
+    /// One transaction that creates the table and chain if missing and leaves exactly this
+    /// rule in the chain.
+    pub fn ruleset(&self) -> String {
+        format!(
+            "table {TABLE} {{\n\tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n\t}}\n}}\n\
+             flush chain {TABLE} output\n\
+             add rule {TABLE} output {}\n",
+            self.rule()
+        )
+    }
+
+    /// Reads the rule back from `nft list table` output: `None` when the chain holds none.
+    pub fn parse(listing: &str) -> Result<Option<Redirect>> {
+        let rules: Vec<&str> = listing
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.contains("redirect"))
+            .collect();
+        let after = |words: &[&str], key: &str| -> Option<u16> {
+            let at = words.iter().position(|w| *w == key)?;
+            words.get(at + 1)?.trim_start_matches(':').parse().ok()
+        };
+        match rules.as_slice() {
+            [] => Ok(None),
+            [line] => {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                match (
+                    line.contains("ip daddr 127.0.0.1 "),
+                    after(&words, "dport"),
+                    after(&words, "to"),
+                ) {
+                    (true, Some(service_port), Some(slot)) => {
+                        Ok(Some(Redirect { service_port, slot }))
+                    }
+                    _ => Err(Error::State(format!(
+                        "nftables table {TABLE} holds a rule portswap did not write: `{line}`; \
+                         fix: `nft delete table {TABLE}`, then `switch --restore` or `switch`"
+                    ))),
+                }
+            }
+            more => Err(Error::State(format!(
+                "nftables table {TABLE} holds {} redirect rules, portswap writes exactly one; \
+                 fix: `nft delete table {TABLE}`, then `switch --restore` or `switch`",
+                more.len()
+            ))),
+        }
+    }
+}
+
+/// The `nft` program.
+#[derive(Debug, Clone)]
+pub struct Nft {
+    program: PathBuf,
+}
+
+impl Nft {
+    /// Finds `nft`; its absence is an error naming the package.
+    pub fn find() -> Result<Nft> {
+        resolve_program("nft")
+            .map(|program| Nft { program })
+            .map_err(|_| {
+                Error::Failed(
+                    "`nft` not found: switch.by nftables needs the package `nftables` \
+                 (apt-get install -y nftables, or dnf install -y nftables)"
+                        .into(),
+                )
+            })
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.program
+    }
+
+    fn run(&self, args: &[&str], input: Option<&str>) -> Result<String> {
+        let shown = format!("nft {}", args.join(" "));
+        let mut child = Command::new(&self.program)
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::Failed(format!("`{shown}` could not run: {e}")))?;
+        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+            // A write error shows up as nft's own failure below.
+            let _ = stdin.write_all(text.as_bytes());
+        }
+        let output = child
+            .wait_with_output()
+            .map_err(|e| Error::Failed(format!("`{shown}`: {e}")))?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if output.status.success() {
+            return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+        }
+        let first = stderr
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no output")
+            .trim();
+        if stderr.contains("Operation not permitted") {
+            return Err(Error::Failed(format!(
+                "`{shown}`: {first}: changing nftables needs CAP_NET_ADMIN; run the hook as root"
+            )));
+        }
+        Err(Error::Failed(format!(
+            "`{shown}` failed ({}): {first}",
+            output.status
+        )))
+    }
+
+    /// Applies `ruleset` as one transaction (`nft -f -`): all of it or nothing.
+    pub fn apply(&self, ruleset: &str) -> Result<()> {
+        self.run(&["-f", "-"], Some(ruleset)).map(|_| ())
+    }
+
+    /// The redirect in portswap's table; `None` when there is no table or no rule.
+    pub fn redirect(&self) -> Result<Option<Redirect>> {
+        let mut args = vec!["-n", "list", "table"];
+        args.extend(TABLE.split(' '));
+        match self.run(&args, None) {
+            Ok(listing) => Redirect::parse(&listing),
+            Err(Error::Failed(e)) if e.contains("No such file or directory") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes portswap's table (and only it) in one transaction, whether or not it exists.
+    pub fn remove_table(&self) -> Result<()> {
+        self.apply(&format!("table {TABLE}\ndelete table {TABLE}\n"))
+    }
+
+    /// Puts `previous` back (or removes the table when there was none); logs the outcome.
+    fn put_back(&self, previous: Option<Redirect>) {
+        let result = match previous {
+            Some(r) => self.apply(&r.ruleset()),
+            None => self.remove_table(),
+        };
+        match (result, previous) {
+            (Ok(()), Some(r)) => log::info!("restored the rule `{}`", r.rule()),
+            (Ok(()), None) => log::info!("removed table {TABLE} again"),
+            (Err(e), _) => log::error!("could not restore the previous nftables rule: {e}"),
+        }
+    }
+}
+
+/// Opens a connection to 127.0.0.1:`service_port` and returns the port of the listener that
+/// accepted it: the accepted socket in /proc/net/tcp whose remote port is the probe's own.
+pub fn probe_reaches(service_port: u16) -> Result<u16, String> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, service_port));
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("a connection to 127.0.0.1:{service_port} failed: {e}"))?;
+    let mine = stream.local_addr().map_err(|e| e.to_string())?.port();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let accepted = procfs::tcp_sockets().into_iter().find(|s| {
+            s.remote_port == mine && s.local_port != service_port && matches!(s.state, 0x01 | 0x03)
+        });
+        if let Some(socket) = accepted {
+            return Ok(socket.local_port);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "a connection to 127.0.0.1:{service_port} was accepted, but no listener's socket \
+                 for it shows in /proc/net/tcp"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// An `upstream {}` block in nginx's configuration (`nginx -T`) that lists the service port
+/// and may keep idle connections to it: kept connections would stay on the old slot after a
+/// switch. nginx ≥ 1.29.7 keeps them by default, so only `keepalive 0;` counts as off.
+pub fn pooled_upstream(config: &str, service_port: u16) -> Option<String> {
+    let text: String = config
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let targets = [
+        format!("127.0.0.1:{service_port}"),
+        format!("localhost:{service_port}"),
+    ];
+    let mut depth = 0usize;
+    let mut statement = String::new();
+    // (name, depth, lists the service port, keepalive value)
+    let mut upstream: Option<(String, usize, bool, Option<String>)> = None;
+    for c in text.chars() {
+        match c {
+            '{' => {
+                depth += 1;
+                let words: Vec<&str> = statement.split_whitespace().collect();
+                if upstream.is_none() && words.first() == Some(&"upstream") {
+                    let name = words.get(1).unwrap_or(&"").to_string();
+                    upstream = Some((name, depth, false, None));
+                }
+                statement.clear();
+            }
+            ';' => {
+                let words: Vec<&str> = statement.split_whitespace().collect();
+                if let Some((_, at, lists, keepalive)) = upstream.as_mut() {
+                    if *at == depth {
+                        match words.as_slice() {
+                            ["server", addr, ..] if targets.iter().any(|t| t == addr) => {
+                                *lists = true
+                            }
+                            ["keepalive", value, ..] => *keepalive = Some(value.to_string()),
+                            _ => {}
+                        }
+                    }
+                }
+                statement.clear();
+            }
+            '}' => {
+                if let Some((name, at, lists, keepalive)) = upstream.take() {
+                    if at == depth && lists && keepalive.as_deref() != Some("0") {
+                        return Some(format!(
+                            "upstream {name} (server 127.0.0.1:{service_port}, keepalive {})",
+                            keepalive
+                                .as_deref()
+                                .unwrap_or("on by default since nginx 1.29.7")
+                        ));
+                    }
+                    if at != depth {
+                        upstream = Some((name, at, lists, keepalive));
+                    }
+                }
+                depth = depth.saturating_sub(1);
+                statement.clear();
+            }
+            _ => statement.push(c),
+        }
+    }
+    None
+}
+
+/// What both modes need to tell where traffic goes: the include names a slot (reload mode)
+/// or the service port (nftables mode: then the rule says which slot).
+#[derive(Debug, Clone)]
+struct Route {
+    nginx: NginxSwitcher,
+    service_port: u16,
+    slots: [u16; 2],
+    state: StateDir,
+    include: PathBuf,
+}
+
+impl Route {
+    fn new(config: &Config, state: &StateDir) -> Route {
+        Route {
+            nginx: NginxSwitcher::new(config),
+            service_port: config.switch.service_port,
+            slots: [config.slots[0].port, config.slots[1].port],
+            state: state.clone(),
+            include: config.nginx.include.clone(),
+        }
+    }
+
+    /// True when nginx proxies to the service port (the include names it).
+    fn behind_redirect(&self) -> Result<bool> {
+        Ok(self.nginx.included_port()? == Some(self.service_port)
+            && !self.slots.contains(&self.service_port))
+    }
+
+    /// The slot the rule redirects to; an error when the rule is missing while a switch was
+    /// recorded (the ruleset was lost: reboot, `nft flush ruleset`) or names no slot.
+    fn redirected(&self, nft: &Nft) -> Result<Option<u16>> {
+        match nft.redirect()? {
+            Some(r) if r.service_port != self.service_port => Err(Error::State(format!(
+                "nftables table {TABLE} redirects port {}, but switch.service_port is {}; \
+                 fix: set switch.service_port back, or `nft delete table {TABLE}` and `switch`",
+                r.service_port, self.service_port
+            ))),
+            Some(r) if !self.slots.contains(&r.slot) => Err(Error::State(format!(
+                "nftables rule `{}` sends traffic to port {}, which is neither slot ({} or {}); \
+                 fix: `nft delete table {TABLE}`, then `switch`",
+                r.rule(),
+                r.slot,
+                self.slots[0],
+                self.slots[1]
+            ))),
+            Some(r) => Ok(Some(r.slot)),
+            None => match self.state.switch_record() {
+                Some(record) if self.slots.contains(&record.live) => Err(Error::State(format!(
+                    "nginx proxies to 127.0.0.1:{} ({}), but nftables has no portswap rule, \
+                     while port {} was recorded live (the ruleset was lost: reboot or `nft \
+                     flush ruleset`?); fix: `switch --restore`",
+                    self.service_port,
+                    self.include.display(),
+                    record.live
+                ))),
+                _ => Ok(None),
+            },
+        }
+    }
+
+    fn live_port(&self) -> Result<Option<u16>> {
+        if self.behind_redirect()? {
+            return self.redirected(&Nft::find()?);
+        }
+        self.nginx.live_port()
+    }
+}
+
+/// Switches by replacing one nftables NAT rule; nginx is reloaded only once, when its include
+/// does not yet name the service port.
+#[derive(Debug, Clone)]
+pub struct NftablesSwitcher {
+    route: Route,
+    test_command: Vec<String>,
+    rules_file: PathBuf,
+    boot_unit_dir: PathBuf,
+}
+
+impl NftablesSwitcher {
+    /// The switcher the configuration describes.
+    pub fn new(config: &Config, state: &StateDir) -> NftablesSwitcher {
+        NftablesSwitcher {
+            route: Route::new(config, state),
+            test_command: config.nginx.test_command.clone(),
+            rules_file: state.path().join(RULES_FILE),
+            boot_unit_dir: config.switch.boot_unit_dir.clone(),
+        }
+    }
+
+    fn service_port(&self) -> u16 {
+        self.route.service_port
+    }
+
+    /// What must hold before the rule is touched: nothing listens on the service port, the
+    /// include names a slot, the service port or nothing, and nginx keeps no upstream pool.
+    fn preflight(&self) -> Result<bool> {
+        let service = self.service_port();
+        if let Some(pid) = procfs::listeners(service).first() {
+            return Err(Error::Refused(format!(
+                "port {service} (switch.service_port) is already listened on by pid {pid} ({}); \
+                 nginx must proxy to a port nothing listens on: choose another \
+                 switch.service_port; nothing changed",
+                procfs::describe(*pid)
+            )));
+        }
+        let included = self.route.nginx.included_port()?;
+        if let Some(port) = included.filter(|p| *p != service && !self.route.slots.contains(p)) {
+            return Err(Error::State(format!(
+                "include {} sends traffic to port {port}, which is neither the service port \
+                 {service} nor a slot; fix the include (or delete it) and retry; nothing changed",
+                self.route.include.display()
+            )));
+        }
+        self.refuse_upstream_pool()?;
+        Ok(included != Some(service))
+    }
+
+    /// Reads nginx's whole configuration (the config test command with `-T`) and refuses an
+    /// upstream pool on the service port. When it cannot be read, says so and goes on.
+    fn refuse_upstream_pool(&self) -> Result<()> {
+        if !self.test_command.iter().any(|a| a == "-t") {
+            log::debug!("nginx.test_command has no -t: upstream keep-alive not checked");
+            return Ok(());
+        }
+        let argv: Vec<&str> = self
+            .test_command
+            .iter()
+            .filter(|a| *a != "-q")
+            .map(|a| if a == "-t" { "-T" } else { a.as_str() })
+            .collect();
+        let dump = resolve_program(argv[0]).and_then(|program| {
+            Command::new(program)
+                .args(&argv[1..])
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output()
+                .map_err(|e| Error::Failed(e.to_string()))
+        });
+        match dump {
+            Ok(out) if out.status.success() => {
+                let text = String::from_utf8_lossy(&out.stdout);
+                match pooled_upstream(&text, self.service_port()) {
+                    Some(pool) => Err(Error::Failed(format!(
+                        "nginx keeps upstream connections to the service port: {pool}; they would \
+                         stay on the old slot after a switch; fix: `keepalive 0;` in that block, \
+                         or `proxy_pass $service_url` without an upstream block; nothing changed"
+                    ))),
+                    None => Ok(()),
+                }
+            }
+            other => {
+                let why = match other {
+                    Ok(out) => out.status.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                log::warn!(
+                    "could not read nginx's configuration (`{}`: {why}): make sure no upstream \
+                     block with keepalive points at port {}",
+                    argv.join(" "),
+                    self.service_port()
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// The rule must read back as `next`, and a fresh connection must reach the target.
+    fn confirm(&self, nft: &Nft, next: Redirect) -> Result<()> {
+        let now = nft.redirect()?;
+        if now != Some(next) {
+            return Err(Error::Failed(format!(
+                "nftables rule did not take: read back {:?} instead of `{}`",
+                now.map(|r| r.rule()),
+                next.rule()
+            )));
+        }
+        match probe_reaches(self.service_port()) {
+            Ok(port) if port == next.slot => Ok(()),
+            Ok(port) => Err(Error::Failed(format!(
+                "a fresh connection to port {} reached port {port}, not {}",
+                self.service_port(),
+                next.slot
+            ))),
+            Err(e) => Err(Error::Failed(e)),
+        }
+    }
+
+    /// After a switch: the ruleset the boot unit re-applies, and the unit itself.
+    fn keep_for_boot(&self, nft: &Nft, applied: Redirect) {
+        if let Err(e) = fsio::write_atomic(&self.rules_file, applied.ruleset().as_bytes(), 0o644) {
+            log::warn!("switched, but could not save the rule for the next boot: {e}");
+            return;
+        }
+        match boot_unit::install(&self.boot_unit_dir, nft.path(), &self.rules_file) {
+            Ok(true) => log::info!(
+                "installed {} in {}: it re-applies the rule at boot, before nginx",
+                boot_unit::NAME,
+                self.boot_unit_dir.display()
+            ),
+            Ok(false) if !self.boot_unit_dir.is_dir() => log::debug!(
+                "no {}: run `switch --restore` at boot before nginx starts",
+                self.boot_unit_dir.display()
+            ),
+            Ok(false) => {}
+            Err(e) => log::warn!(
+                "could not install the boot unit {} ({e}); after a reboot run `switch --restore` \
+                 before nginx gets traffic",
+                boot_unit::NAME
+            ),
+        }
+    }
+}
+
+impl Switcher for NftablesSwitcher {
+    fn live_port(&self) -> Result<Option<u16>> {
+        self.route.live_port()
+    }
+
+    fn switch_to(&self, port: u16) -> Result<Switched> {
+        let nft = Nft::find()?;
+        let previous = nft.redirect()?;
+        let needs_include = self.preflight()?;
+        let next = Redirect {
+            service_port: self.service_port(),
+            slot: port,
+        };
+        let started = Instant::now();
+        nft.apply(&next.ruleset())?;
+        let applied = started.elapsed();
+        if let Err(e) = self.confirm(&nft, next) {
+            nft.put_back(previous);
+            return Err(e);
+        }
+        let mut detail = format!(
+            "rule `{}` in table {TABLE} applied in {}, confirmed by a connection in {}",
+            next.rule(),
+            show(applied),
+            show(started.elapsed() - applied)
+        );
+        if needs_include {
+            // First switch in this mode: point nginx at the service port, once.
+            match self.route.nginx.switch_to(self.service_port()) {
+                Ok(reloaded) => detail.push_str(&format!(
+                    "; nginx pointed at port {} ({})",
+                    self.service_port(),
+                    reloaded.detail
+                )),
+                Err(e) => {
+                    nft.put_back(previous);
+                    return Err(e);
+                }
+            }
+        }
+        let elapsed = started.elapsed();
+        self.keep_for_boot(&nft, next);
+        Ok(Switched { elapsed, detail })
+    }
+
+    fn restore(&self, recorded: u16) -> Result<String> {
+        let nft = Nft::find()?;
+        let wanted = Redirect {
+            service_port: self.service_port(),
+            slot: recorded,
+        };
+        match nft.redirect()? {
+            Some(now) if now == wanted => Ok(format!("rule `{}` already in place", now.rule())),
+            Some(now) => {
+                log::warn!(
+                    "the rule `{}` differs from the switch record (port {recorded}); the rule \
+                     routes traffic and is kept",
+                    now.rule()
+                );
+                Ok(format!("rule `{}` in place; nothing restored", now.rule()))
+            }
+            None => {
+                nft.apply(&wanted.ruleset())?;
+                if nft.redirect()? != Some(wanted) {
+                    return Err(Error::Failed(format!(
+                        "re-applied `{}`, but it does not read back",
+                        wanted.rule()
+                    )));
+                }
+                if let Err(e) =
+                    fsio::write_atomic(&self.rules_file, wanted.ruleset().as_bytes(), 0o644)
+                {
+                    log::warn!("could not save the rule for the next boot: {e}");
+                }
+                Ok(format!(
+                    "rule `{}` re-applied from the switch record",
+                    wanted.rule()
+                ))
+            }
+        }
+    }
+
+    fn describe(&self) -> Vec<String> {
+        let service = self.service_port();
+        let rule = match Nft::find().and_then(|nft| nft.redirect()) {
+            Ok(Some(r)) => format!("`{}` (table {TABLE}), live port {}", r.rule(), r.slot),
+            Ok(None) => format!("none in table {TABLE}"),
+            Err(e) => format!("unknown: {e}"),
+        };
+        let nginx = match self.route.nginx.included_port() {
+            Ok(Some(p)) if p == service => format!("service port {service}"),
+            Ok(Some(p)) => format!("port {p} (moves to service port {service} at the next switch)"),
+            Ok(None) => format!("nothing yet (service port {service} from the next switch)"),
+            Err(e) => format!("unknown: {e}"),
+        };
+        vec![
+            format!("nginx proxies to: {nginx}"),
+            format!("nftables rule: {rule}"),
+        ]
+    }
+}
+
+/// Reload mode on a host nftables mode may have left behind: while the include still names
+/// the service port, the live port is the rule's; the next switch rewrites the include for a
+/// slot and reloads nginx as usual. The rule is left in place (nothing uses the service port
+/// any more, and old workers may still finish requests through it).
+#[derive(Debug, Clone)]
+pub struct ReloadSwitcher {
+    route: Route,
+}
+
+impl ReloadSwitcher {
+    /// The switcher the configuration describes.
+    pub fn new(config: &Config, state: &StateDir) -> ReloadSwitcher {
+        ReloadSwitcher {
+            route: Route::new(config, state),
+        }
+    }
+}
+
+impl Switcher for ReloadSwitcher {
+    fn live_port(&self) -> Result<Option<u16>> {
+        self.route.live_port()
+    }
+
+    fn switch_to(&self, port: u16) -> Result<Switched> {
+        self.route.nginx.switch_to(port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_round_trips_through_nft_listing() {
+        let r = Redirect {
+            service_port: 8080,
+            slot: 8082,
+        };
+        let listing = "table ip portswap {\n\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n\t\tip daddr 127.0.0.1 tcp dport 8080 redirect to :8082\n\t}\n}\n";
+        assert_eq!(Redirect::parse(listing).unwrap(), Some(r));
+        assert!(r.ruleset().contains("flush chain ip portswap output\n"));
+        assert!(r
+            .ruleset()
+            .ends_with(&format!("add rule ip portswap output {}\n", r.rule())));
+        let empty = "table ip portswap {\n\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n\t}\n}\n";
+        assert_eq!(Redirect::parse(empty).unwrap(), None);
+        let two = format!("{listing}\t\tip daddr 127.0.0.1 tcp dport 8080 redirect to :8081\n");
+        assert!(Redirect::parse(&two).is_err());
+        assert!(Redirect::parse("tcp dport 8080 redirect to :8081").is_err());
+    }
+
+    #[test]
+    fn finds_upstream_pools_on_the_service_port_only() {
+        let plain = "http { server { location / { proxy_pass $service_url; } } }";
+        assert_eq!(pooled_upstream(plain, 8080), None);
+        let pooled = "# configuration file /etc/nginx/nginx.conf:\nhttp {\n upstream app {\n  server 127.0.0.1:8080 max_fails=0; # the service\n  keepalive 16;\n }\n}";
+        let found = pooled_upstream(pooled, 8080).unwrap();
+        assert!(
+            found.contains("upstream app") && found.contains("keepalive 16"),
+            "{found}"
+        );
+        assert_eq!(pooled_upstream(pooled, 9090), None, "another port");
+        let default_on = "upstream app { server localhost:8080; }";
+        assert!(pooled_upstream(default_on, 8080)
+            .unwrap()
+            .contains("1.29.7"));
+        let off = "upstream app { server 127.0.0.1:8080; keepalive 0; }";
+        assert_eq!(pooled_upstream(off, 8080), None);
+        let nested_other =
+            "upstream a { server 10.0.0.1:80; } upstream b { server 127.0.0.1:8080; keepalive 2; }";
+        assert!(pooled_upstream(nested_other, 8080)
+            .unwrap()
+            .contains("upstream b"));
+    }
+}

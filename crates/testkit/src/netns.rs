@@ -1,0 +1,137 @@
+//! A private network namespace per test: its own loopback, ports and nftables ruleset, so
+//! tests with a real `nft` never touch the host's rules.
+//!
+//! [`isolated`] runs the test body on a new thread that `unshare(CLONE_NEWNET)` moved into a
+//! fresh namespace (a network namespace belongs to a thread, and children and threads inherit
+//! it): nginx, the apps, the hooks, `nft` and client threads started from the body all live
+//! there. The namespace disappears with the last of them; its ruleset with it.
+
+use std::io;
+use std::path::PathBuf;
+use std::process::Command;
+
+use nix::libc;
+use nix::sched::{unshare, CloneFlags};
+
+/// Runs `body` in a fresh network namespace with `lo` up and returns its result (a panic in
+/// `body` is re-raised here). Prints `SKIPPED <what>: ...` and returns `None` where the
+/// machine refuses to create one (no CAP_SYS_ADMIN).
+pub fn isolated<T: Send + 'static>(
+    what: &str,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let handle = std::thread::spawn(move || {
+        unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
+        loopback_up().map_err(|e| format!("bringing lo up: {e}"))?;
+        Ok::<T, String>(body())
+    });
+    match handle.join() {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(refused)) => {
+            println!("SKIPPED {what}: no private network namespace ({refused})");
+            None
+        }
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Sets IFF_UP on `lo` of the calling thread's namespace.
+fn loopback_up() -> io::Result<()> {
+    // SAFETY: a plain socket used only for two ioctls on a zeroed, NUL-terminated ifreq; the
+    // descriptor is closed before returning.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        let mut result = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+        if result == 0 {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            result = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
+        }
+        let error = io::Error::last_os_error();
+        libc::close(fd);
+        if result == 0 {
+            Ok(())
+        } else {
+            Err(error)
+        }
+    }
+}
+
+/// The `nft` executable, or a panic saying how to install it.
+pub fn nft_binary() -> PathBuf {
+    ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .map(PathBuf::from)
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "testkit: nft not found; install it with `apt-get install -y nftables` (Debian) \
+                 or `dnf install -y nftables` (Amazon Linux)"
+            )
+        })
+}
+
+/// Runs `nft ARGS` in the calling thread's namespace; its stdout, or its stderr as the error.
+pub fn nft(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(nft_binary())
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The TCP sockets of the calling thread's namespace as `(local port, remote port, state)`
+/// (`/proc/thread-self/net/tcp`: `/proc/net` shows the main thread's namespace).
+pub fn tcp_sockets() -> Vec<(u16, u16, u8)> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap_or_default();
+    let port = |a: &str| u16::from_str_radix(a.rsplit(':').next()?, 16).ok();
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            Some((
+                port(cols.get(1)?)?,
+                port(cols.get(2)?)?,
+                u8::from_str_radix(cols.get(3)?, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn a_namespace_has_its_own_ports_and_ruleset() {
+        let outside = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = outside.local_addr().unwrap().port();
+        let inside = isolated("netns self-test", move || {
+            // The port taken outside is free inside, and lo works.
+            let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+            let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            drop(listener);
+            nft(&["add", "table", "ip", "testkit_probe"]).unwrap();
+            nft(&["list", "tables"]).unwrap()
+        });
+        if let Some(tables) = inside {
+            assert!(tables.contains("testkit_probe"), "{tables}");
+            let host = nft(&["list", "tables"]).unwrap_or_default();
+            assert!(
+                !host.contains("testkit_probe"),
+                "leaked to the host: {host}"
+            );
+        }
+    }
+}
