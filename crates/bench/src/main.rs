@@ -56,7 +56,7 @@ Traffic goes to 127.0.0.1 only (and, with --fleet, to private veth addresses ins
 bench's own network namespace). Every client loop is bounded (1 h, 1,000,000 requests).";
 
 #[derive(Debug, Clone)]
-struct Options {
+pub struct Options {
     deployments: usize,
     rate: u32,
     connections: u32,
@@ -146,7 +146,7 @@ fn options() -> Result<Options, String> {
 
 /// One way of switching, run under the same load as the others.
 #[derive(Debug, Clone)]
-struct Mechanism {
+pub struct Mechanism {
     name: &'static str,
     nginx: PathBuf,
     directives: Vec<String>,
@@ -168,7 +168,7 @@ impl Mechanism {
 }
 
 /// The mechanisms `o` asks for that this machine can run, saying why any is left out.
-fn mechanisms(o: &Options, in_netns: bool) -> Vec<Mechanism> {
+pub fn mechanisms(o: &Options, in_netns: bool) -> Vec<Mechanism> {
     let system = nginx::nginx_binary();
     let mut out = Vec::new();
     for name in &o.mechanisms {
@@ -259,7 +259,7 @@ fn timeline_of(marks: &[Marks], versions: &[String], all: &[&Sample]) -> Option<
 }
 
 /// Builds a phase's numbers from its deployments and the load's samples.
-fn phase(
+pub fn phase(
     name: &'static str,
     runs: &[Vec<HookRun>],
     versions: &[String],
@@ -343,6 +343,7 @@ fn mechanism_phase(
         &m.directives,
         m.switch_yaml(),
         o.hook_logs.clone(),
+        None,
     );
     site.configure(o.ready_ms, &[]);
     let first = site.deploy("v0", origin);
@@ -406,6 +407,7 @@ fn legacy_phase(o: &Options, origin: Instant) -> (Option<Phase>, Crashes) {
         &o.directives,
         String::new(),
         o.hook_logs.clone(),
+        None,
     );
     site.configure(o.ready_ms, &[]);
     let mut pids = Vec::new();

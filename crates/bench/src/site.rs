@@ -39,20 +39,32 @@ impl Site {
     /// A new host with its own nginx (the executable `nginx`, with the extra http-level
     /// `directives`) and free ports, switching the way `switch_yaml` (a `switch:` section,
     /// or empty for nginx reloads) says; with `hook_logs`, hooks run with `RUST_LOG=debug`
-    /// and their stderr is kept there as `<name>-<deployment>-<hook>.log`.
+    /// and their stderr is kept there as `<name>-<deployment>-<hook>.log`. With `listen_also`
+    /// (`ADDRESS:PORT`), nginx also serves the app there (a host behind a load balancer).
     pub fn new(
         name: &'static str,
         nginx: &Path,
         directives: &[String],
         switch_yaml: String,
         hook_logs: Option<PathBuf>,
+        listen_also: Option<String>,
     ) -> Site {
-        let nginx_extra: String = directives
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut nginx_extra: String = directives
             .iter()
             .map(|d| format!("{};\n", d.trim().trim_end_matches(';')))
             .collect();
+        if let Some(address) = listen_also {
+            // The sandbox's include glob trick: matches nothing until the first switch.
+            let include = dir.path().join("service-url.in[c]");
+            nginx_extra += &format!(
+                "server {{ listen {address}; set $service_url http://127.0.0.1:1; \
+                 include \"{}\"; location / {{ proxy_pass $service_url; \
+                 proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n",
+                include.display()
+            );
+        }
         bins::ensure_built();
-        let dir = tempfile::tempdir().expect("temp dir");
         fs::create_dir_all(dir.path().join("revision")).expect("revision dir");
         fs::copy(
             bins::bin("fixture-app"),

@@ -34,6 +34,8 @@ pub fn write_svg(dir: &Path, phase: &Phase) -> Result<Option<PathBuf>, String> {
         .max()
         .unwrap_or(1)
         .max(1) as i64
+        * 8
+        / 5
         + 2;
     let end = t.switch_took.as_millis() as i64;
     let draw = || -> Result<(), Box<dyn std::error::Error>> {
@@ -86,7 +88,10 @@ pub fn write_svg(dir: &Path, phase: &Phase) -> Result<Option<PathBuf>, String> {
                     vec![(at, 0), (at, top)],
                     BLACK.mix(0.5).stroke_width(1),
                 ))?
-                .label(label);
+                .label(label)
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.5).stroke_width(1))
+                });
         }
         chart
             .configure_series_labels()
