@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::load::{Behaviour, Load};
 use crate::site::{HookRun, Site};
-use crate::stats::{self, BehaviourStats, Marks};
+use crate::stats::{self, BehaviourStats};
 use crate::{mechanisms, Mechanism, Options};
 
 /// Hosts behind the load balancer.
@@ -229,17 +229,7 @@ fn run_mechanism(o: &Options, m: &Mechanism, index: usize, origin: Instant) -> F
     let samples = load.finish();
     drop(balancer);
     drop(hosts);
-    let marks: Vec<Marks> = runs
-        .iter()
-        .map(|r| {
-            let switch = r.iter().find(|h| h.hook == "switch");
-            Marks {
-                deploy_start: r[0].started,
-                switch_start: switch.map(|s| s.started),
-                switch_end: switch.map(|s| s.started + s.took),
-            }
-        })
-        .collect();
+    let marks = stats::marks(&runs);
     let per_round = round_starts
         .iter()
         .enumerate()
@@ -288,22 +278,12 @@ pub fn run(o: &Options) {
             r.name, r.succeeded, r.deployments
         );
         for b in &r.behaviours {
-            let kinds: Vec<String> = b
-                .failures
-                .iter()
-                .filter(|(_, n)| *n > 0)
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
             println!(
                 "  {:<46} {:>7} requests {:>5} failed  {}",
                 b.behaviour.label(),
                 b.requests,
                 b.failed(),
-                if kinds.is_empty() {
-                    "-".into()
-                } else {
-                    kinds.join(", ")
-                }
+                b.kinds_text()
             );
         }
         println!(
@@ -314,14 +294,9 @@ pub fn run(o: &Options) {
             .behaviours
             .iter()
             .map(|b| {
-                let kinds: serde_json::Map<String, serde_json::Value> = b
-                    .failures
-                    .iter()
-                    .map(|(k, n)| (k.to_string(), json!(n)))
-                    .collect();
                 (
                     b.behaviour.key().to_string(),
-                    json!({"requests": b.requests, "failed": b.failed(), "failures": kinds}),
+                    json!({"requests": b.requests, "failed": b.failed(), "failures": b.kinds_json()}),
                 )
             })
             .collect();

@@ -266,17 +266,7 @@ pub fn phase(
     samples: &[(Behaviour, Vec<Sample>)],
     stale_checks: usize,
 ) -> Phase {
-    let marks: Vec<Marks> = runs
-        .iter()
-        .map(|r| {
-            let switch = r.iter().find(|h| h.hook == "switch");
-            Marks {
-                deploy_start: r[0].started,
-                switch_start: switch.map(|s| s.started),
-                switch_end: switch.map(|s| s.started + s.took),
-            }
-        })
-        .collect();
+    let marks = stats::marks(runs);
     let all: Vec<&Sample> = samples.iter().flat_map(|(_, s)| s.iter()).collect();
     let mut first = Vec::new();
     let mut old_after = Vec::new();

@@ -371,12 +371,6 @@ impl Report {
             "latency p50/p99/max",
         );
         for b in &phase.behaviours {
-            let kinds: Vec<String> = b
-                .failures
-                .iter()
-                .filter(|(_, n)| *n > 0)
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
             let _ = writeln!(
                 out,
                 "{:<46} {:>8} {:>7} {:>7}  {:<30} {:<28} {}",
@@ -384,11 +378,7 @@ impl Report {
                 b.requests,
                 b.failed(),
                 b.retries,
-                if kinds.is_empty() {
-                    "-".to_string()
-                } else {
-                    kinds.join(", ")
-                },
+                b.kinds_text(),
                 spread(&b.latency),
                 spread(&b.around_switch)
             );
@@ -434,18 +424,13 @@ impl Report {
                     .behaviours
                     .iter()
                     .map(|b| {
-                        let kinds: serde_json::Map<String, Value> = b
-                            .failures
-                            .iter()
-                            .map(|(k, n)| (k.to_string(), json!(n)))
-                            .collect();
                         let value = json!({
                             "label": b.behaviour.label(),
                             "requests": b.requests,
                             "ok": b.ok,
                             "failed": b.failed(),
                             "retried": b.retries,
-                            "failures": kinds,
+                            "failures": b.kinds_json(),
                             "failed_on_reused": b.failed_on_reused,
                             "failed_closed_before_send": b.failed_closed_before_send,
                             "failure_offset_after_switch_start": s(&b.failure_offsets),

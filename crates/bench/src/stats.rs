@@ -66,6 +66,30 @@ impl BehaviourStats {
     pub fn failed(&self) -> usize {
         self.failures.iter().map(|(_, n)| n).sum()
     }
+
+    /// `{"status": 0, "reset": 1, ...}`: the count of each failure kind.
+    pub fn kinds_json(&self) -> serde_json::Value {
+        self.failures
+            .iter()
+            .map(|(k, n)| (k.to_string(), serde_json::Value::from(*n)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+
+    /// `reset 1, closed 3`, or `-` when nothing failed.
+    pub fn kinds_text(&self) -> String {
+        let kinds: Vec<String> = self
+            .failures
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        if kinds.is_empty() {
+            "-".into()
+        } else {
+            kinds.join(", ")
+        }
+    }
 }
 
 /// Where each deployment starts and where its switch starts and ends, since the origin.
@@ -74,6 +98,20 @@ pub struct Marks {
     pub deploy_start: Duration,
     pub switch_start: Option<Duration>,
     pub switch_end: Option<Duration>,
+}
+
+/// The marks of each deployment's hook runs (in CodeDeploy order).
+pub fn marks(runs: &[Vec<HookRun>]) -> Vec<Marks> {
+    runs.iter()
+        .map(|r| {
+            let switch = r.iter().find(|h| h.hook == "switch");
+            Marks {
+                deploy_start: r[0].started,
+                switch_start: switch.map(|s| s.started),
+                switch_end: switch.map(|s| s.started + s.took),
+            }
+        })
+        .collect()
 }
 
 /// Summarises one behaviour's samples against the deployments' marks.
