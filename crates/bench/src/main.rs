@@ -274,7 +274,9 @@ pub fn phase(
     let mut old = stats::OldAnswers::default();
     let mut stale = stale_checks;
     for (i, (mark, version)) in marks.iter().zip(versions).enumerate() {
-        if let (Some(start), Some(end)) = (mark.switch_start, mark.switch_end) {
+        // A failed switch left the previous version live: its answers are not "old" ones.
+        let switched = runs[i].len() == 4 && runs[i].iter().all(|h| h.ok);
+        if let (Some(start), Some(end), true) = (mark.switch_start, mark.switch_end, switched) {
             let until = marks[i + 1..]
                 .iter()
                 .find_map(|m| m.switch_start)

@@ -248,7 +248,8 @@ impl Report {
                 ms(*version)
             );
         }
-        if let (Some(new), Some(old)) = (self.phases.first(), self.phases.get(1)) {
+        let named = |name: &str| self.phases.iter().find(|p| p.name == name);
+        if let (Some(new), Some(old)) = (named("reload"), named("legacy scripts")) {
             let _ = writeln!(out, "\nlegacy / portswap:");
             let pairs = [
                 ("deploy wall time p50", old.wall.p50, new.wall.p50),
