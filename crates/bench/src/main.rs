@@ -472,19 +472,29 @@ fn binaries() -> Vec<(String, u64, Duration)> {
         .collect()
 }
 
-/// The whole single-host bench: every mechanism, then the legacy scripts.
-fn run(o: Options, in_netns: bool) {
-    let mechanisms = mechanisms(&o, in_netns);
-    let origin = Instant::now();
+/// The mechanisms' phases and their crash reports, and the mechanisms themselves.
+type Measured = (Vec<Phase>, Crashes, Vec<Mechanism>);
+
+/// Every mechanism `o` asks for, one after the other, timed from `origin`.
+fn run_mechanisms(o: &Options, in_netns: bool, origin: Instant) -> Measured {
+    let mechanisms = mechanisms(o, in_netns);
     let mut phases = Vec::new();
     let mut crashes = Vec::new();
     for (i, m) in mechanisms.iter().enumerate() {
-        let (phase, crashed) = mechanism_phase(&o, m, origin, i == 0);
+        let (phase, crashed) = mechanism_phase(o, m, origin, i == 0);
         phases.push(phase);
         crashes.extend(crashed);
     }
-    let (old, legacy_crashes) = legacy_phase(&o, origin);
+    (phases, crashes, mechanisms)
+}
+
+/// The legacy scripts after the mechanisms, then the report: table, JSON, SVGs. The legacy
+/// part runs on the calling thread's network namespace (the host's): its stop finds the app
+/// by port through /proc/net/tcp, which shows the namespace of the process's main thread.
+fn finish(o: &Options, (mut phases, mut crashes, mechanisms): Measured, origin: Instant) {
+    let (old, legacy_crashes) = legacy_phase(o, origin);
     crashes.extend(legacy_crashes);
+    phases.extend(old);
     let report = Report {
         machine: machine(&mechanisms),
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -492,7 +502,7 @@ fn run(o: Options, in_netns: bool) {
         connections: o.connections,
         nginx: o.directives.clone(),
         ready: Duration::from_millis(o.ready_ms),
-        phases: phases.into_iter().chain(old).collect(),
+        phases,
         crash_reports: crashes,
         binaries: binaries(),
     };
@@ -519,25 +529,33 @@ fn main() {
         }
     };
     bins::ensure_built();
+    let origin = Instant::now();
     if !o.netns {
-        return run(o, false);
+        let measured = run_mechanisms(&o, false, origin);
+        return finish(&o, measured, origin);
     }
-    // Everything (nginx, hooks, apps, clients, nft) in a private network namespace: nftables
-    // rules never touch the host's, and every mechanism runs under the same conditions.
+    // The mechanisms (nginx, hooks, apps, clients, nft) in a private network namespace:
+    // nftables rules never touch the host's, and every mechanism runs under the same
+    // conditions.
     let inside = o.clone();
-    if netns::isolated("bench in a private network namespace", move || {
+    let measured = netns::isolated("bench in a private network namespace", move || {
         if inside.fleet {
             fleet::run(&inside);
+            None
         } else {
-            run(inside, true);
+            Some(run_mechanisms(&inside, true, origin))
         }
-    })
-    .is_none()
-    {
-        if o.fleet {
+    });
+    match measured {
+        Some(Some(measured)) => finish(&o, measured, origin),
+        Some(None) => {}
+        None if o.fleet => {
             eprintln!("bench: --fleet needs a private network namespace (root)");
             std::process::exit(1);
         }
-        run(o, false);
+        None => {
+            let measured = run_mechanisms(&o, false, origin);
+            finish(&o, measured, origin);
+        }
     }
 }
