@@ -272,6 +272,7 @@ pub fn phase(
     let mut old_after = Vec::new();
     let mut kept_last = Vec::new();
     let mut old = stats::OldAnswers::default();
+    let mut fresh_per_deployment = vec![0; marks.len()];
     let mut stale = stale_checks;
     for (i, (mark, version)) in marks.iter().zip(versions).enumerate() {
         // A failed switch left the previous version live: its answers are not "old" ones.
@@ -288,6 +289,7 @@ pub fn phase(
             stale += stats::stale_after(&all, end, until, version);
             let split = stats::old_answers(&all, (start, end, until), version);
             old.on_fresh_connection += split.on_fresh_connection;
+            fresh_per_deployment[i] = split.on_fresh_connection;
             old.on_kept_connection += split.on_kept_connection;
             kept_last.extend(split.last_on_kept);
         }
@@ -310,6 +312,7 @@ pub fn phase(
         last_old_answer: Spread::of(&old_after),
         stale,
         old_answers: old,
+        fresh_per_deployment,
         last_on_kept: Spread::of(&kept_last),
         timeline: timeline_of(&marks, versions, &all),
         behaviours: samples

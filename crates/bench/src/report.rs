@@ -36,6 +36,8 @@ pub struct Phase {
     /// Old-version answers split by connection: fresh after the switch (must be 0) or kept
     /// from before it.
     pub old_answers: OldAnswers,
+    /// Per deployment: old-version answers on connections opened after its switch returned.
+    pub fresh_per_deployment: Vec<usize>,
     /// Per switch with any: the send time (from the switch start) of the last old-version
     /// answer on a kept connection.
     pub last_on_kept: Spread,
@@ -384,6 +386,20 @@ impl Report {
                 spread(&b.around_switch)
             );
         }
+        let broken: Vec<String> = phase
+            .fresh_per_deployment
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, n)| format!("deployment {}: {n}", i + 1))
+            .collect();
+        if !broken.is_empty() {
+            let _ = writeln!(
+                out,
+                "  old answers on connections opened after the switch returned, by deployment: {}",
+                broken.join(", ")
+            );
+        }
         for b in phase.behaviours.iter().filter(|b| b.failed() > 0) {
             let _ = writeln!(
                 out,
@@ -462,6 +478,8 @@ impl Report {
                     "stale_after_switch": p.stale,
                     "old_answer_on_connection_opened_after_switch": p.old_answers.on_fresh_connection,
                     "old_answer_on_connection_kept_from_before": p.old_answers.on_kept_connection,
+                    "old_answer_on_connection_opened_after_switch_per_deployment":
+                        p.fresh_per_deployment,
                     "last_old_answer_on_kept_connection": s(&p.last_on_kept),
                     "clients": clients,
                     "timeline": timeline,
@@ -583,6 +601,7 @@ mod tests {
                     on_kept_connection: 3,
                     last_on_kept: Some(ms(40)),
                 },
+                fresh_per_deployment: vec![0, 0],
                 last_on_kept: spread,
                 timeline: None,
                 behaviours: vec![stats],
