@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use portswap_testkit::net::read_response;
+use portswap_testkit::netns::isolated;
 use portswap_testkit::nginx::{newer_nginx_or_skip, nginx_binary, process_title};
 use support::{wait, Settings, Site};
 
@@ -44,6 +45,20 @@ fn status_reports_the_reload_risk_on_the_system_nginx() {
         "{line}"
     );
     assert!(line.contains("may get an error"), "{line}");
+}
+
+#[test]
+fn status_in_nftables_mode_says_a_switch_closes_no_client_connection() {
+    isolated("keep-alive status in nftables mode", || {
+        let site = Site::with(Settings {
+            switch_by: Some("nftables"),
+            ..Settings::default()
+        });
+        site.deploy_ok("d-1");
+        let line = status(&site);
+        assert!(line.contains("switch.by nftables"), "{line}");
+        assert!(line.contains("closes no client connection"), "{line}");
+    });
 }
 
 #[test]

@@ -53,20 +53,18 @@ impl NginxInfo {
                  connections for one more answer (old version, `Connection: close`): no error",
                 show(t)
             ),
-            None => format!(
-                "nginx {version} {}: each reload closes idle keep-alive connections, a client \
-                 that reuses one without retrying (a load balancer) may get an error{}",
-                if self.version.is_some_and(|v| v >= MIN_TIMEOUT_SINCE) {
-                    "without keepalive_min_timeout"
+            None => {
+                let (what, fix) = if self.version.is_some_and(|v| v >= MIN_TIMEOUT_SINCE) {
+                    ("without", "; set `keepalive_min_timeout` (README)")
                 } else {
-                    "(before 1.27.4, no keepalive_min_timeout)"
-                },
-                if self.version.is_some_and(|v| v >= MIN_TIMEOUT_SINCE) {
-                    "; set `keepalive_min_timeout` (README)"
-                } else {
-                    " (README: keep-alive clients)"
-                }
-            ),
+                    ("(before 1.27.4) without", " (README: keep-alive clients)")
+                };
+                format!(
+                    "nginx {version} {what} keepalive_min_timeout: each reload closes idle \
+                     keep-alive connections, a client that reuses one without retrying (a load \
+                     balancer) may get an error{fix}"
+                )
+            }
         }
     }
 }
