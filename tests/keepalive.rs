@@ -67,7 +67,7 @@ fn status_detects_keepalive_min_timeout_on_a_newer_nginx() {
         return;
     };
     let version = version_of(&newer);
-    let without = Site::using(&newer, "", Settings::default());
+    let without = Site::using(&newer, |_| String::new(), Settings::default());
     let line = status(&without);
     assert!(
         line.contains(&format!("nginx {version} without keepalive_min_timeout")),
@@ -75,7 +75,11 @@ fn status_detects_keepalive_min_timeout_on_a_newer_nginx() {
     );
     assert!(line.contains("may get an error"), "{line}");
 
-    let with = Site::using(&newer, "keepalive_min_timeout 1500ms;", Settings::default());
+    let with = Site::using(
+        &newer,
+        |_| "keepalive_min_timeout 1500ms;".into(),
+        Settings::default(),
+    );
     let line = status(&with);
     assert!(
         line.contains(&format!("nginx {version} with keepalive_min_timeout 1.50s")),
@@ -89,7 +93,11 @@ fn an_idle_keepalive_client_that_never_retries_sees_no_error_across_a_switch() {
     let Some(newer) = newer_nginx_or_skip("keep-alive client across a switch") else {
         return;
     };
-    let site = Site::using(&newer, "keepalive_min_timeout 4s;", Settings::default());
+    let site = Site::using(
+        &newer,
+        |_| "keepalive_min_timeout 4s;".into(),
+        Settings::default(),
+    );
     site.deploy_ok("d-1");
 
     // A client with one kept connection, idle after its first answer.

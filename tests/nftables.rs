@@ -13,10 +13,16 @@ use portswap_testkit::netns::{self, isolated};
 use support::{Settings, Site};
 
 fn nftables_site() -> Site {
-    Site::with(Settings {
+    nftables_site_with(|_| String::new())
+}
+
+/// A site in nftables mode whose nginx gets `http_extra(service port)` at `http` level.
+fn nftables_site_with(http_extra: impl FnOnce(u16) -> String) -> Site {
+    let settings = Settings {
         switch_by: Some("nftables"),
         ..Settings::default()
-    })
+    };
+    Site::with_nginx(settings, http_extra)
 }
 
 /// The redirect rule in the namespace: `(service port, slot)`, or `None`.
@@ -121,5 +127,464 @@ fn deployments_switch_by_rule_without_reloading_nginx() {
         assert_eq!(site.live_version().as_deref(), Some("d-3"));
         let history = std::fs::read_to_string(site.state().join("history.log")).unwrap();
         assert_eq!(history.lines().count(), 4, "{history}");
+    });
+}
+
+/// Runs `command` with CAP_NET_ADMIN dropped from its bounding set: as root, it then starts
+/// without that capability (and so does the `nft` it runs).
+fn without_net_admin(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; it only changes this child's capability set.
+    unsafe {
+        command.pre_exec(|| {
+            const CAP_NET_ADMIN: nix::libc::c_ulong = 12;
+            if nix::libc::prctl(nix::libc::PR_CAPBSET_DROP, CAP_NET_ADMIN, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Runs `command` in its own mount namespace where the `nft` executable is hidden (a
+/// character device bound over it, which is not executable).
+fn without_nft(command: &mut std::process::Command) {
+    use nix::mount::{mount, MsFlags};
+    use std::os::unix::process::CommandExt;
+    let nft = std::fs::canonicalize(netns::nft_binary()).unwrap();
+    // SAFETY: unshare and mount are plain system calls on this child alone.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )?;
+            mount(
+                Some("/dev/null"),
+                &nft,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )?;
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn bad_input_is_refused_with_the_rule_unchanged() {
+    isolated("nftables bad input", || {
+        let site = nftables_site();
+        let [a, _] = site.ports;
+        let service = site.service_port;
+        site.deploy_ok("d-1");
+        site.run_until("d-2", "health");
+        let before = rule();
+        assert_eq!(before, Some((service, a)));
+        let include = site.include_text();
+        let unchanged = |what: &str| {
+            assert_eq!(rule(), before, "{what}: rule changed");
+            assert_eq!(site.include_text(), include, "{what}: include changed");
+            assert_eq!(site.live_version().as_deref(), Some("d-1"), "{what}");
+        };
+
+        let squatter = std::net::TcpListener::bind(("127.0.0.1", service)).unwrap();
+        site.hook("switch", &[], Some("d-2")).fails(
+            4,
+            &format!("port {service} (switch.service_port) is already listened on"),
+        );
+        drop(squatter);
+        unchanged("service port taken");
+
+        let out = site.hook_with("switch", &[], Some("d-2"), without_net_admin);
+        let out = out.fails(1, "CAP_NET_ADMIN");
+        assert!(
+            out.last_line().contains("Operation not permitted"),
+            "{}",
+            out.last_line()
+        );
+        unchanged("no CAP_NET_ADMIN");
+
+        site.hook_with("switch", &[], Some("d-2"), without_nft)
+            .fails(1, "package `nftables`");
+        unchanged("nft missing");
+
+        std::fs::write(site.include(), "set $service_url http://127.0.0.1:1;\n").unwrap();
+        site.hook("switch", &[], Some("d-2"))
+            .fails(2, "sends traffic to port 1,");
+        std::fs::write(site.include(), include.clone().unwrap()).unwrap();
+        unchanged("include pointing elsewhere");
+
+        // Each cause fixed: the same deployment switches.
+        site.hook("switch", &[], Some("d-2")).ok();
+        assert_eq!(site.live_version().as_deref(), Some("d-2"));
+    });
+}
+
+#[test]
+fn an_upstream_pool_on_the_service_port_is_refused() {
+    isolated("nftables upstream pool", || {
+        let site = nftables_site_with(|service| {
+            format!("upstream pooled {{ server 127.0.0.1:{service}; keepalive 4; }}")
+        });
+        site.run_until("d-1", "health");
+        let out = site
+            .hook("switch", &[], Some("d-1"))
+            .fails(1, "upstream pooled");
+        assert!(
+            out.last_line().contains("keepalive 0;"),
+            "{}",
+            out.last_line()
+        );
+        assert_eq!(rule(), None, "nothing changed");
+        assert_eq!(site.include_text(), None, "nothing changed");
+    });
+}
+
+/// An upstream{} block without `keepalive` pools from nginx 1.29.7 on (and is refused there),
+/// not before. Checked against whichever nginx the test kit runs (PORTSWAP_TESTKIT_NGINX,
+/// else the system's).
+#[test]
+fn an_upstream_block_without_keepalive_is_refused_where_nginx_pools_by_default() {
+    isolated("nftables default upstream pool", || {
+        let site = nftables_site_with(|service| {
+            format!("upstream plain {{ server 127.0.0.1:{service}; }}")
+        });
+        let version = std::process::Command::new(site.nginx.nginx_path())
+            .arg("-v")
+            .output()
+            .unwrap();
+        let version = String::from_utf8_lossy(&version.stderr).trim().to_string();
+        let pools = portswap::switcher::upstreams::pools_by_default(&version);
+        site.run_until("d-1", "health");
+        let out = site.hook("switch", &[], Some("d-1"));
+        if pools {
+            out.fails(1, "on by default since nginx 1.29.7");
+        } else {
+            out.ok();
+            assert_eq!(site.live_version().as_deref(), Some("d-1"), "{version}");
+        }
+        println!("{version}: an upstream block without keepalive pools: {pools}");
+    });
+}
+
+#[test]
+fn a_lost_ruleset_is_refused_until_restored_and_the_boot_unit_restores_it() {
+    isolated("nftables reboot", || {
+        let site = nftables_site();
+        let [a, b] = site.ports;
+        let service = site.service_port;
+        site.deploy_ok("d-1");
+        site.deploy_ok("d-2");
+        assert_eq!(rule(), Some((service, b)));
+
+        // What a reboot does to the kernel's ruleset.
+        netns::nft(&["flush", "ruleset"]).unwrap();
+        assert_eq!(site.live_version(), None, "nothing routes the service port");
+        // No hook takes the recorded live slot for idle: stop would otherwise kill it.
+        site.hook("stop", &[], Some("d-3"))
+            .fails(2, "switch --restore");
+        site.hook("switch", &[], Some("d-3"))
+            .fails(2, "switch --restore");
+        assert_eq!(site.version_on(b).as_deref(), Some("d-2"));
+        assert_eq!(site.version_on(a).as_deref(), Some("d-1"));
+        let status = site.hook("switch", &["--status"], None).ok();
+        assert!(
+            status.stdout.contains("switch --restore"),
+            "{}",
+            status.stdout
+        );
+
+        let restored = site.hook("switch", &["--restore"], None).ok();
+        assert!(
+            restored.last_line().contains("re-applied"),
+            "{}",
+            restored.last_line()
+        );
+        assert_eq!(rule(), Some((service, b)));
+        assert_eq!(site.live_version().as_deref(), Some("d-2"));
+        let again = site.hook("switch", &["--restore"], None).ok();
+        assert!(
+            again.last_line().contains("already in place"),
+            "{}",
+            again.last_line()
+        );
+
+        // The boot unit the first switch installed re-applies the rule the same way.
+        let units = site.root().join("systemd");
+        let unit = std::fs::read_to_string(units.join("portswap-redirect.service")).unwrap();
+        assert!(unit.contains("Before=nginx.service"), "{unit}");
+        for target in ["multi-user.target.wants", "nginx.service.wants"] {
+            assert!(units
+                .join(target)
+                .join("portswap-redirect.service")
+                .exists());
+        }
+        let exec: Vec<&str> = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        netns::nft(&["flush", "ruleset"]).unwrap();
+        let boot = std::process::Command::new(exec[0])
+            .args(&exec[1..])
+            .output()
+            .unwrap();
+        assert!(boot.status.success(), "{boot:?}");
+        assert_eq!(rule(), Some((service, b)));
+        assert_eq!(site.live_version().as_deref(), Some("d-2"));
+
+        // With the rule back, the next deployment goes on as usual.
+        site.deploy_ok("d-3");
+        assert_eq!(rule(), Some((service, a)));
+        assert_eq!(site.live_version().as_deref(), Some("d-3"));
+    });
+}
+
+#[test]
+fn switch_killed_at_random_moments_leaves_exactly_one_complete_rule() {
+    use std::os::unix::process::CommandExt;
+    const ITERATIONS: usize = 200;
+    isolated("nftables kill loop", || {
+        let site = nftables_site();
+        let [a, b] = site.ports;
+        let service = site.service_port;
+        site.deploy_ok("d-1");
+        site.run_until("d-2", "health");
+        let mut rng = support::Rng::from_clock();
+        let seed = rng.seed();
+        let (mut killed, mut completed, mut flips) = (0, 0, 0);
+        // Kills spread over the whole run of a switch (and a little past it).
+        let started = std::time::Instant::now();
+        site.hook("switch", &[], None).ok();
+        let span = started.elapsed().as_micros() as u64 * 5 / 4;
+        let mut previous = rule();
+        for i in 0..ITERATIONS {
+            let mut command = portswap_testkit::hooks::command("switch", &site.config_path());
+            command
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .process_group(0);
+            let mut child = command.spawn().unwrap();
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            // The fault: a kill of the hook and its nft child after a random delay.
+            std::thread::sleep(Duration::from_micros(rng.below(span)));
+            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+            let status = child.wait().unwrap();
+            match status.code() {
+                Some(0) => completed += 1,
+                Some(code) => panic!("iteration {i} (seed {seed}): switch failed with {code}"),
+                None => killed += 1,
+            }
+            let now = rule();
+            assert!(
+                now == Some((service, a)) || now == Some((service, b)),
+                "iteration {i} (seed {seed}): rule {now:?}"
+            );
+            if now != previous {
+                flips += 1;
+                previous = now;
+            }
+        }
+        println!(
+            "{ITERATIONS} runs over {span} us: {killed} killed, {completed} completed, {flips} flips"
+        );
+        assert!(
+            killed > 0 && flips > 0,
+            "the loop must kill and switch: {killed} {flips}"
+        );
+        // A switch run to completion leaves the rule, the record and the traffic consistent,
+        // and no temp file of a killed writer.
+        site.hook("switch", &[], None).ok();
+        assert_eq!(site.temp_files(), Vec::<std::path::PathBuf>::new());
+        let (_, live) = rule().unwrap();
+        assert_eq!(site.version_on(live), site.live_version());
+        let status = site.hook("switch", &["--status"], None).ok();
+        assert!(
+            status.stdout.contains(&format!("live port: {live}")),
+            "{}",
+            status.stdout
+        );
+    });
+}
+
+#[test]
+fn moving_between_reload_and_nftables_under_load_fails_no_request() {
+    isolated("nftables mode moves", || {
+        let mut site = Site::with(Settings {
+            switch_by: Some("nginx-reload"),
+            ..Settings::default()
+        });
+        let [a, b] = site.ports;
+        let service = site.service_port;
+        site.deploy_ok("d-1");
+        site.deploy_ok("d-2");
+        let traffic = site.traffic();
+
+        site.set(|s| s.switch_by = Some("nftables"));
+        site.deploy_ok("d-3");
+        assert_eq!(rule(), Some((service, a)));
+        assert_eq!(site.included_port(), Some(service));
+        assert_eq!(site.live_version().as_deref(), Some("d-3"));
+        site.deploy_ok("d-4");
+        assert_eq!(rule(), Some((service, b)));
+        assert_eq!(site.live_version().as_deref(), Some("d-4"));
+
+        site.set(|s| s.switch_by = Some("nginx-reload"));
+        let status = site.hook("switch", &["--status"], None).ok();
+        assert!(
+            status.stdout.contains(&format!("live port: {b}")),
+            "{}",
+            status.stdout
+        );
+        site.deploy_ok("d-5");
+        assert_eq!(
+            site.included_port(),
+            Some(a),
+            "back to the include naming a slot"
+        );
+        assert_eq!(site.live_version().as_deref(), Some("d-5"));
+        site.deploy_ok("d-6");
+        assert_eq!(site.included_port(), Some(b));
+        assert_eq!(site.live_version().as_deref(), Some("d-6"));
+
+        let seen = traffic.assert_no_errors();
+        for version in ["d-2", "d-3", "d-4", "d-5", "d-6"] {
+            assert!(
+                seen.iter().any(|v| v == version),
+                "no request reached {version}"
+            );
+        }
+        println!(
+            "{} requests through four deployments and two mode moves",
+            seen.len()
+        );
+    });
+}
+
+/// The point of the mechanism: clients that keep their connection to nginx and never retry
+/// (a load balancer) see no error across swaps, and each request after a swap returned reaches
+/// the new version on the same connections.
+#[test]
+fn keepalive_clients_that_never_retry_see_no_error_across_swaps() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    isolated("nftables keep-alive swaps", || {
+        let site = nftables_site();
+        site.deploy_ok("d-1");
+        site.run_until("d-2", "health");
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                let (stop, port) = (stop.clone(), site.nginx.port());
+                std::thread::spawn(move || {
+                    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(5)))
+                        .unwrap();
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut answers = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        let sent = std::time::Instant::now();
+                        let answer = ask(&mut stream, &mut reader);
+                        let failed = answer.is_err();
+                        answers.push((sent, answer));
+                        if failed {
+                            break; // no retry: the connection is gone
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    answers
+                })
+            })
+            .collect();
+        let versions = ["d-2", "d-1"];
+        let mut returned = Vec::new();
+        for i in 0..6 {
+            std::thread::sleep(Duration::from_millis(100));
+            let args: &[&str] = if i % 2 == 0 { &[] } else { &["--rollback"] };
+            site.hook("switch", args, None).ok();
+            returned.push((std::time::Instant::now(), versions[i % 2]));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        stop.store(true, Ordering::SeqCst);
+        let mut total = 0;
+        for client in clients {
+            for (sent, answer) in client.join().unwrap() {
+                total += 1;
+                let version = answer.unwrap_or_else(|e| panic!("a kept connection failed: {e}"));
+                // A request sent after the last swap returned reaches that swap's version.
+                let after_the_last = returned.iter().all(|(t, _)| *t < sent);
+                if let (Some((_, live)), true) = (returned.last(), after_the_last) {
+                    assert_eq!(
+                        &version, live,
+                        "sent after the last swap, answered by another"
+                    );
+                }
+            }
+        }
+        assert!(total > 100, "only {total} requests");
+    });
+}
+
+#[test]
+fn in_reload_mode_an_include_naming_the_service_port_without_a_rule_is_refused() {
+    isolated("reload mode, include on the service port", || {
+        let site = Site::with(Settings {
+            switch_by: Some("nginx-reload"),
+            ..Settings::default()
+        });
+        site.run_until("d-1", "health");
+        let line = format!("set $service_url http://127.0.0.1:{};\n", site.service_port);
+        std::fs::write(site.include(), &line).unwrap();
+        site.hook("switch", &[], Some("d-1"))
+            .fails(2, "which is neither slot");
+        assert_eq!(site.include_text().as_deref(), Some(line.as_str()));
+        assert_eq!(rule(), None);
+    });
+}
+
+#[test]
+fn a_failure_after_the_transaction_puts_the_previous_rule_back() {
+    isolated("nftables put back", || {
+        let site = nftables_site();
+        let [a, b] = site.ports;
+        let service = site.service_port;
+        site.deploy_ok("d-1");
+        // Nothing listens on b: the rule takes, the probe connection is refused.
+        let out = site.hook("switch", &["--force"], None).fails(1, "failed");
+        assert!(
+            out.last_line().contains(&service.to_string()),
+            "{}",
+            out.last_line()
+        );
+        assert!(
+            out.stderr.contains(&format!(
+                "restored the rule `ip daddr 127.0.0.1 tcp dport {service} redirect to :{a}`"
+            )),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(rule(), Some((service, a)));
+        assert_eq!(site.live_version().as_deref(), Some("d-1"));
+        assert!(site.version_on(b).is_none());
+    });
+}
+
+#[test]
+fn a_rejected_first_reload_removes_the_new_rule_and_restores_the_include() {
+    isolated("nftables first reload fails", || {
+        let mut site = nftables_site();
+        site.set(|s| s.test_command = Some(vec!["false".into()]));
+        site.run_until("d-1", "health");
+        site.hook("switch", &[], Some("d-1"))
+            .fails(1, "nginx config test");
+        assert_eq!(rule(), None, "the table is gone again");
+        assert_eq!(site.include_text(), None, "no include, as before");
     });
 }

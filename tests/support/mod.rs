@@ -114,16 +114,22 @@ impl Site {
     }
 
     pub fn with(settings: Settings) -> Site {
-        Site::with_nginx(settings, "")
+        Site::with_nginx(settings, |_| String::new())
     }
 
-    /// A site whose nginx gets `http_extra` at `http` level (e.g. an upstream block).
-    pub fn with_nginx(settings: Settings, http_extra: &str) -> Site {
+    /// A site whose nginx gets `http_extra(service port)` at `http` level (e.g. an upstream
+    /// block).
+    pub fn with_nginx(settings: Settings, http_extra: impl FnOnce(u16) -> String) -> Site {
         Site::using(&nginx::nginx_binary(), http_extra, settings)
     }
 
-    /// A site whose nginx is the executable `nginx_bin`, with extra http-level directives.
-    pub fn using(nginx_bin: &Path, http_extra: &str, settings: Settings) -> Site {
+    /// A site whose nginx is the executable `nginx_bin`, with `http_extra(service port)` at
+    /// `http` level.
+    pub fn using(
+        nginx_bin: &Path,
+        http_extra: impl FnOnce(u16) -> String,
+        settings: Settings,
+    ) -> Site {
         bins::ensure_built();
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path();
@@ -132,18 +138,19 @@ impl Site {
         fs::create_dir_all(root.join("revision")).unwrap();
         fs::copy(bins::bin("fixture-app"), root.join("revision/fixture-app"))
             .expect("copy fixture-app");
+        let service_port = net::free_port();
         let nginx = NginxSandbox::start_using(
             nginx_bin,
             &root.join("nginx"),
             &root.join("service-url.inc"),
-            http_extra,
+            &http_extra(service_port),
         );
         let ports = [net::free_port(), net::free_port()];
         let site = Site {
             dir,
             nginx,
             ports,
-            service_port: net::free_port(),
+            service_port,
             settings,
         };
         site.write_config();
@@ -308,16 +315,28 @@ impl Traffic {
     /// Stops the requests and panics unless every one of them (at least one) reached `version`.
     pub fn assert_all(self, version: &str) {
         let seen = self.finish();
-        assert!(!seen.is_empty(), "no request was made");
-        let wrong: Vec<&String> = seen.iter().filter(|v| *v != version).collect();
-        assert!(
-            wrong.is_empty(),
-            "{} of {} requests through nginx did not reach {version}: {:?}",
-            wrong.len(),
-            seen.len(),
-            &wrong[..wrong.len().min(5)]
-        );
+        assert_none(&seen, |v| v != version, &format!("did not reach {version}"));
     }
+
+    /// Stops the requests, panics if any failed, and returns the versions that answered.
+    pub fn assert_no_errors(self) -> Vec<String> {
+        let seen = self.finish();
+        assert_none(&seen, |v| v.starts_with("error"), "failed");
+        seen
+    }
+}
+
+/// Panics, showing the first few, when some of `seen` (at least one request) are `bad`.
+fn assert_none(seen: &[String], bad: impl Fn(&str) -> bool, what: &str) {
+    assert!(!seen.is_empty(), "no request was made");
+    let wrong: Vec<&String> = seen.iter().filter(|v| bad(v)).collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} requests through nginx {what}: {:?}",
+        wrong.len(),
+        seen.len(),
+        &wrong[..wrong.len().min(5)]
+    );
 }
 
 impl Site {

@@ -14,6 +14,7 @@ pub mod process;
 pub mod procfs;
 pub mod release;
 pub mod signals;
+pub mod sockdiag;
 pub mod state;
 pub mod switcher;
 pub mod template;

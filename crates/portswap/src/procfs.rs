@@ -81,54 +81,31 @@ pub fn children(parent: i32) -> Vec<i32> {
         .collect()
 }
 
-/// One row of /proc/net/tcp{,6}: a TCP socket of this network namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TcpSocket {
-    /// Local port.
-    pub local_port: u16,
-    /// Remote port (0 for a listener).
-    pub remote_port: u16,
-    /// Kernel state: 0x0A listening, 0x01 established.
-    pub state: u8,
-    /// Socket inode (matches `socket:[INODE]` in /proc/PID/fd).
-    pub inode: u64,
-}
-
-/// Every IPv4 and IPv6 TCP socket of this network namespace.
-pub fn tcp_sockets() -> Vec<TcpSocket> {
-    let port = |addr: &str| {
-        addr.rsplit(':')
-            .next()
-            .and_then(|p| u16::from_str_radix(p, 16).ok())
-    };
-    let mut sockets = Vec::new();
+/// Socket inodes listening on TCP `port` (IPv4 and IPv6, any address).
+pub fn listening_inodes(port: u16) -> Vec<u64> {
+    let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = fs::read_to_string(table) else {
             continue;
         };
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
-            let parsed = (|| {
-                Some(TcpSocket {
-                    local_port: port(cols.get(1)?)?,
-                    remote_port: port(cols.get(2)?)?,
-                    state: u8::from_str_radix(cols.get(3)?, 16).ok()?,
-                    inode: cols.get(9)?.parse().ok()?,
-                })
-            })();
-            sockets.extend(parsed);
+            let (Some(local), Some(state), Some(inode)) = (cols.get(1), cols.get(3), cols.get(9))
+            else {
+                continue;
+            };
+            let local_port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if *state == "0A" && local_port == Some(port) {
+                if let Ok(inode) = inode.parse() {
+                    inodes.push(inode);
+                }
+            }
         }
     }
-    sockets
-}
-
-/// Socket inodes listening on TCP `port` (IPv4 and IPv6, any address).
-pub fn listening_inodes(port: u16) -> Vec<u64> {
-    tcp_sockets()
-        .into_iter()
-        .filter(|s| s.state == 0x0A && s.local_port == port)
-        .map(|s| s.inode)
-        .collect()
+    inodes
 }
 
 /// True when something listens on TCP `port`.

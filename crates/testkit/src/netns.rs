@@ -90,24 +90,6 @@ pub fn nft(args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// The TCP sockets of the calling thread's namespace as `(local port, remote port, state)`
-/// (`/proc/thread-self/net/tcp`: `/proc/net` shows the main thread's namespace).
-pub fn tcp_sockets() -> Vec<(u16, u16, u8)> {
-    let text = std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap_or_default();
-    let port = |a: &str| u16::from_str_radix(a.rsplit(':').next()?, 16).ok();
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            Some((
-                port(cols.get(1)?)?,
-                port(cols.get(2)?)?,
-                u8::from_str_radix(cols.get(3)?, 16).ok()?,
-            ))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,7 +24,7 @@ pub fn render(ctx: &Context) -> Result<String> {
     let live_port = *live.as_ref().unwrap_or(&None);
     let source = match ctx.config.switch.by {
         By::NginxReload => ctx.config.nginx.include.display().to_string(),
-        By::Nftables => "switch.by nftables: see the rule below".to_string(),
+        By::Nftables => "read from nginx's include and the nftables rule below".to_string(),
     };
     let _ = match &live {
         Ok(Some(port)) => writeln!(out, "live port: {port} ({source})"),

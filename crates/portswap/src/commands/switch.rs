@@ -17,8 +17,10 @@ pub const HOOK: Hook = Hook {
     name: "switch",
     about: "Points nginx at the idle slot: checks it answers its health check, rewrites the include\n\
             file atomically, runs the nginx config test (restoring the include if it fails), reloads\n\
-            nginx, and returns once no new request can reach the old port. The old version keeps\n\
-            running for rollback. CodeDeploy: ValidateService, after health.",
+            nginx, and returns once no new request can reach the old port. With switch.by nftables,\n\
+            nginx proxies to a fixed service port and one nftables rule (table ip portswap) is\n\
+            replaced instead, with no reload. The old version keeps running for rollback.\n\
+            CodeDeploy: ValidateService, after health.",
     switches: &[
         ("--rollback", "switch back to the previous port (after a health probe of it)"),
         ("--force", "switch even if the target does not answer its health check"),
@@ -83,7 +85,9 @@ pub fn run(args: &Args) -> Result<String> {
     if args.has("--force") {
         log::warn!("--force: not checking the health of port {target}");
     } else {
+        let probed = std::time::Instant::now();
         check_target(target, &ctx.config.health, rollback)?;
+        log::debug!("port {target} is healthy ({})", show(probed.elapsed()));
     }
     let switched = signals::critical(|| -> Result<_> {
         let switched = ctx.switcher.switch_to(target)?;

@@ -9,6 +9,7 @@
 //! between the transaction and the record, the rule is what routes traffic. The record only
 //! serves `--rollback` and, when the rule is gone (reboot, `nft flush ruleset`), `--restore`.
 
+use std::cell::Cell;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -16,13 +17,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::nginx::NginxSwitcher;
-use super::{boot_unit, Switched, Switcher};
+use super::{boot_unit, upstreams, Switched, Switcher};
 use crate::config::Config;
 use crate::duration::show;
 use crate::error::{Error, Result};
 use crate::process::resolve_program;
 use crate::state::StateDir;
-use crate::{fsio, procfs};
+use crate::{fsio, procfs, sockdiag};
 
 /// portswap's own table; nothing else in the ruleset is read or written.
 pub const TABLE: &str = "ip portswap";
@@ -197,95 +198,29 @@ impl Nft {
     }
 }
 
-/// Opens a connection to 127.0.0.1:`service_port` and returns the port of the listener that
-/// accepted it: the accepted socket in /proc/net/tcp whose remote port is the probe's own.
-pub fn probe_reaches(service_port: u16) -> Result<u16, String> {
+/// Opens a connection to 127.0.0.1:`service_port` and returns which of `slots` accepted it:
+/// the one with a socket whose remote port is the probe's own.
+pub fn probe_reaches(service_port: u16, slots: [u16; 2]) -> Result<u16, String> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, service_port));
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .map_err(|e| format!("a connection to 127.0.0.1:{service_port} failed: {e}"))?;
     let mine = stream.local_addr().map_err(|e| e.to_string())?.port();
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
-        let accepted = procfs::tcp_sockets().into_iter().find(|s| {
-            s.remote_port == mine && s.local_port != service_port && matches!(s.state, 0x01 | 0x03)
-        });
-        if let Some(socket) = accepted {
-            return Ok(socket.local_port);
+        for slot in slots {
+            match sockdiag::loopback_tcp_state(slot, mine) {
+                Ok(Some(_)) => return Ok(slot),
+                Ok(None) => {}
+                Err(e) => return Err(format!("cannot look the probe's connection up: {e}")),
+            }
         }
         if Instant::now() >= deadline {
             return Err(format!(
-                "a connection to 127.0.0.1:{service_port} was accepted, but no listener's socket \
-                 for it shows in /proc/net/tcp"
+                "a connection to 127.0.0.1:{service_port} was accepted, but by neither slot"
             ));
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-}
-
-/// An `upstream {}` block in nginx's configuration (`nginx -T`) that lists the service port
-/// and may keep idle connections to it: kept connections would stay on the old slot after a
-/// switch. nginx ≥ 1.29.7 keeps them by default, so only `keepalive 0;` counts as off.
-pub fn pooled_upstream(config: &str, service_port: u16) -> Option<String> {
-    let text: String = config
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let targets = [
-        format!("127.0.0.1:{service_port}"),
-        format!("localhost:{service_port}"),
-    ];
-    let mut depth = 0usize;
-    let mut statement = String::new();
-    // (name, depth, lists the service port, keepalive value)
-    let mut upstream: Option<(String, usize, bool, Option<String>)> = None;
-    for c in text.chars() {
-        match c {
-            '{' => {
-                depth += 1;
-                let words: Vec<&str> = statement.split_whitespace().collect();
-                if upstream.is_none() && words.first() == Some(&"upstream") {
-                    let name = words.get(1).unwrap_or(&"").to_string();
-                    upstream = Some((name, depth, false, None));
-                }
-                statement.clear();
-            }
-            ';' => {
-                let words: Vec<&str> = statement.split_whitespace().collect();
-                if let Some((_, at, lists, keepalive)) = upstream.as_mut() {
-                    if *at == depth {
-                        match words.as_slice() {
-                            ["server", addr, ..] if targets.iter().any(|t| t == addr) => {
-                                *lists = true
-                            }
-                            ["keepalive", value, ..] => *keepalive = Some(value.to_string()),
-                            _ => {}
-                        }
-                    }
-                }
-                statement.clear();
-            }
-            '}' => {
-                if let Some((name, at, lists, keepalive)) = upstream.take() {
-                    if at == depth && lists && keepalive.as_deref() != Some("0") {
-                        return Some(format!(
-                            "upstream {name} (server 127.0.0.1:{service_port}, keepalive {})",
-                            keepalive
-                                .as_deref()
-                                .unwrap_or("on by default since nginx 1.29.7")
-                        ));
-                    }
-                    if at != depth {
-                        upstream = Some((name, at, lists, keepalive));
-                    }
-                }
-                depth = depth.saturating_sub(1);
-                statement.clear();
-            }
-            _ => statement.push(c),
-        }
-    }
-    None
 }
 
 /// What both modes need to tell where traffic goes: the include names a slot (reload mode)
@@ -297,6 +232,8 @@ struct Route {
     slots: [u16; 2],
     state: StateDir,
     include: PathBuf,
+    /// The rule as last read by this hook run (which holds the lock), to spare a second `nft`.
+    last_read: Cell<Option<Option<Redirect>>>,
 }
 
 impl Route {
@@ -307,6 +244,7 @@ impl Route {
             slots: [config.slots[0].port, config.slots[1].port],
             state: state.clone(),
             include: config.nginx.include.clone(),
+            last_read: Cell::new(None),
         }
     }
 
@@ -319,7 +257,13 @@ impl Route {
     /// The slot the rule redirects to; an error when the rule is missing while a switch was
     /// recorded (the ruleset was lost: reboot, `nft flush ruleset`) or names no slot.
     fn redirected(&self, nft: &Nft) -> Result<Option<u16>> {
-        match nft.redirect()? {
+        self.judge(nft.redirect()?)
+    }
+
+    /// [`Route::redirected`] for a rule already read.
+    fn judge(&self, read: Option<Redirect>) -> Result<Option<u16>> {
+        self.last_read.set(Some(read));
+        match read {
             Some(r) if r.service_port != self.service_port => Err(Error::State(format!(
                 "nftables table {TABLE} redirects port {}, but switch.service_port is {}; \
                  fix: set switch.service_port back, or `nft delete table {TABLE}` and `switch`",
@@ -385,12 +329,19 @@ impl NftablesSwitcher {
     /// include names a slot, the service port or nothing, and nginx keeps no upstream pool.
     fn preflight(&self) -> Result<bool> {
         let service = self.service_port();
-        if let Some(pid) = procfs::listeners(service).first() {
+        // Binding is the cheap test (TIME_WAIT does not count); /proc only names the holder.
+        let free = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, service)).is_ok();
+        let holder = if free {
+            None
+        } else {
+            procfs::listeners(service).first().copied()
+        };
+        if let Some(pid) = holder {
             return Err(Error::Refused(format!(
                 "port {service} (switch.service_port) is already listened on by pid {pid} ({}); \
                  nginx must proxy to a port nothing listens on: choose another \
                  switch.service_port; nothing changed",
-                procfs::describe(*pid)
+                procfs::describe(pid)
             )));
         }
         let included = self.route.nginx.included_port()?;
@@ -401,57 +352,8 @@ impl NftablesSwitcher {
                 self.route.include.display()
             )));
         }
-        self.refuse_upstream_pool()?;
+        upstreams::refuse_pool(&self.test_command, service)?;
         Ok(included != Some(service))
-    }
-
-    /// Reads nginx's whole configuration (the config test command with `-T`) and refuses an
-    /// upstream pool on the service port. When it cannot be read, says so and goes on.
-    fn refuse_upstream_pool(&self) -> Result<()> {
-        if !self.test_command.iter().any(|a| a == "-t") {
-            log::debug!("nginx.test_command has no -t: upstream keep-alive not checked");
-            return Ok(());
-        }
-        let argv: Vec<&str> = self
-            .test_command
-            .iter()
-            .filter(|a| *a != "-q")
-            .map(|a| if a == "-t" { "-T" } else { a.as_str() })
-            .collect();
-        let dump = resolve_program(argv[0]).and_then(|program| {
-            Command::new(program)
-                .args(&argv[1..])
-                .stdin(Stdio::null())
-                .stderr(Stdio::null())
-                .output()
-                .map_err(|e| Error::Failed(e.to_string()))
-        });
-        match dump {
-            Ok(out) if out.status.success() => {
-                let text = String::from_utf8_lossy(&out.stdout);
-                match pooled_upstream(&text, self.service_port()) {
-                    Some(pool) => Err(Error::Failed(format!(
-                        "nginx keeps upstream connections to the service port: {pool}; they would \
-                         stay on the old slot after a switch; fix: `keepalive 0;` in that block, \
-                         or `proxy_pass $service_url` without an upstream block; nothing changed"
-                    ))),
-                    None => Ok(()),
-                }
-            }
-            other => {
-                let why = match other {
-                    Ok(out) => out.status.to_string(),
-                    Err(e) => e.to_string(),
-                };
-                log::warn!(
-                    "could not read nginx's configuration (`{}`: {why}): make sure no upstream \
-                     block with keepalive points at port {}",
-                    argv.join(" "),
-                    self.service_port()
-                );
-                Ok(())
-            }
-        }
     }
 
     /// The rule must read back as `next`, and a fresh connection must reach the target.
@@ -464,7 +366,7 @@ impl NftablesSwitcher {
                 next.rule()
             )));
         }
-        match probe_reaches(self.service_port()) {
+        match probe_reaches(self.service_port(), self.route.slots) {
             Ok(port) if port == next.slot => Ok(()),
             Ok(port) => Err(Error::Failed(format!(
                 "a fresh connection to port {} reached port {port}, not {}",
@@ -508,8 +410,16 @@ impl Switcher for NftablesSwitcher {
 
     fn switch_to(&self, port: u16) -> Result<Switched> {
         let nft = Nft::find()?;
-        let previous = nft.redirect()?;
+        let previous = match self.route.last_read.take() {
+            Some(read) => read,
+            None => nft.redirect()?,
+        };
+        let checked = Instant::now();
         let needs_include = self.preflight()?;
+        log::debug!(
+            "preflight (service port free, include, nginx upstreams) {}",
+            show(checked.elapsed())
+        );
         let next = Redirect {
             service_port: self.service_port(),
             slot: port,
@@ -604,7 +514,7 @@ impl Switcher for NftablesSwitcher {
 }
 
 /// Reload mode on a host nftables mode may have left behind: while the include still names
-/// the service port, the live port is the rule's; the next switch rewrites the include for a
+/// the service port and portswap's rule exists, the live port is the rule's; the next switch rewrites the include for a
 /// slot and reloads nginx as usual. The rule is left in place (nothing uses the service port
 /// any more, and old workers may still finish requests through it).
 #[derive(Debug, Clone)]
@@ -622,8 +532,16 @@ impl ReloadSwitcher {
 }
 
 impl Switcher for ReloadSwitcher {
+    /// Only a rule portswap wrote counts: without one (no `nft`, no table), an include naming
+    /// the service port is what it always was in reload mode, a port that is no slot.
     fn live_port(&self) -> Result<Option<u16>> {
-        self.route.live_port()
+        if self.route.behind_redirect()? {
+            let read = Nft::find().and_then(|nft| nft.redirect()).ok().flatten();
+            if let Some(redirect) = read.filter(|r| r.service_port == self.route.service_port) {
+                return self.route.judge(Some(redirect));
+            }
+        }
+        self.route.nginx.live_port()
     }
 
     fn switch_to(&self, port: u16) -> Result<Switched> {
@@ -652,29 +570,5 @@ mod tests {
         let two = format!("{listing}\t\tip daddr 127.0.0.1 tcp dport 8080 redirect to :8081\n");
         assert!(Redirect::parse(&two).is_err());
         assert!(Redirect::parse("tcp dport 8080 redirect to :8081").is_err());
-    }
-
-    #[test]
-    fn finds_upstream_pools_on_the_service_port_only() {
-        let plain = "http { server { location / { proxy_pass $service_url; } } }";
-        assert_eq!(pooled_upstream(plain, 8080), None);
-        let pooled = "# configuration file /etc/nginx/nginx.conf:\nhttp {\n upstream app {\n  server 127.0.0.1:8080 max_fails=0; # the service\n  keepalive 16;\n }\n}";
-        let found = pooled_upstream(pooled, 8080).unwrap();
-        assert!(
-            found.contains("upstream app") && found.contains("keepalive 16"),
-            "{found}"
-        );
-        assert_eq!(pooled_upstream(pooled, 9090), None, "another port");
-        let default_on = "upstream app { server localhost:8080; }";
-        assert!(pooled_upstream(default_on, 8080)
-            .unwrap()
-            .contains("1.29.7"));
-        let off = "upstream app { server 127.0.0.1:8080; keepalive 0; }";
-        assert_eq!(pooled_upstream(off, 8080), None);
-        let nested_other =
-            "upstream a { server 10.0.0.1:80; } upstream b { server 127.0.0.1:8080; keepalive 2; }";
-        assert!(pooled_upstream(nested_other, 8080)
-            .unwrap()
-            .contains("upstream b"));
     }
 }
