@@ -107,6 +107,11 @@ impl Probe {
     /// Its answer, waiting at most until [`PROBE_LIMIT`] after the start; an error says why
     /// nothing could be learnt.
     pub fn finish(self) -> Result<NginxInfo, String> {
+        let deadline = self.started + PROBE_LIMIT;
+        self.finish_by(deadline)
+    }
+
+    fn finish_by(self, deadline: Instant) -> Result<NginxInfo, String> {
         let (mut child, mut pipe) = self.run?;
         let mut text = Vec::new();
         let mut buf = [0u8; 8192];
@@ -115,10 +120,13 @@ impl Probe {
                 Ok(0) => break,
                 Ok(n) => text.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    if self.started.elapsed() > PROBE_LIMIT {
+                    if Instant::now() > deadline {
                         let _ = child.kill();
                         let _ = child.wait();
-                        return Err(format!("`nginx -V -T` took over {}", show(PROBE_LIMIT)));
+                        return Err(format!(
+                            "`nginx -V -T` took over {}",
+                            show(deadline.saturating_duration_since(self.started))
+                        ));
                     }
                     thread::sleep(Duration::from_millis(1));
                 }
@@ -146,8 +154,10 @@ impl Probe {
     /// After a reload: with `keepalive_min_timeout` in effect, waits for the old workers'
     /// kept connections ([`wait_for_old_workers`]) and returns what happened; otherwise logs
     /// what nginx told (debug) or why it could not be asked (info), and returns `None`.
+    /// Neither the answer nor the wait goes past `limit`, so the switch keeps its budget.
     pub fn after_reload(self, master: Option<i32>, limit: Instant) -> Option<String> {
-        match self.finish() {
+        let deadline = limit.min(self.started + PROBE_LIMIT);
+        match self.finish_by(deadline) {
             Ok(NginxInfo {
                 min_timeout: Some(t),
                 ..
