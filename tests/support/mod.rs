@@ -8,7 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use portswap_testkit::hooks::{self, yaml_list};
-use portswap_testkit::{bins, net, nginx::NginxSandbox};
+use portswap_testkit::nginx::{self, NginxSandbox};
+use portswap_testkit::{bins, net};
 
 /// What one hook run produced.
 #[derive(Debug)]
@@ -119,6 +120,16 @@ impl Site {
     /// A site whose nginx gets `http_extra(service port)` at `http` level (e.g. an upstream
     /// block).
     pub fn with_nginx(settings: Settings, http_extra: impl FnOnce(u16) -> String) -> Site {
+        Site::using(&nginx::nginx_binary(), http_extra, settings)
+    }
+
+    /// A site whose nginx is the executable `nginx_bin`, with `http_extra(service port)` at
+    /// `http` level.
+    pub fn using(
+        nginx_bin: &Path,
+        http_extra: impl FnOnce(u16) -> String,
+        settings: Settings,
+    ) -> Site {
         bins::ensure_built();
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path();
@@ -128,7 +139,8 @@ impl Site {
         fs::copy(bins::bin("fixture-app"), root.join("revision/fixture-app"))
             .expect("copy fixture-app");
         let service_port = net::free_port();
-        let nginx = NginxSandbox::start_with(
+        let nginx = NginxSandbox::start_using(
+            nginx_bin,
             &root.join("nginx"),
             &root.join("service-url.inc"),
             &http_extra(service_port),

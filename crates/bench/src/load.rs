@@ -106,6 +106,9 @@ pub struct Sample {
     /// avoidable by a pool that checks idle connections; one without it is a true race
     /// (closed while the request was on its way).
     pub closed_before_send: bool,
+    /// When the connection that carried the (last) attempt was opened, since the origin:
+    /// tells an answer on a connection kept from before a switch from one on a fresh one.
+    pub conn_opened: Duration,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -142,9 +145,11 @@ fn already_closed(stream: &TcpStream) -> bool {
 struct Conn {
     reader: BufReader<TcpStream>,
     reused: bool,
+    opened: Duration,
 }
 
-fn connect(addr: SocketAddr) -> io::Result<Conn> {
+fn connect(addr: SocketAddr, origin: Instant) -> io::Result<Conn> {
+    let opened = origin.elapsed();
     let stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
@@ -152,6 +157,7 @@ fn connect(addr: SocketAddr) -> io::Result<Conn> {
     Ok(Conn {
         reader: BufReader::new(stream),
         reused: false,
+        opened,
     })
 }
 
@@ -206,21 +212,29 @@ struct Attempt {
     retried: bool,
     reused: bool,
     closed_before_send: bool,
+    conn_opened: Duration,
 }
 
-/// One request as `behaviour` makes it, on the connection kept in `slot`.
-fn request(addr: SocketAddr, behaviour: Behaviour, slot: &mut Option<Conn>) -> Attempt {
+/// One request as `behaviour` makes it, on the connection kept in `slot` (times since
+/// `origin`).
+fn request(
+    addr: SocketAddr,
+    behaviour: Behaviour,
+    slot: &mut Option<Conn>,
+    origin: Instant,
+) -> Attempt {
     let close = behaviour == Behaviour::NewConnection;
     let mut attempt = Attempt {
         outcome: Outcome::Other,
         retried: false,
         reused: false,
         closed_before_send: false,
+        conn_opened: origin.elapsed(),
     };
     // At most two passes: the first attempt and, for behaviour 2, one resend.
     for pass in 0..2 {
         if slot.is_none() {
-            match connect(addr) {
+            match connect(addr, origin) {
                 Ok(conn) => *slot = Some(conn),
                 Err(e) => {
                     attempt.outcome = classify(&e);
@@ -229,6 +243,7 @@ fn request(addr: SocketAddr, behaviour: Behaviour, slot: &mut Option<Conn>) -> A
             }
         }
         let conn = slot.as_mut().expect("connected");
+        attempt.conn_opened = conn.opened;
         let reused = conn.reused;
         conn.reused = true;
         if pass == 0 {
@@ -337,7 +352,7 @@ fn client(
         }
         next += interval;
         let sent = origin.elapsed();
-        let attempt = request(addr, behaviour, &mut slot);
+        let attempt = request(addr, behaviour, &mut slot, origin);
         samples.push(Sample {
             sent,
             done: origin.elapsed(),
@@ -345,6 +360,7 @@ fn client(
             retried: attempt.retried,
             reused: attempt.reused,
             closed_before_send: attempt.closed_before_send,
+            conn_opened: attempt.conn_opened,
         });
     }
     samples
@@ -410,11 +426,11 @@ mod tests {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         for behaviour in Behaviour::ALL {
             let mut slot = None;
-            let first = request(addr, behaviour, &mut slot);
+            let first = request(addr, behaviour, &mut slot, Instant::now());
             assert_eq!(first.outcome, Outcome::Ok("t".into()), "{behaviour:?}");
             assert!(!first.reused && !first.retried);
             sleep(Duration::from_millis(20)); // the server's FIN arrives
-            let second = request(addr, behaviour, &mut slot);
+            let second = request(addr, behaviour, &mut slot, Instant::now());
             match behaviour {
                 Behaviour::NewConnection => {
                     assert_eq!(second.outcome, Outcome::Ok("t".into()));
@@ -441,7 +457,7 @@ mod tests {
     #[test]
     fn nothing_listening_is_a_connect_error() {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let attempt = request(addr, Behaviour::KeepAliveRetry, &mut None);
+        let attempt = request(addr, Behaviour::KeepAliveRetry, &mut None, Instant::now());
         assert_eq!(attempt.outcome, Outcome::Connect);
     }
 

@@ -3,8 +3,20 @@
 use std::fmt::Write;
 use std::time::Duration;
 
+use serde_json::{json, Value};
+
 use crate::load::Behaviour;
-use crate::stats::{BehaviourStats, Spread};
+use crate::stats::{BehaviourStats, Bin, OldAnswers, Spread};
+
+/// Requests per 10 ms around one switch of a phase, for its SVG.
+#[derive(Debug, Clone)]
+pub struct Timeline {
+    /// The deployment whose switch it shows.
+    pub deployment: String,
+    /// How long that `switch` ran.
+    pub switch_took: Duration,
+    pub bins: Vec<Bin>,
+}
 
 /// The results of one deployment method under load.
 #[derive(Debug, Clone)]
@@ -21,6 +33,15 @@ pub struct Phase {
     pub last_old_answer: Spread,
     /// Requests sent after a switch finished that the old version answered.
     pub stale: usize,
+    /// Old-version answers split by connection: fresh after the switch (must be 0) or kept
+    /// from before it.
+    pub old_answers: OldAnswers,
+    /// Per deployment: old-version answers on connections opened after its switch returned.
+    pub fresh_per_deployment: Vec<usize>,
+    /// Per switch with any: the send time (from the switch start) of the last old-version
+    /// answer on a kept connection.
+    pub last_on_kept: Spread,
+    pub timeline: Option<Timeline>,
     pub behaviours: Vec<BehaviourStats>,
 }
 
@@ -47,27 +68,6 @@ fn ms(d: Duration) -> String {
 
 fn spread(s: &Spread) -> String {
     format!("{} / {} / {} ms", ms(s.p50), ms(s.p99), ms(s.max))
-}
-
-/// A JSON string literal.
-fn js(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// The bench's targets (issue 4), with the numbers of a report.
@@ -156,6 +156,33 @@ impl Report {
                 met: p.stale == 0,
             });
         }
+        for p in self.phases.iter().filter(|p| p.name != "legacy scripts") {
+            if p.name != "reload" {
+                let failed: Vec<usize> = p.behaviours.iter().map(|b| b.failed()).collect();
+                out.push(Target {
+                    what: format!(
+                        "{}: 0 failed requests in all three client behaviours",
+                        p.name
+                    ),
+                    measured: format!(
+                        "{failed:?} over {} deployments ({} succeeded)",
+                        p.deployments, p.succeeded
+                    ),
+                    met: failed.iter().all(|n| *n == 0) && p.succeeded == p.deployments,
+                });
+            }
+            out.push(Target {
+                what: format!(
+                    "{}: 0 answers by the old version on a connection opened after the switch",
+                    p.name
+                ),
+                measured: format!(
+                    "{} (on kept connections: {})",
+                    p.old_answers.on_fresh_connection, p.old_answers.on_kept_connection
+                ),
+                met: p.old_answers.on_fresh_connection == 0,
+            });
+        }
         let crashes: Vec<Duration> = self
             .crash_reports
             .iter()
@@ -223,7 +250,8 @@ impl Report {
                 ms(*version)
             );
         }
-        if let (Some(new), Some(old)) = (self.phases.first(), self.phases.get(1)) {
+        let named = |name: &str| self.phases.iter().find(|p| p.name == name);
+        if let (Some(new), Some(old)) = (named("reload"), named("legacy scripts")) {
             let _ = writeln!(out, "\nlegacy / portswap:");
             let pairs = [
                 ("deploy wall time p50", old.wall.p50, new.wall.p50),
@@ -255,6 +283,28 @@ impl Report {
                 ratio(a, b),
                 ms(a),
                 ms(b)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nside by side: failed (new connection / keep-alive+retry / keep-alive no retry), \
+             switch p50, first new answer p50, old answers on fresh / kept connections"
+        );
+        for p in &self.phases {
+            let failed: Vec<String> = p
+                .behaviours
+                .iter()
+                .map(|b| b.failed().to_string())
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {:<32} {:<12} {:>8} ms {:>8} ms  {} / {}",
+                p.name,
+                failed.join(" / "),
+                ms(p.hook("switch").p50),
+                ms(p.first_new_answer.p50),
+                p.old_answers.on_fresh_connection,
+                p.old_answers.on_kept_connection
             );
         }
         let _ = writeln!(out, "\ntargets:");
@@ -305,6 +355,16 @@ impl Report {
         );
         let _ = writeln!(
             out,
+            "answered by the old version, on a connection opened after the switch returned: {} \
+             (must be 0); on a connection kept from before the switch, once the new version answered: {} (last \
+             sent p50/max {} / {} ms after the switch started)",
+            phase.old_answers.on_fresh_connection,
+            phase.old_answers.on_kept_connection,
+            ms(phase.last_on_kept.p50),
+            ms(phase.last_on_kept.max)
+        );
+        let _ = writeln!(
+            out,
             "{:<46} {:>8} {:>7} {:>7}  {:<30} {:<28} around switches (±0.5 s)",
             "client behaviour",
             "requests",
@@ -314,12 +374,6 @@ impl Report {
             "latency p50/p99/max",
         );
         for b in &phase.behaviours {
-            let kinds: Vec<String> = b
-                .failures
-                .iter()
-                .filter(|(_, n)| *n > 0)
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
             let _ = writeln!(
                 out,
                 "{:<46} {:>8} {:>7} {:>7}  {:<30} {:<28} {}",
@@ -327,13 +381,23 @@ impl Report {
                 b.requests,
                 b.failed(),
                 b.retries,
-                if kinds.is_empty() {
-                    "-".to_string()
-                } else {
-                    kinds.join(", ")
-                },
+                b.kinds_text(),
                 spread(&b.latency),
                 spread(&b.around_switch)
+            );
+        }
+        let broken: Vec<String> = phase
+            .fresh_per_deployment
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, n)| format!("deployment {}: {n}", i + 1))
+            .collect();
+        if !broken.is_empty() {
+            let _ = writeln!(
+                out,
+                "  old answers on connections opened after the switch returned, by deployment: {}",
+                broken.join(", ")
             );
         }
         for b in phase.behaviours.iter().filter(|b| b.failed() > 0) {
@@ -366,119 +430,99 @@ impl Report {
 
     /// The same numbers as JSON.
     pub fn json(&self) -> String {
-        let s = |d: &Spread| {
-            format!(
-                "{{\"p50_ms\": {}, \"p99_ms\": {}, \"max_ms\": {}}}",
-                ms(d.p50),
-                ms(d.p99),
-                ms(d.max)
-            )
-        };
-        let mut phases = Vec::new();
-        for p in &self.phases {
-            let hooks: Vec<String> = p
-                .hooks
-                .iter()
-                .map(|(h, d)| format!("{}: {}", js(h), s(d)))
-                .collect();
-            let behaviours: Vec<String> = p
-                .behaviours
-                .iter()
-                .map(|b| {
-                    let kinds: Vec<String> = b
-                        .failures
-                        .iter()
-                        .map(|(k, n)| format!("{}: {n}", js(k)))
-                        .collect();
-                    let per: Vec<String> = b
-                        .failures_per_deployment
-                        .iter()
-                        .map(|n| n.to_string())
-                        .collect();
-                    format!(
-                        "{}: {{\"label\": {}, \"requests\": {}, \"ok\": {}, \"failed\": {}, \
-                         \"retried\": {}, \"failures\": {{{}}}, \"failed_on_reused\": {}, \
-                         \"failed_closed_before_send\": {}, \"failure_offset_after_switch_start\": {}, \
-                         \"failures_away_from_switch\": {}, \"latency\": {}, \"around_switch\": {}, \
-                         \"failures_per_deployment\": [{}]}}",
-                        js(b.behaviour.key()),
-                        js(b.behaviour.label()),
-                        b.requests,
-                        b.ok,
-                        b.failed(),
-                        b.retries,
-                        kinds.join(", "),
-                        b.failed_on_reused,
-                        b.failed_closed_before_send,
-                        s(&b.failure_offsets),
-                        b.failures_away_from_switch,
-                        s(&b.latency),
-                        s(&b.around_switch),
-                        per.join(", ")
-                    )
-                })
-                .collect();
-            phases.push(format!(
-                "{}: {{\"deployments\": {}, \"succeeded\": {}, \"deploy_wall\": {}, \"hooks\": {{{}}}, \
-                 \"switch_first_new_answer\": {}, \"switch_last_old_answer\": {}, \
-                 \"stale_after_switch\": {}, \"clients\": {{{}}}}}",
-                js(p.name),
-                p.deployments,
-                p.succeeded,
-                s(&p.wall),
-                hooks.join(", "),
-                s(&p.first_new_answer),
-                s(&p.last_old_answer),
-                p.stale,
-                behaviours.join(", ")
-            ));
-        }
-        let crashes: Vec<String> = self
+        let s = |d: &Spread| json!({"p50_ms": millis(d.p50), "p99_ms": millis(d.p99), "max_ms": millis(d.max)});
+        let phases: serde_json::Map<String, Value> = self
+            .phases
+            .iter()
+            .map(|p| {
+                let hooks: serde_json::Map<String, Value> =
+                    p.hooks.iter().map(|(h, d)| (h.to_string(), s(d))).collect();
+                let clients: serde_json::Map<String, Value> = p
+                    .behaviours
+                    .iter()
+                    .map(|b| {
+                        let value = json!({
+                            "label": b.behaviour.label(),
+                            "requests": b.requests,
+                            "ok": b.ok,
+                            "failed": b.failed(),
+                            "retried": b.retries,
+                            "failures": b.kinds_json(),
+                            "failed_on_reused": b.failed_on_reused,
+                            "failed_closed_before_send": b.failed_closed_before_send,
+                            "failure_offset_after_switch_start": s(&b.failure_offsets),
+                            "failures_away_from_switch": b.failures_away_from_switch,
+                            "latency": s(&b.latency),
+                            "around_switch": s(&b.around_switch),
+                            "failures_per_deployment": b.failures_per_deployment,
+                        });
+                        (b.behaviour.key().to_string(), value)
+                    })
+                    .collect();
+                let timeline = p.timeline.as_ref().map(|t| {
+                    json!({
+                        "deployment": t.deployment,
+                        "switch_ms": millis(t.switch_took),
+                        "bins_10ms": t.bins.iter().map(|b| json!({
+                            "at_ms": b.at_ms, "old": b.old, "new": b.new, "failed": b.failed
+                        })).collect::<Vec<_>>(),
+                    })
+                });
+                let value = json!({
+                    "deployments": p.deployments,
+                    "succeeded": p.succeeded,
+                    "deploy_wall": s(&p.wall),
+                    "hooks": hooks,
+                    "switch_first_new_answer": s(&p.first_new_answer),
+                    "switch_last_old_answer": s(&p.last_old_answer),
+                    "stale_after_switch": p.stale,
+                    "old_answer_on_connection_opened_after_switch": p.old_answers.on_fresh_connection,
+                    "old_answer_on_connection_kept_from_before": p.old_answers.on_kept_connection,
+                    "old_answer_on_connection_opened_after_switch_per_deployment":
+                        p.fresh_per_deployment,
+                    "last_old_answer_on_kept_connection": s(&p.last_on_kept),
+                    "clients": clients,
+                    "timeline": timeline,
+                });
+                (p.name.to_string(), value)
+            })
+            .collect();
+        let crashes: Vec<Value> = self
             .crash_reports
             .iter()
-            .map(|(m, w, d)| {
-                format!(
-                    "{{\"method\": {}, \"case\": {}, \"ms\": {}}}",
-                    js(m),
-                    js(w),
-                    ms(*d)
-                )
-            })
+            .map(|(m, w, d)| json!({"method": m, "case": w, "ms": millis(*d)}))
             .collect();
-        let binaries: Vec<String> = self
+        let binaries: serde_json::Map<String, Value> = self
             .binaries
             .iter()
-            .map(|(n, b, v)| format!("{}: {{\"bytes\": {b}, \"version_ms\": {}}}", js(n), ms(*v)))
+            .map(|(n, b, v)| (n.clone(), json!({"bytes": b, "version_ms": millis(*v)})))
             .collect();
-        let targets: Vec<String> = self
+        let targets: Vec<Value> = self
             .targets()
             .iter()
-            .map(|t| {
-                format!(
-                    "{{\"target\": {}, \"measured\": {}, \"met\": {}}}",
-                    js(&t.what),
-                    js(&t.measured),
-                    t.met
-                )
-            })
+            .map(|t| json!({"target": t.what, "measured": t.measured, "met": t.met}))
             .collect();
-        let nginx: Vec<String> = self.nginx.iter().map(|d| js(d)).collect();
-        format!(
-            "{{\"machine\": {}, \"command\": {}, \"rate\": {}, \"connections\": {}, \
-             \"nginx_directives\": [{}], \"ready_ms\": {}, \"phases\": {{{}}}, \
-             \"crash_reports\": [{}], \"binaries\": {{{}}}, \"targets\": [{}]}}\n",
-            js(&self.machine),
-            js(&self.command),
-            self.rate,
-            self.connections,
-            nginx.join(", "),
-            self.ready.as_millis(),
-            phases.join(", "),
-            crashes.join(", "),
-            binaries.join(", "),
-            targets.join(", ")
-        )
+        let report = json!({
+            "machine": self.machine,
+            "command": self.command,
+            "rate": self.rate,
+            "connections": self.connections,
+            "nginx_directives": self.nginx,
+            "ready_ms": self.ready.as_millis() as u64,
+            "phases": phases,
+            "crash_reports": crashes,
+            "binaries": binaries,
+            "targets": targets,
+        });
+        let mut text = serde_json::to_string_pretty(&report).expect("JSON of plain values");
+        text.push('\n');
+        text
     }
+}
+
+/// Milliseconds with one decimal, as a JSON number.
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
 #[cfg(test)]
@@ -486,65 +530,6 @@ mod tests {
     use super::*;
     use crate::load::{Outcome, Sample};
     use crate::stats::{behaviour_stats, Marks};
-
-    /// A strict-enough JSON checker: returns the rest after one value, or an error.
-    fn value(s: &str) -> Result<&str, String> {
-        let s = s.trim_start();
-        let mut chars = s.chars();
-        match chars.next() {
-            Some('{') => members(&s[1..], '}', true),
-            Some('[') => members(&s[1..], ']', false),
-            Some('"') => string(s),
-            Some('t') if s.starts_with("true") => Ok(&s[4..]),
-            Some('f') if s.starts_with("false") => Ok(&s[5..]),
-            Some('n') if s.starts_with("null") => Ok(&s[4..]),
-            Some(c) if c == '-' || c.is_ascii_digit() => {
-                let end = s
-                    .find(|c: char| !(c.is_ascii_digit() || "+-.eE".contains(c)))
-                    .unwrap_or(s.len());
-                s[..end]
-                    .parse::<f64>()
-                    .map_err(|e| format!("{e}: {s:.20}"))?;
-                Ok(&s[end..])
-            }
-            _ => Err(format!("unexpected: {s:.30}")),
-        }
-    }
-
-    fn string(s: &str) -> Result<&str, String> {
-        let mut escaped = false;
-        for (i, c) in s.char_indices().skip(1) {
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => return Ok(&s[i + 1..]),
-                (false, c) if (c as u32) < 0x20 => return Err("control char".into()),
-                _ => {}
-            }
-        }
-        Err("unterminated string".into())
-    }
-
-    fn members(mut s: &str, close: char, keys: bool) -> Result<&str, String> {
-        s = s.trim_start();
-        if let Some(rest) = s.strip_prefix(close) {
-            return Ok(rest);
-        }
-        loop {
-            if keys {
-                s = string(s.trim_start())?.trim_start();
-                s = s.strip_prefix(':').ok_or(format!("no colon: {s:.30}"))?;
-            }
-            s = value(s)?.trim_start();
-            if let Some(rest) = s.strip_prefix(',') {
-                s = rest;
-            } else if let Some(rest) = s.strip_prefix(close) {
-                return Ok(rest);
-            } else {
-                return Err(format!("expected , or {close}: {s:.30}"));
-            }
-        }
-    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -558,6 +543,7 @@ mod tests {
             retried: false,
             reused,
             closed_before_send: reused,
+            conn_opened: ms(if reused { 0 } else { sent }),
         }
     }
 
@@ -610,6 +596,14 @@ mod tests {
                 first_new_answer: spread,
                 last_old_answer: spread,
                 stale: 0,
+                old_answers: OldAnswers {
+                    on_fresh_connection: 0,
+                    on_kept_connection: 3,
+                    last_on_kept: Some(ms(40)),
+                },
+                fresh_per_deployment: vec![0, 0],
+                last_on_kept: spread,
+                timeline: None,
                 behaviours: vec![stats],
             }],
             crash_reports: vec![("portswap", "new app exits at once", ms(60))],
@@ -620,12 +614,22 @@ mod tests {
     #[test]
     fn json_is_valid_and_escaped() {
         let json = report().json();
-        let rest = value(&json).unwrap_or_else(|e| panic!("{e}\n{json}"));
-        assert!(rest.trim().is_empty(), "trailing: {rest}");
-        assert!(json.contains(r#""machine": "2 cores, \"quoted\" CPU\\model, nginx/1.22.1""#));
-        assert!(json.contains(r#""failures_per_deployment": [1, 2]"#));
-        assert!(json.contains(r#""nginx_directives": ["keepalive_timeout 0"]"#));
-        assert!(json.contains(r#""met": true"#));
+        let v: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}\n{json}"));
+        assert_eq!(v["machine"], "2 cores, \"quoted\" CPU\\model, nginx/1.22.1");
+        let phase = &v["phases"]["portswap"];
+        assert_eq!(
+            phase["clients"]["keepalive_no_retry"]["failures_per_deployment"],
+            json!([1, 2])
+        );
+        assert_eq!(phase["old_answer_on_connection_opened_after_switch"], 0);
+        assert_eq!(phase["old_answer_on_connection_kept_from_before"], 3);
+        assert_eq!(phase["switch_first_new_answer"]["p50_ms"], 10.0);
+        assert_eq!(v["nginx_directives"], json!(["keepalive_timeout 0"]));
+        assert!(v["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["met"] == true));
     }
 
     #[test]

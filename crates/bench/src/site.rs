@@ -2,7 +2,7 @@
 //! portswap.yml, and the real hook binaries run the way the agent runs them.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use portswap_testkit::hooks::{self, yaml_list};
@@ -26,6 +26,7 @@ pub struct HookRun {
 /// A temporary host for one bench phase.
 pub struct Site {
     name: &'static str,
+    switch_yaml: String,
     hook_logs: Option<PathBuf>,
     dir: tempfile::TempDir,
     /// The sandboxed nginx.
@@ -35,23 +36,43 @@ pub struct Site {
 }
 
 impl Site {
-    /// A new host with its own nginx (with the extra http-level `directives`) and free
-    /// ports; with `hook_logs`, hooks run with `RUST_LOG=debug` and their stderr is kept
-    /// there as `<name>-<deployment>-<hook>.log`.
-    pub fn new(name: &'static str, directives: &[String], hook_logs: Option<PathBuf>) -> Site {
-        let nginx_extra: String = directives
+    /// A new host with its own nginx (the executable `nginx`, with the extra http-level
+    /// `directives`) and free ports, switching the way `switch_yaml` (a `switch:` section,
+    /// or empty for nginx reloads) says; with `hook_logs`, hooks run with `RUST_LOG=debug`
+    /// and their stderr is kept there as `<name>-<deployment>-<hook>.log`. With `listen_also`
+    /// (`ADDRESS:PORT`), nginx also serves the app there (a host behind a load balancer).
+    pub fn new(
+        name: &'static str,
+        nginx: &Path,
+        directives: &[String],
+        switch_yaml: String,
+        hook_logs: Option<PathBuf>,
+        listen_also: Option<String>,
+    ) -> Site {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut nginx_extra: String = directives
             .iter()
             .map(|d| format!("{};\n", d.trim().trim_end_matches(';')))
             .collect();
+        if let Some(address) = listen_also {
+            // The sandbox's include glob trick: matches nothing until the first switch.
+            let include = dir.path().join("service-url.in[c]");
+            nginx_extra += &format!(
+                "server {{ listen {address}; set $service_url http://127.0.0.1:1; \
+                 include \"{}\"; location / {{ proxy_pass $service_url; \
+                 proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n",
+                include.display()
+            );
+        }
         bins::ensure_built();
-        let dir = tempfile::tempdir().expect("temp dir");
         fs::create_dir_all(dir.path().join("revision")).expect("revision dir");
         fs::copy(
             bins::bin("fixture-app"),
             dir.path().join("revision/fixture-app"),
         )
         .expect("copy fixture-app");
-        let nginx = NginxSandbox::start_with(
+        let nginx = NginxSandbox::start_using(
+            nginx,
             &dir.path().join("nginx"),
             &dir.path().join("service-url.inc"),
             &nginx_extra,
@@ -62,6 +83,7 @@ impl Site {
         let ports = [net::free_port(), net::free_port()];
         Site {
             name,
+            switch_yaml,
             hook_logs,
             dir,
             nginx,
@@ -93,12 +115,13 @@ impl Site {
              app:\n  artifacts: [\"revision/fixture-app\"]\n  command: {}\n\
              health:\n  path: /health\n  timeout: 30s\n\
              nginx:\n  include: service-url.inc\n  test_command: {}\n  pid_file: {}\n\
-             stop:\n  grace: 5s\nstate:\n  dir: state\n  lock_wait: 5s\n",
+             stop:\n  grace: 5s\nstate:\n  dir: state\n  lock_wait: 5s\n{}",
             self.ports[0],
             self.ports[1],
             yaml_list(&command),
             yaml_list(&self.nginx.test_command()),
             self.nginx.pid_file().display(),
+            self.switch_yaml,
         );
         fs::write(self.config(), text).expect("write portswap.yml");
     }

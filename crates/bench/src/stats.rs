@@ -66,6 +66,30 @@ impl BehaviourStats {
     pub fn failed(&self) -> usize {
         self.failures.iter().map(|(_, n)| n).sum()
     }
+
+    /// `{"status": 0, "reset": 1, ...}`: the count of each failure kind.
+    pub fn kinds_json(&self) -> serde_json::Value {
+        self.failures
+            .iter()
+            .map(|(k, n)| (k.to_string(), serde_json::Value::from(*n)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+
+    /// `reset 1, closed 3`, or `-` when nothing failed.
+    pub fn kinds_text(&self) -> String {
+        let kinds: Vec<String> = self
+            .failures
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        if kinds.is_empty() {
+            "-".into()
+        } else {
+            kinds.join(", ")
+        }
+    }
 }
 
 /// Where each deployment starts and where its switch starts and ends, since the origin.
@@ -74,6 +98,20 @@ pub struct Marks {
     pub deploy_start: Duration,
     pub switch_start: Option<Duration>,
     pub switch_end: Option<Duration>,
+}
+
+/// The marks of each deployment's hook runs (in CodeDeploy order).
+pub fn marks(runs: &[Vec<HookRun>]) -> Vec<Marks> {
+    runs.iter()
+        .map(|r| {
+            let switch = r.iter().find(|h| h.hook == "switch");
+            Marks {
+                deploy_start: r[0].started,
+                switch_start: switch.map(|s| s.started),
+                switch_end: switch.map(|s| s.started + s.took),
+            }
+        })
+        .collect()
 }
 
 /// Summarises one behaviour's samples against the deployments' marks.
@@ -197,6 +235,86 @@ pub fn stale_after(all: &[&Sample], switch_end: Duration, until: Duration, versi
         .count()
 }
 
+/// Answers by another version than `version` to requests sent after a switch, split by the
+/// connection that carried them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OldAnswers {
+    /// Sent after the switch returned, on a connection opened after it returned: must be 0.
+    pub on_fresh_connection: usize,
+    /// Sent once the new version answered (after the first request it answered was sent),
+    /// on a connection kept from before the switch started: nginx with
+    /// `keepalive_min_timeout` answers one more request on each from the old worker.
+    pub on_kept_connection: usize,
+    /// The latest send time, from the switch start, of those on kept connections.
+    pub last_on_kept: Option<Duration>,
+}
+
+/// [`OldAnswers`] for the switch from `start` to `end`, looking at requests sent before
+/// `until` (the next switch).
+pub fn old_answers(
+    all: &[&Sample],
+    (start, end, until): (Duration, Duration, Duration),
+    version: &str,
+) -> OldAnswers {
+    let in_range = || all.iter().filter(|s| s.sent >= start && s.sent < until);
+    let switched = in_range()
+        .filter(|s| s.outcome == Outcome::Ok(version.to_string()))
+        .map(|s| s.sent)
+        .min()
+        .unwrap_or(until);
+    let old = in_range().filter(|s| matches!(&s.outcome, Outcome::Ok(v) if v != version));
+    let mut out = OldAnswers::default();
+    for s in old {
+        if s.sent >= end && s.conn_opened >= end {
+            out.on_fresh_connection += 1;
+        }
+        if s.conn_opened < start && s.sent >= switched {
+            out.on_kept_connection += 1;
+            out.last_on_kept = out.last_on_kept.max(Some(s.sent - start));
+        }
+    }
+    out
+}
+
+/// One 10 ms bin of a [`timeline`]: requests sent in it, by who answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bin {
+    /// The bin's start, in ms from the switch start (negative before it).
+    pub at_ms: i64,
+    pub old: usize,
+    pub new: usize,
+    pub failed: usize,
+}
+
+/// Requests per 10 ms from `before` ahead of a switch start to `after` it, by who answered.
+pub fn timeline(
+    all: &[&Sample],
+    switch_start: Duration,
+    version: &str,
+    (before, after): (Duration, Duration),
+) -> Vec<Bin> {
+    let width = 10u128;
+    let first = switch_start.saturating_sub(before);
+    let count = ((before + after).as_millis() / width) as usize;
+    let offset = first.as_millis() as i64 - switch_start.as_millis() as i64;
+    let mut bins: Vec<Bin> = (0..count)
+        .map(|i| Bin {
+            at_ms: offset + (i as i64) * width as i64,
+            ..Bin::default()
+        })
+        .collect();
+    for s in all.iter().filter(|s| s.sent >= first) {
+        let i = ((s.sent - first).as_millis() / width) as usize;
+        let Some(b) = bins.get_mut(i) else { continue };
+        match &s.outcome {
+            Outcome::Ok(v) if v == version => b.new += 1,
+            Outcome::Ok(_) => b.old += 1,
+            _ => b.failed += 1,
+        }
+    }
+    bins
+}
+
 /// p50 and max of each hook's durations, in CodeDeploy order.
 pub fn hook_spreads(runs: &[Vec<HookRun>]) -> Vec<(&'static str, Spread)> {
     ["stop", "start", "health", "switch"]
@@ -224,5 +342,49 @@ mod tests {
         assert_eq!(percentile(&v, 0.99), Duration::from_millis(99));
         assert_eq!(percentile(&v, 1.0), Duration::from_millis(100));
         assert_eq!(percentile(&[], 0.5), Duration::ZERO);
+    }
+
+    fn answered(sent: u64, opened: u64, version: &str) -> Sample {
+        Sample {
+            sent: Duration::from_millis(sent),
+            done: Duration::from_millis(sent + 1),
+            outcome: Outcome::Ok(version.into()),
+            retried: false,
+            reused: opened < sent,
+            closed_before_send: false,
+            conn_opened: Duration::from_millis(opened),
+        }
+    }
+
+    #[test]
+    fn old_answers_split_fresh_from_kept_connections() {
+        let ms = Duration::from_millis;
+        let samples = [
+            answered(90, 10, "v0"),   // before the switch
+            answered(102, 10, "v0"),  // kept connection, before the new version answered
+            answered(104, 104, "v1"), // the first answer by the new version
+            answered(105, 10, "v0"),  // kept connection, after it
+            answered(140, 20, "v0"),  // kept connection, after the switch returned
+            answered(150, 150, "v0"), // fresh connection after it returned: a broken promise
+            answered(151, 151, "v1"),
+            answered(400, 10, "v0"), // after the next switch started: not this one's
+        ];
+        let all: Vec<&Sample> = samples.iter().collect();
+        let old = old_answers(&all, (ms(100), ms(130), ms(300)), "v1");
+        assert_eq!(
+            old,
+            OldAnswers {
+                on_fresh_connection: 1,
+                on_kept_connection: 2,
+                last_on_kept: Some(ms(40)),
+            }
+        );
+        let bins = timeline(&all, ms(100), "v1", (ms(20), ms(60)));
+        assert_eq!(bins.len(), 8);
+        assert_eq!((bins[0].at_ms, bins[0].old), (-20, 0));
+        assert_eq!((bins[1].at_ms, bins[1].old), (-10, 1));
+        assert_eq!((bins[2].at_ms, bins[2].old, bins[2].new), (0, 2, 1));
+        assert_eq!((bins[6].at_ms, bins[6].old), (40, 1));
+        assert_eq!((bins[7].at_ms, bins[7].old, bins[7].new), (50, 1, 1));
     }
 }

@@ -17,12 +17,35 @@ use crate::net::{free_port, http_get_timeout, wait_until};
 /// for it to exit after SIGQUIT.
 pub const NGINX_DEADLINE: Duration = Duration::from_secs(10);
 
-/// The nginx executable: `$PORTSWAP_TESTKIT_NGINX`, else `/usr/sbin/nginx`, else `nginx` on
-/// `PATH`. Panics, saying how to install it, when there is none.
-pub fn nginx_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("PORTSWAP_TESTKIT_NGINX") {
-        return PathBuf::from(p);
+/// The environment variable naming a newer nginx (>= 1.27.4, for `keepalive_min_timeout`)
+/// that the tests and the bench use where they need one; `.ci/run` sets it when available.
+pub const NEWER_NGINX_VAR: &str = "PORTSWAP_TESTKIT_NGINX";
+
+/// The newer nginx named by [`NEWER_NGINX_VAR`], when set to an existing file.
+pub fn newer_nginx() -> Option<PathBuf> {
+    std::env::var_os(NEWER_NGINX_VAR)
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+}
+
+/// The newer nginx, or `None` after printing `SKIPPED: <what> (needs ...)` for a test that
+/// cannot run without it: written to stderr directly, so it shows in the normal output of
+/// `cargo test` (the harness captures only the print macros).
+pub fn newer_nginx_or_skip(what: &str) -> Option<PathBuf> {
+    let found = newer_nginx();
+    if found.is_none() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: {what} (needs nginx >= 1.27.4: set {NEWER_NGINX_VAR})"
+        );
     }
+    found
+}
+
+/// The system's nginx (the distribution package the suite runs against): `/usr/sbin/nginx`,
+/// else `nginx` on `PATH`. Panics, saying how to install it, when there is none. A newer
+/// nginx is used only where asked for, through [`newer_nginx`].
+pub fn nginx_binary() -> PathBuf {
     let mut candidates = vec![PathBuf::from("/usr/sbin/nginx")];
     if let Some(path) = std::env::var_os("PATH") {
         candidates.extend(std::env::split_paths(&path).map(|d| d.join("nginx")));
@@ -35,7 +58,7 @@ pub fn nginx_binary() -> PathBuf {
             panic!(
                 "testkit: nginx not found (looked at /usr/sbin/nginx and PATH); \
                  install it with `apt-get install -y nginx` (Debian/Ubuntu) or \
-                 `dnf install -y nginx` (Amazon Linux), or set PORTSWAP_TESTKIT_NGINX"
+                 `dnf install -y nginx` (Amazon Linux)"
             )
         })
 }
@@ -87,7 +110,18 @@ impl NginxSandbox {
     /// Like [`NginxSandbox::start`], with extra directives at `http` level (e.g.
     /// `keepalive_timeout 0;`), for experiments with nginx settings.
     pub fn start_with(dir: &Path, include_file: &Path, http_extra: &str) -> NginxSandbox {
-        let nginx = nginx_binary();
+        NginxSandbox::start_using(&nginx_binary(), dir, include_file, http_extra)
+    }
+
+    /// Like [`NginxSandbox::start_with`], running the nginx executable `nginx` (e.g.
+    /// [`newer_nginx`]).
+    pub fn start_using(
+        nginx: &Path,
+        dir: &Path,
+        include_file: &Path,
+        http_extra: &str,
+    ) -> NginxSandbox {
+        let nginx = nginx.to_path_buf();
         fs::create_dir_all(dir).expect("testkit: create sandbox directory");
         let dir = dir
             .canonicalize()

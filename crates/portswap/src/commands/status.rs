@@ -7,7 +7,7 @@ use crate::config::By;
 use crate::error::Result;
 use crate::procfs;
 use crate::state;
-use crate::switcher::Live;
+use crate::switcher::{keepalive, Live};
 
 fn uptime(seconds: u64) -> String {
     match seconds {
@@ -42,6 +42,8 @@ pub fn render(ctx: &Context) -> Result<String> {
     for line in ctx.switcher.describe() {
         let _ = writeln!(out, "{line}");
     }
+    let keepalive = keepalive::status(ctx.config.switch.by, &ctx.config.nginx.test_command);
+    let _ = writeln!(out, "keep-alive clients: {keepalive}");
     if let Some(last) = ctx.state.switch_record() {
         let previous = match last.previous {
             None => "none".to_string(),

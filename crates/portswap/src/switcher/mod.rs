@@ -3,6 +3,7 @@
 //! `switch.by` chooses; [`for_config`] builds the one in use.
 
 pub mod boot_unit;
+pub mod keepalive;
 pub mod nftables;
 pub mod nginx;
 pub mod upstreams;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
+use super::keepalive::Probe;
 use super::workers::Workers;
 use super::{Live, Switched, Switcher};
 use crate::config::{Config, Nginx};
@@ -335,8 +336,13 @@ impl Switcher for NginxSwitcher {
 
     fn switch_to(&self, port: u16) -> Result<Switched> {
         let started = Instant::now();
+        let probe = Probe::start(&self.nginx.test_command);
         let previous = self.read_include()?;
-        let detail = self.switch_steps(port, &previous)?;
+        let mut detail = self.switch_steps(port, &previous)?;
+        let limit = started + self.nginx.reload_timeout;
+        if let Some(note) = probe.after_reload(self.master().ok(), limit) {
+            detail = format!("{detail}; {note}");
+        }
         Ok(Switched {
             elapsed: started.elapsed(),
             detail,
