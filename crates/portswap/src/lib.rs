@@ -18,6 +18,7 @@ pub mod signals;
 pub mod state;
 pub mod supervisor;
 pub mod switcher;
+pub mod systemctl;
 pub mod template;
 pub mod users;
 

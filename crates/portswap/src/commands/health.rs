@@ -3,7 +3,7 @@
 use super::Context;
 use crate::cli::{Args, Hook};
 use crate::duration::show;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::{applog, health};
 
 /// The `health` binary.
@@ -29,15 +29,27 @@ pub fn run(args: &Args) -> Result<String> {
     }
     let rules = &ctx.config.health;
     let dead = || ctx.supervisor.gone(record.as_ref()?);
-    let (status, took) = health::wait_healthy(idle.port, rules, dead).inspect_err(|_| {
+    let checked = health::wait_healthy(idle.port, rules, dead).and_then(|answer| {
+        // Healthy, but only if the answer came from this slot's app, still the one `start`
+        // launched (a crash restarted by systemd meanwhile is a failure, not a pass).
+        if let Some(reason) = dead() {
+            return Err(Error::Failed(reason));
+        }
+        ctx.supervisor
+            .serves(idle.port)
+            .map_err(|e| Error::Failed(format!("healthy answer, but {e}")))?;
+        Ok(answer)
+    });
+    let (status, took) = checked.inspect_err(|_| {
         if let Some(r) = &record {
             applog::log_tail(r);
         }
     })?;
     Ok(format!(
-        "port {} is healthy: {} answered {status} after {}",
+        "port {} is healthy: {} answered {status} after {} ({} supervisor)",
         idle.port,
         rules.path,
-        show(took)
+        show(took),
+        ctx.supervisor.kind()
     ))
 }

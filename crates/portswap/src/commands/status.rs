@@ -69,6 +69,9 @@ pub fn render(ctx: &Context) -> Result<String> {
             },
         };
         let _ = writeln!(out, "slot {} {:<8} {role}  {app}", slot.port, slot.profile);
+        if let Some(unit) = ctx.supervisor.describe(slot.port) {
+            let _ = writeln!(out, "     {unit}");
+        }
     }
     Ok(out.trim_end().to_string())
 }

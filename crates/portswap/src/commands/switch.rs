@@ -75,7 +75,7 @@ pub fn run(args: &Args) -> Result<String> {
     if args.has("--force") {
         log::warn!("--force: not checking the health of port {target}");
     } else {
-        check_target(target, &ctx.config.health, rollback)?;
+        check_target(&ctx, target, rollback)?;
     }
     let switched = signals::critical(|| -> Result<_> {
         let switched = ctx.switcher.switch_to(target)?;
@@ -93,15 +93,29 @@ pub fn run(args: &Args) -> Result<String> {
     log::info!("{}", switched.detail);
     let was = live_port.map_or("nothing live".to_string(), |p| format!("was {p}"));
     Ok(format!(
-        "nginx now sends all new requests to port {target} ({was}{}); switch took {}",
+        "nginx now sends all new requests to port {target} ({was}{}); switch took {} ({} supervisor)",
         if rollback { ", rollback" } else { "" },
-        show(switched.elapsed)
+        show(switched.elapsed),
+        ctx.supervisor.kind()
     ))
 }
 
 /// The target must answer its health check: at once for a normal switch (health ran just
-/// before), within a few seconds for a rollback.
-fn check_target(port: u16, rules: &Health, rollback: bool) -> Result<()> {
+/// before), within a few seconds for a rollback; the answer must come from the slot's own
+/// app (`Supervisor::serves`), and for a normal switch that app must still be the one `start`
+/// launched (not crashed and restarted by systemd since).
+fn check_target(ctx: &Context, port: u16, rollback: bool) -> Result<()> {
+    let rules = &ctx.config.health;
+    let restarted = ctx
+        .state
+        .app_record(port)
+        .filter(|_| !rollback)
+        .and_then(|r| ctx.supervisor.gone(&r));
+    if let Some(reason) = restarted {
+        return Err(Error::Failed(format!(
+            "refusing to switch to port {port}: {reason}; nginx unchanged"
+        )));
+    }
     let result = if rollback {
         let quick = Health {
             timeout: rules.timeout.min(Duration::from_secs(10)),
@@ -113,6 +127,7 @@ fn check_target(port: u16, rules: &Health, rollback: bool) -> Result<()> {
             .map(|_| ())
             .map_err(Error::Failed)
     };
+    let result = result.and_then(|_| ctx.supervisor.serves(port).map_err(Error::Failed));
     result.map_err(|e| {
         Error::Failed(format!("refusing to switch to port {port}, it is not healthy: {e}; nginx unchanged (--force overrides)"))
     })
