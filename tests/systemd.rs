@@ -206,6 +206,8 @@ impl Load {
                             Ok(r) => format!("error: status {}", r.status),
                             Err(e) => format!("error: {e}"),
                         });
+                        // A pause, so the clients do not starve the deploy of CPU.
+                        std::thread::sleep(Duration::from_millis(2));
                     }
                     seen
                 })
@@ -433,7 +435,9 @@ fn wrapper_and_daemonizing_apps_are_stopped_whole_every_time() {
         let name = script.file_name().unwrap().to_string_lossy().into_owned();
         for round in 1..=3 {
             let id = format!("{name}-{round}");
+            let t = Instant::now();
             host.deploy_ok(&id);
+            println!("{id}: deployed in {:?}", t.elapsed());
             assert_eq!(host.live_version().as_deref(), Some(id.as_str()));
             // The idle slot (previous version) stops whole: port free, cgroup empty.
             let out = host.hook("stop", &[], Some(&id)).ok();

@@ -111,12 +111,9 @@ fn check_target(ctx: &Context, port: u16, rollback: bool) -> Result<()> {
         .app_record(port)
         .filter(|_| !rollback)
         .and_then(|r| ctx.supervisor.gone(&r));
-    if let Some(reason) = restarted {
-        return Err(Error::Failed(format!(
-            "refusing to switch to port {port}: {reason}; nginx unchanged"
-        )));
-    }
-    let result = if rollback {
+    let result = if let Some(reason) = restarted {
+        Err(Error::Failed(reason))
+    } else if rollback {
         let quick = Health {
             timeout: rules.timeout.min(Duration::from_secs(10)),
             ..rules.clone()
