@@ -6,177 +6,67 @@ mod support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portswap_testkit::hooks::{fixture_command, yaml_list};
-use portswap_testkit::nginx::{nginx_binary, render_conf};
-use portswap_testkit::systemd::{machine_or_skip, Machine};
-use portswap_testkit::{bins, free_port, net};
+use portswap_testkit::hooks::fixture_command;
+use portswap_testkit::supervised::{HookRun, SupervisedSite, SECRET};
+use portswap_testkit::systemd::refused;
+use portswap_testkit::{bins, net};
 use support::Outcome;
 
-/// An env value and an argument that a shell or systemd would mangle if quoted wrongly.
-const SECRET: &str = "s3cr3t-$HOME-%n-\"dq\"-'sq'-a b\\c";
+/// An argument that a shell or systemd would mangle if quoted wrongly.
 const WEIRD_PROFILE: &str = "we $ird %i \"quoted\" 'single' back\\slash ;";
 
-/// One host inside a systemd machine: nginx as a unit, two slots, portswap.yml.
-struct Host {
-    machine: Machine,
-    dir: tempfile::TempDir,
-    ports: [u16; 2],
-    nginx_port: u16,
+/// A [`SupervisedSite`] whose hook runs come back as the suite's [`Outcome`]s.
+struct Host(SupervisedSite);
+
+impl std::ops::Deref for Host {
+    type Target = SupervisedSite;
+    fn deref(&self) -> &SupervisedSite {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Host {
+    fn deref_mut(&mut self) -> &mut SupervisedSite {
+        &mut self.0
+    }
+}
+
+fn outcome(run: HookRun) -> Outcome {
+    Outcome {
+        hook: run.hook,
+        code: run.code,
+        stdout: run.stdout,
+        stderr: run.stderr,
+    }
 }
 
 impl Host {
+    /// A site under a real systemd, or `None` (SKIPPED printed) where the host refuses.
     fn new(test: &str) -> Option<Host> {
-        bins::ensure_built();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let machine = machine_or_skip(test, &[dir.path()])?;
-        let root = dir.path();
-        fs::create_dir_all(root.join("revision")).unwrap();
-        fs::copy(bins::bin("fixture-app"), root.join("revision/fixture-app")).unwrap();
-        let nginx_dir = root.join("nginx");
-        fs::create_dir_all(nginx_dir.join("tmp")).unwrap();
-        let nginx_port = free_port();
-        fs::write(
-            nginx_dir.join("nginx.conf"),
-            render_conf(&nginx_dir, &root.join("service-url.inc"), nginx_port, ""),
-        )
-        .unwrap();
-        let host = Host {
-            machine,
-            ports: [free_port(), free_port()],
-            nginx_port,
-            dir,
-        };
-        host.machine.install_unit(
-            "site-nginx.service",
-            &format!(
-                "[Service]\nType=forking\nPIDFile={d}/nginx.pid\n\
-                 ExecStart={n} {args}\n[Install]\nWantedBy=multi-user.target\n",
-                d = nginx_dir.display(),
-                n = nginx_binary().display(),
-                args = host.nginx_args().join(" ")
-            ),
-        );
-        net::wait_until(Duration::from_secs(10), "nginx unit answers", || {
-            net::http_get(nginx_port, "/nginx-health").is_ok_and(|r| r.status == 200)
-        })
-        .unwrap();
-        host.configure(&[], "");
-        Some(host)
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn nginx_args(&self) -> Vec<String> {
-        let d = self.root().join("nginx");
-        vec![
-            "-p".into(),
-            format!("{}/", d.display()),
-            "-e".into(),
-            d.join("error.log").display().to_string(),
-            "-c".into(),
-            d.join("nginx.conf").display().to_string(),
-        ]
-    }
-
-    fn config(&self) -> PathBuf {
-        self.root().join("portswap.yml")
-    }
-
-    fn state(&self) -> PathBuf {
-        self.root().join("state")
-    }
-
-    /// Writes portswap.yml: systemd supervisor, the fixture app with `app_args`, the secret
-    /// in app.env, `extra` raw YAML at the end.
-    fn configure(&self, app_args: &[&str], extra: &str) {
-        self.configure_command(fixture_command("{deployment_id}", app_args), "systemd", extra);
-    }
-
-    fn configure_command(&self, command: Vec<String>, supervisor: &str, extra: &str) {
-        let mut test = vec![nginx_binary().display().to_string()];
-        test.extend(self.nginx_args());
-        test.extend(["-t".into(), "-q".into()]);
-        let text = format!(
-            "slots:\n  - {{ port: {p0}, profile: real1 }}\n  - {{ port: {p1}, profile: real2 }}\n\
-             app:\n  artifacts: [\"revision/fixture-app\"]\n  command: {cmd}\n  supervisor: {supervisor}\n\
-             \x20 env: {{ SECRET_TOKEN: {secret:?} }}\n\
-             health:\n  path: /health\n  timeout: 10s\n\
-             nginx:\n  include: service-url.inc\n  test_command: {test}\n  pid_file: {pid}\n\
-             stop:\n  grace: 5s\n\
-             state:\n  dir: state\n  lock_wait: 5s\n{extra}",
-            p0 = self.ports[0],
-            p1 = self.ports[1],
-            cmd = yaml_list(&command),
-            secret = SECRET,
-            test = yaml_list(&test),
-            pid = self.root().join("nginx/nginx.pid").display(),
-        );
-        fs::write(self.config(), text).unwrap();
-    }
-
-    /// Runs a hook inside the machine as the agent would.
-    fn hook(&self, name: &str, args: &[&str], deployment: Option<&str>) -> Outcome {
-        let bin = bins::bin(name).display().to_string();
-        let mut argv = vec![bin.as_str()];
-        argv.extend(args);
-        let config = self.config().display().to_string();
-        let mut env = vec![("PORTSWAP_CONFIG", config.as_str())];
-        if let Some(id) = deployment {
-            env.push(("DEPLOYMENT_ID", id));
-        }
-        let out = self.machine.command_env(&argv, &env).output().expect("run hook");
-        Outcome {
-            hook: name.to_string(),
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    /// stop, start, health, switch; every outcome until the first failure.
-    fn deploy(&self, id: &str) -> Vec<Outcome> {
-        let mut outcomes = Vec::new();
-        for hook in ["stop", "start", "health", "switch"] {
-            let outcome = self.hook(hook, &[], Some(id));
-            let failed = outcome.code != 0;
-            outcomes.push(outcome);
-            if failed {
-                break;
+        match SupervisedSite::new() {
+            Ok(site) => Some(Host(site)),
+            Err(why) => {
+                refused(test, &why);
+                None
             }
         }
-        outcomes
+    }
+
+    fn hook(&self, name: &str, args: &[&str], deployment: Option<&str>) -> Outcome {
+        outcome(self.0.hook(name, args, deployment))
+    }
+
+    fn deploy(&self, id: &str) -> Vec<Outcome> {
+        self.0.deploy(id).into_iter().map(outcome).collect()
     }
 
     fn deploy_ok(&self, id: &str) -> Vec<Outcome> {
         self.deploy(id).into_iter().map(Outcome::ok).collect()
-    }
-
-    fn unit(&self, port: u16) -> String {
-        format!("portswap-{port}.service")
-    }
-
-    fn main_pid(&self, port: u16) -> i32 {
-        self.machine
-            .unit_property(&self.unit(port), "MainPID")
-            .parse()
-            .unwrap_or(0)
-    }
-
-    /// The version nginx serves now.
-    fn live_version(&self) -> Option<String> {
-        let r = net::http_get_timeout(self.nginx_port, "/", Duration::from_millis(500)).ok()?;
-        (r.status == 200).then(|| r.header("X-App-Version").map(str::to_string))?
-    }
-
-    fn include(&self) -> String {
-        fs::read_to_string(self.root().join("service-url.inc")).unwrap_or_default()
     }
 
     fn status(&self) -> String {
@@ -589,7 +479,7 @@ fn the_first_systemd_start_takes_over_from_process_mode() {
     host.deploy_ok("p-1");
     let old = net::http_get(host.ports[0], "/").unwrap().body;
     let load = Load::start(host.nginx_port, 2);
-    host.configure(&[], "");
+    host.configure(&[] as &[&str], "");
     host.deploy_ok("s-1");
     host.deploy_ok("s-2");
     let seen = load.finish();

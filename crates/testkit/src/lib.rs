@@ -7,6 +7,7 @@
 //! - [`hooks`]: run the hook binaries as the agent does; read back the include and records.
 //! - [`fixture`]: run `fixture-app` (the stand-in application) as a child.
 //! - [`agent`]: an emulation of the CodeDeploy agent running a revision's hooks.
+//! - [`supervised`]: a whole host (nginx unit, slots, hooks) inside such a systemd.
 //! - [`systemd`]: a real systemd as PID 1 of private namespaces, booted and rebooted at will.
 
 pub mod agent;
@@ -16,6 +17,7 @@ pub mod fixture;
 pub mod hooks;
 pub mod net;
 pub mod nginx;
+pub mod supervised;
 pub mod systemd;
 
 pub use bins::{bin, ensure_built};

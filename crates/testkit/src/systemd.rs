@@ -583,19 +583,24 @@ impl Drop for Machine {
 }
 
 /// Boots a machine, or prints `SKIPPED: <test>: <why>` and returns `None` when this host
-/// refuses (not root, no namespaces, no systemd). Set `PORTSWAP_TESTKIT_REQUIRE_SYSTEMD=1`
-/// to panic instead (CI).
+/// refuses (not root, no namespaces, no systemd); see [`refused`].
 pub fn machine_or_skip(test: &str, shared: &[&Path]) -> Option<Machine> {
     match Machine::boot(shared) {
         Ok(machine) => Some(machine),
-        Err(why) if std::env::var_os("PORTSWAP_TESTKIT_REQUIRE_SYSTEMD").is_some_and(|v| v != "0") => {
-            panic!("{test}: a systemd machine is required here but did not boot: {why}")
-        }
         Err(why) => {
-            println!("SKIPPED: {test}: no systemd machine on this host: {why}");
+            refused(test, &why);
             None
         }
     }
+}
+
+/// A machine could not boot for `test`: prints `SKIPPED: <test>: <why>`, or panics when
+/// `PORTSWAP_TESTKIT_REQUIRE_SYSTEMD=1` (CI, where the tests must run).
+pub fn refused(test: &str, why: &str) {
+    if std::env::var_os("PORTSWAP_TESTKIT_REQUIRE_SYSTEMD").is_some_and(|v| v != "0") {
+        panic!("{test}: a systemd machine is required here but did not boot: {why}");
+    }
+    println!("SKIPPED: {test}: no systemd machine on this host: {why}");
 }
 
 // -------------------------------------------------------------------------------------------
