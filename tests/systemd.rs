@@ -137,7 +137,8 @@ fn monotonic_us() -> u64 {
 
 #[test]
 fn three_deployments_under_load_with_units_modes_and_no_secret_anywhere() {
-    let Some(host) = Host::new("three_deployments_under_load_with_units_modes_and_no_secret_anywhere")
+    let Some(host) =
+        Host::new("three_deployments_under_load_with_units_modes_and_no_secret_anywhere")
     else {
         return;
     };
@@ -157,12 +158,19 @@ fn three_deployments_under_load_with_units_modes_and_no_secret_anywhere() {
         failed.len()
     );
     assert!(seen.len() > 50, "too few requests: {}", seen.len());
-    assert!(failed.is_empty(), "failed requests: {:?}", &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "failed requests: {:?}",
+        &failed[..failed.len().min(5)]
+    );
 
     for port in host.ports {
         let unit = host.unit(port);
         assert_eq!(host.machine.unit_property(&unit, "ActiveState"), "active");
-        assert_eq!(host.machine.unit_property(&unit, "UnitFileState"), "enabled");
+        assert_eq!(
+            host.machine.unit_property(&unit, "UnitFileState"),
+            "enabled"
+        );
         let unit_file = Path::new("/etc/systemd/system").join(&unit);
         let text = host.machine.read_file(&unit_file).expect("unit file");
         assert!(text.starts_with("# Written by portswap"), "{text}");
@@ -176,16 +184,24 @@ fn three_deployments_under_load_with_units_modes_and_no_secret_anywhere() {
             assert!(text.contains(needed), "{needed} missing:\n{text}");
         }
         assert!(!text.contains("s3cr3t"), "secret in the unit file:\n{text}");
-        let on_disk = host.machine.run_ok(&["stat", "-c", "%a", &unit_file.to_string_lossy()]);
+        let on_disk = host
+            .machine
+            .run_ok(&["stat", "-c", "%a", &unit_file.to_string_lossy()]);
         assert_eq!(on_disk, "644");
         let env_file = host.state().join(format!("units/{unit}.env"));
         assert_eq!(mode(&env_file), 0o600, "{}", env_file.display());
         // argv and environment arrive literally: through HTTP and /proc.
         let pid = host.main_pid(port).to_string();
-        let environ = host.machine.run(&["cat", &format!("/proc/{pid}/environ")]).stdout;
+        let environ = host
+            .machine
+            .run(&["cat", &format!("/proc/{pid}/environ")])
+            .stdout;
         let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
         let want = format!("SECRET_TOKEN={SECRET}");
-        assert!(vars.contains(&want.as_bytes()), "secret not passed literally");
+        assert!(
+            vars.contains(&want.as_bytes()),
+            "secret not passed literally"
+        );
         let marker = format!("PORTSWAP_SLOT={port}:{}", host.state().display());
         assert!(vars.contains(&marker.as_bytes()), "no ownership marker");
         let profile = net::http_get(port, "/profile").unwrap();
@@ -225,16 +241,21 @@ fn kill_9_of_the_live_app_answers_again_within_1s_nothing_else_moves() {
         let victim = host.main_pid(live);
         let started = Instant::now();
         host.machine.run_ok(&["kill", "-9", &victim.to_string()]);
-        net::wait_until(Duration::from_secs(5), "the live app to answer again", || {
-            host.live_version().as_deref() == Some("k-2")
-        })
+        net::wait_until(
+            Duration::from_secs(5),
+            "the live app to answer again",
+            || host.live_version().as_deref() == Some("k-2"),
+        )
         .unwrap();
         let back = started.elapsed();
         println!("kill -9 #{round} of pid {victim}: serving again after {back:?}");
         assert!(back < Duration::from_secs(1), "took {back:?}");
         assert_ne!(host.main_pid(live), victim);
     }
-    assert_eq!(host.machine.unit_property(&host.unit(live), "NRestarts"), "3");
+    assert_eq!(
+        host.machine.unit_property(&host.unit(live), "NRestarts"),
+        "3"
+    );
     assert_eq!(host.main_pid(idle), idle_pid, "the idle slot moved");
     assert_eq!(host.include(), include, "the include moved");
     assert_eq!(
@@ -265,9 +286,11 @@ fn reboot_serves_the_live_version_within_2s_without_deployment_and_rollback_work
         assert_eq!(host.live_version(), None, "still served after the {how}");
         host.machine.boot_again().unwrap();
         let boot = host.machine.booted_at();
-        net::wait_until(Duration::from_secs(10), "the live version after reboot", || {
-            host.live_version().as_deref() == Some("r-2")
-        })
+        net::wait_until(
+            Duration::from_secs(10),
+            "the live version after reboot",
+            || host.live_version().as_deref() == Some("r-2"),
+        )
         .unwrap();
         let serving = boot.elapsed();
         println!("reboot after {how}: live version served {serving:?} after boot began");
@@ -287,9 +310,11 @@ fn reboot_serves_the_live_version_within_2s_without_deployment_and_rollback_work
     }
     host.machine.power_cut().unwrap();
     host.machine.boot_again().unwrap();
-    net::wait_until(Duration::from_secs(10), "the live version after reboot", || {
-        host.live_version().as_deref() == Some("r-2")
-    })
+    net::wait_until(
+        Duration::from_secs(10),
+        "the live version after reboot",
+        || host.live_version().as_deref() == Some("r-2"),
+    )
     .unwrap();
     let failed_unit = host.unit(host.ports[0]);
     net::wait_until(Duration::from_secs(10), "the broken unit to fail", || {
@@ -337,16 +362,26 @@ fn wrapper_and_daemonizing_apps_are_stopped_whole_every_time() {
                 .find(|p| !host.include().contains(&format!(":{p};")))
                 .unwrap();
             if round > 1 {
-                assert!(out.last_line().contains("stopped and disabled"), "{}", out.last_line());
+                assert!(
+                    out.last_line().contains("stopped and disabled"),
+                    "{}",
+                    out.last_line()
+                );
             }
-            assert!(!net::port_is_listening(idle), "{name}: port {idle} still listens after stop");
+            assert!(
+                !net::port_is_listening(idle),
+                "{name}: port {idle} still listens after stop"
+            );
             let left = host.machine.run(&[
                 "sh",
                 "-c",
                 &format!("grep -l '/{}$' /proc/[0-9]*/cgroup", host.unit(idle)),
             ]);
             let left = String::from_utf8_lossy(&left.stdout).trim().to_string();
-            assert!(left.is_empty(), "{name}: processes left in the unit: {left}");
+            assert!(
+                left.is_empty(),
+                "{name}: processes left in the unit: {left}"
+            );
         }
     }
 }
@@ -368,7 +403,11 @@ fn crash_case(test: &str, app_args: &[&str], expect: &str) {
         failed.stderr
     );
     let unit = host.unit(host.ports[1]);
-    let restarts: u32 = host.machine.unit_property(&unit, "NRestarts").parse().unwrap_or(0);
+    let restarts: u32 = host
+        .machine
+        .unit_property(&unit, "NRestarts")
+        .parse()
+        .unwrap_or(0);
     // The first crash: the earliest exit of the new version, from the journal.
     let crash = host.machine.run_ok(&[
         "journalctl",
@@ -398,7 +437,10 @@ fn crash_case(test: &str, app_args: &[&str], expect: &str) {
         failed.last_line()
     );
     assert!(stamp > 0.0, "no crash in the journal: {crash}");
-    assert!(after_crash < Duration::from_secs(1), "reported {after_crash:?} after the crash");
+    assert!(
+        after_crash < Duration::from_secs(1),
+        "reported {after_crash:?} after the crash"
+    );
     let outcome = outcomes.into_iter().last().unwrap();
     outcome.fails(1, expect);
     assert_eq!(host.include(), include, "nginx touched");
@@ -436,7 +478,14 @@ fn an_unrelated_process_or_unit_on_the_idle_port_is_never_signalled_without_forc
     let port = idle.to_string();
     // An unrelated unit, then an unrelated plain process (started inside, in no unit).
     host.machine.run_ok(&[
-        "systemd-run", "-q", "--unit=other-app", &fixture, "--port", &port, "--version", "other",
+        "systemd-run",
+        "-q",
+        "--unit=other-app",
+        &fixture,
+        "--port",
+        &port,
+        "--version",
+        "other",
     ]);
     let mut plain: Option<std::process::Child> = None;
     for case in ["unit", "process"] {
@@ -453,15 +502,23 @@ fn an_unrelated_process_or_unit_on_the_idle_port_is_never_signalled_without_forc
         })
         .unwrap();
         let holder_before = net::http_get(idle, "/").unwrap().body;
-        host.hook("stop", &[], Some("u-2")).fails(4, "not portswap's app");
+        host.hook("stop", &[], Some("u-2"))
+            .fails(4, "not portswap's app");
         let outcomes = host.deploy("u-2");
         let last = outcomes.into_iter().last().unwrap();
         assert_eq!(last.hook, "stop");
         last.fails(4, "not portswap's app");
-        assert_eq!(net::http_get(idle, "/").unwrap().body, holder_before, "{case} was signalled");
+        assert_eq!(
+            net::http_get(idle, "/").unwrap().body,
+            holder_before,
+            "{case} was signalled"
+        );
         assert_eq!(host.live_version().as_deref(), Some("u-1"));
         host.hook("stop", &["--force"], Some("u-2")).ok();
-        assert!(!net::port_is_listening(idle), "{case} still listens after --force");
+        assert!(
+            !net::port_is_listening(idle),
+            "{case} still listens after --force"
+        );
     }
     if let Some(mut child) = plain {
         let _ = child.wait();
@@ -475,7 +532,11 @@ fn the_first_systemd_start_takes_over_from_process_mode() {
     let Some(host) = Host::new("the_first_systemd_start_takes_over_from_process_mode") else {
         return;
     };
-    host.configure_command(fixture_command("{deployment_id}", &[] as &[&str]), "process", "");
+    host.configure_command(
+        fixture_command("{deployment_id}", &[] as &[&str]),
+        "process",
+        "",
+    );
     host.deploy_ok("p-1");
     let old = net::http_get(host.ports[0], "/").unwrap().body;
     let load = Load::start(host.nginx_port, 2);
@@ -483,12 +544,21 @@ fn the_first_systemd_start_takes_over_from_process_mode() {
     host.deploy_ok("s-1");
     host.deploy_ok("s-2");
     let seen = load.finish();
-    assert!(seen.iter().all(|s| !s.starts_with("error")), "failed requests");
+    assert!(
+        seen.iter().all(|s| !s.starts_with("error")),
+        "failed requests"
+    );
     assert!(!old.is_empty());
     for port in host.ports {
-        assert_eq!(host.machine.unit_property(&host.unit(port), "ActiveState"), "active");
+        assert_eq!(
+            host.machine.unit_property(&host.unit(port), "ActiveState"),
+            "active"
+        );
         let body = net::http_get(port, "/").unwrap().body;
-        assert!(!body.contains("version=p-1"), "the process-mode app still answers: {body}");
+        assert!(
+            !body.contains("version=p-1"),
+            "the process-mode app still answers: {body}"
+        );
     }
     assert_eq!(host.live_version().as_deref(), Some("s-2"));
 }

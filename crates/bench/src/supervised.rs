@@ -2,7 +2,8 @@
 //! systemd (PID 1 of private namespaces, `portswap_testkit::systemd`) with nginx as a unit
 //! and the hooks run inside: after two deployments, ROUNDS times `kill -9` of the live app
 //! (crash to serving again through nginx), then ROUNDS power cuts (boot began to serving the
-//! live version again, with no deployment). Prints min / median / max of each.
+//! live version again, with no deployment). Prints min / median / max of each. The unit's
+//! start limit is reset between crash rounds (they come faster than 5 a minute).
 
 use std::time::{Duration, Instant};
 
@@ -37,14 +38,21 @@ pub fn run(rounds: usize) -> Result<(), String> {
             }
         }
     }
-    let live = site.live_port().ok_or("no live port after two deployments")?;
+    let live = site
+        .live_port()
+        .ok_or("no live port after two deployments")?;
     let serving = |site: &SupervisedSite| site.live_version().as_deref() == Some("bench-2");
     let mut crash = Vec::new();
+    let unit = site.unit(live);
     for _ in 0..rounds {
+        // Rounds come faster than a real crash loop: clear the start limit (5 per minute).
+        site.machine.run_ok(&["systemctl", "reset-failed", &unit]);
         let victim = site.main_pid(live).to_string();
         let started = Instant::now();
         site.machine.run_ok(&["kill", "-9", &victim]);
-        net::wait_until(Duration::from_secs(10), "serving after kill -9", || serving(&site))?;
+        net::wait_until(Duration::from_secs(10), "serving after kill -9", || {
+            serving(&site)
+        })?;
         crash.push(started.elapsed());
     }
     let mut reboot = Vec::new();
@@ -53,10 +61,15 @@ pub fn run(rounds: usize) -> Result<(), String> {
         site.machine.power_cut()?;
         to_running.push(site.machine.boot_again()?);
         let began = site.machine.booted_at();
-        net::wait_until(Duration::from_secs(20), "serving after boot", || serving(&site))?;
+        net::wait_until(Duration::from_secs(20), "serving after boot", || {
+            serving(&site)
+        })?;
         reboot.push(began.elapsed());
     }
-    println!("\nsystemd supervisor (first boot to `running`: {})", ms(boot));
+    println!(
+        "\nsystemd supervisor (first boot to `running`: {})",
+        ms(boot)
+    );
     line("kill -9 of the live app -> serving", &crash);
     line("boot began -> systemd running", &to_running);
     line("boot began -> live version serving", &reboot);

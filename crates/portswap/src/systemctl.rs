@@ -64,7 +64,9 @@ fn run(program: &str, args: &[&str], limit: Duration) -> Result<String> {
         .find(|l| !l.trim().is_empty())
         .unwrap_or("no output")
         .trim();
-    Err(Error::Failed(format!("`{call}` failed ({status}): {detail}")))
+    Err(Error::Failed(format!(
+        "`{call}` failed ({status}): {detail}"
+    )))
 }
 
 /// `systemctl ARGS...`, bounded by `limit`.

@@ -122,7 +122,11 @@ impl SupervisedSite {
     /// Writes portswap.yml for the fixture app (version = deployment id) with `app_args`,
     /// the systemd supervisor, [`SECRET`] in `app.env`, and `extra` raw YAML at the end.
     pub fn configure<S: AsRef<str>>(&self, app_args: &[S], extra: &str) {
-        self.configure_command(fixture_command("{deployment_id}", app_args), "systemd", extra);
+        self.configure_command(
+            fixture_command("{deployment_id}", app_args),
+            "systemd",
+            extra,
+        );
     }
 
     /// Writes portswap.yml with this `app.command` and `app.supervisor`.

@@ -103,7 +103,13 @@ fn cstr(path: &Path) -> CString {
 }
 
 /// mount(2) with a readable error.
-fn mount(source: &str, target: &Path, fstype: &str, flags: libc::c_ulong, data: &str) -> Result<(), String> {
+fn mount(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> Result<(), String> {
     let source = CString::new(source).unwrap();
     let fstype_c = CString::new(fstype).unwrap();
     let data_c = CString::new(data).unwrap();
@@ -113,9 +119,17 @@ fn mount(source: &str, target: &Path, fstype: &str, flags: libc::c_ulong, data: 
         libc::mount(
             source.as_ptr(),
             target_c.as_ptr(),
-            if fstype.is_empty() { std::ptr::null() } else { fstype_c.as_ptr() },
+            if fstype.is_empty() {
+                std::ptr::null()
+            } else {
+                fstype_c.as_ptr()
+            },
             flags,
-            if data.is_empty() { std::ptr::null() } else { data_c.as_ptr().cast() },
+            if data.is_empty() {
+                std::ptr::null()
+            } else {
+                data_c.as_ptr().cast()
+            },
         )
     };
     if rc == 0 {
@@ -130,9 +144,21 @@ fn mount(source: &str, target: &Path, fstype: &str, flags: libc::c_ulong, data: 
 }
 
 fn bind(from: &Path, to: &Path, read_only: bool) -> Result<(), String> {
-    mount(&from.to_string_lossy(), to, "", libc::MS_BIND | libc::MS_REC, "")?;
+    mount(
+        &from.to_string_lossy(),
+        to,
+        "",
+        libc::MS_BIND | libc::MS_REC,
+        "",
+    )?;
     if read_only {
-        mount("", to, "", libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY, "")?;
+        mount(
+            "",
+            to,
+            "",
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+            "",
+        )?;
     }
     Ok(())
 }
@@ -177,8 +203,8 @@ fn hierarchies(name: &str) -> Vec<Hierarchy> {
             "cgroup" => own.lines().find_map(|l| {
                 let mut parts = l.splitn(3, ':');
                 let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-                let all = !controllers.is_empty()
-                    && controllers.split(',').all(|c| options.contains(&c));
+                let all =
+                    !controllers.is_empty() && controllers.split(',').all(|c| options.contains(&c));
                 all.then(|| path.to_string())
             }),
             _ => continue,
@@ -203,7 +229,15 @@ fn hierarchies(name: &str) -> Vec<Hierarchy> {
 fn serialize(hierarchies: &[Hierarchy]) -> String {
     hierarchies
         .iter()
-        .map(|h| format!("{} {} {} {}\n", h.fstype, h.options, h.mount_point, h.dir.display()))
+        .map(|h| {
+            format!(
+                "{} {} {} {}\n",
+                h.fstype,
+                h.options,
+                h.mount_point,
+                h.dir.display()
+            )
+        })
         .collect()
 }
 
@@ -223,8 +257,13 @@ fn deserialize(text: &str) -> Vec<Hierarchy> {
 
 fn process_alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-        && fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        && fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
 }
 
 fn read_pid(path: &Path) -> Option<i32> {
@@ -287,12 +326,12 @@ fn kill_machine(base: &Path, outer: Option<&mut Child>) {
         }),
     };
     let Some(outer_pid) = outer_pid else { return };
-    if let Some(pid1) = read_pid(&base.join("pid1")) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid1),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    // PID 1 when known; else the outer process, whose death kills PID 1 (PDEATHSIG).
+    let target = read_pid(&base.join("pid1")).unwrap_or(outer_pid);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(target),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     match outer {
         Some(child) => {
             let _ = wait_child(child, Duration::from_secs(10));
@@ -314,7 +353,12 @@ fn wait_child(child: &mut Child, limit: Duration) -> Result<(), String> {
 
 /// Polls `f` every `every` until it holds or `limit` passes (for checks that spawn a
 /// process each time, where 2 ms polling would load the machine).
-fn poll(limit: Duration, every: Duration, what: &str, mut f: impl FnMut() -> bool) -> Result<Duration, String> {
+fn poll(
+    limit: Duration,
+    every: Duration,
+    what: &str,
+    mut f: impl FnMut() -> bool,
+) -> Result<Duration, String> {
     let start = Instant::now();
     loop {
         if f() {
@@ -416,7 +460,8 @@ impl Machine {
             }
         }
         let _ = fs::remove_file(self.base.join("pid1"));
-        let log = fs::File::create(self.state().join("boot.log")).map_err(|e| err("boot log", e))?;
+        let log =
+            fs::File::create(self.state().join("boot.log")).map_err(|e| err("boot log", e))?;
         let log2 = log.try_clone().map_err(|e| err("boot log", e))?;
         self.booted_at = Instant::now();
         let child = Command::new(bins::bin("testkit-sysinit"))
@@ -430,13 +475,15 @@ impl Machine {
         self.outer = Some(child);
         let pid_file = self.base.join("pid1");
         let outer = self.outer.as_mut().unwrap();
-        let named = wait_until(Duration::from_secs(10), "PID 1 of the machine", || {
+        let named = wait_until(Duration::from_secs(30), "PID 1 of the machine", || {
             read_pid(&pid_file).is_some() || !matches!(outer.try_wait(), Ok(None))
         });
         self.pid1 = read_pid(&pid_file);
         if named.is_err() || self.pid1.is_none() {
+            let outer = self.outer.as_mut().map(|o| o.try_wait());
             return Err(format!(
-                "the machine did not boot: {}",
+                "the machine did not boot ({}; testkit-sysinit {outer:?}): {}",
+                named.err().unwrap_or_default(),
                 fs::read_to_string(self.state().join("boot.log")).unwrap_or_default()
             ));
         }
@@ -447,11 +494,16 @@ impl Machine {
     /// time since the boot began.
     pub fn wait_ready(&self, limit: Duration) -> Result<Duration, String> {
         let mut last = String::new();
-        let ready = poll(limit, Duration::from_millis(20), "systemd to finish booting", || {
-            let out = self.run(&["systemctl", "is-system-running"]);
-            last = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            last == "running" || last == "degraded"
-        });
+        let ready = poll(
+            limit,
+            Duration::from_millis(20),
+            "systemd to finish booting",
+            || {
+                let out = self.run(&["systemctl", "is-system-running"]);
+                last = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                last == "running" || last == "degraded"
+            },
+        );
         ready.map(|_| self.booted_at.elapsed()).map_err(|e| {
             format!(
                 "{e} (last state `{last}`); boot log:\n{}",
@@ -480,7 +532,11 @@ impl Machine {
             .args(["--mount", "--pid", "--uts", "--ipc", "--cgroup", "--"])
             .args(["/usr/bin/env", "-i"])
             .arg(format!("PATH={PATH}"))
-            .args(["SYSTEMD_IGNORE_CHROOT=1", "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0"])
+            .args([
+                "SYSTEMD_IGNORE_CHROOT=1",
+                "SYSTEMD_PAGER=",
+                "SYSTEMD_COLORS=0",
+            ])
             .args(env.iter().map(|(k, v)| format!("{k}={v}")))
             .args(argv)
             .current_dir("/")
@@ -531,7 +587,10 @@ impl Machine {
 
     /// A file of the machine's disk as it reads inside (overlay upper first, then the host).
     pub fn read_file(&self, path: &Path) -> Option<String> {
-        let upper = self.state().join("upper").join(path.strip_prefix("/").ok()?);
+        let upper = self
+            .state()
+            .join("upper")
+            .join(path.strip_prefix("/").ok()?);
         fs::read_to_string(upper)
             .ok()
             .or_else(|| String::from_utf8(self.run(&["cat", &path.to_string_lossy()]).stdout).ok())
@@ -611,7 +670,11 @@ pub fn refused(test: &str, why: &str) {
 /// unshares the namespaces and forks PID 1, which sets up the root and execs systemd; the
 /// parent (holding the namespaces) waits for it and exits with its status.
 pub fn init_main() -> ! {
-    let base = PathBuf::from(std::env::args_os().nth(1).expect("usage: testkit-sysinit BASE"));
+    let base = PathBuf::from(
+        std::env::args_os()
+            .nth(1)
+            .expect("usage: testkit-sysinit BASE"),
+    );
     let fail = |what: String| -> ! {
         eprintln!("testkit-sysinit: {what}");
         std::process::exit(1)
@@ -633,15 +696,34 @@ pub fn init_main() -> ! {
     if unsafe { libc::unshare(flags) } != 0 {
         fail(format!("unshare: {}", io::Error::last_os_error()));
     }
-    if let Err(e) = mount("none", Path::new("/"), "", libc::MS_REC | libc::MS_PRIVATE, "") {
+    if let Err(e) = mount(
+        "none",
+        Path::new("/"),
+        "",
+        libc::MS_REC | libc::MS_PRIVATE,
+        "",
+    ) {
         fail(e);
+    }
+    // The child waits until its pid is on record: its pivot_root also moves this process's
+    // root (same mount namespace), after which the base directory is out of reach.
+    let mut go = [0; 2];
+    // SAFETY: pipe(2) into an array of two descriptors.
+    if unsafe { libc::pipe(go.as_mut_ptr()) } != 0 {
+        fail(format!("pipe: {}", io::Error::last_os_error()));
     }
     // SAFETY: single-threaded: fork is safe, the child only runs this function's code.
     match unsafe { libc::fork() } {
         -1 => fail(format!("fork: {}", io::Error::last_os_error())),
         0 => {
-            // SAFETY: prctl with integer arguments.
-            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+            // SAFETY: prctl with integer arguments; close/read on our own pipe.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                libc::close(go[1]);
+                let mut byte = 0u8;
+                libc::read(go[0], (&mut byte as *mut u8).cast(), 1);
+                libc::close(go[0]);
+            }
             if let Err(e) = become_pid1(&base, &hierarchies) {
                 fail(e);
             }
@@ -649,10 +731,19 @@ pub fn init_main() -> ! {
         }
         child => {
             let _ = fs::write(base.join("pid1"), child.to_string());
+            // SAFETY: closing our ends of the pipe releases the child.
+            unsafe {
+                libc::close(go[0]);
+                libc::close(go[1]);
+            }
             let mut status = 0;
             // SAFETY: waitpid on our own child with a valid out pointer.
             unsafe { libc::waitpid(child, &mut status, 0) };
-            std::process::exit(if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 0 })
+            std::process::exit(if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                0
+            })
         }
     }
 }
@@ -675,7 +766,8 @@ fn become_pid1(base: &Path, hierarchies: &[Hierarchy]) -> Result<(), String> {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if name.ends_with(".wants") || name.starts_with("dbus-org.") {
-                    let _ = fs::remove_dir_all(entry.path()).or_else(|_| fs::remove_file(entry.path()));
+                    let _ =
+                        fs::remove_dir_all(entry.path()).or_else(|_| fs::remove_file(entry.path()));
                 }
             }
         }
@@ -697,15 +789,27 @@ fn become_pid1(base: &Path, hierarchies: &[Hierarchy]) -> Result<(), String> {
     for h in hierarchies {
         let target = at(&h.mount_point);
         fs::create_dir_all(&target).map_err(|e| err("cgroup mount point", e))?;
-        let options = if h.fstype == "cgroup" { h.options.as_str() } else { "" };
+        let options = if h.fstype == "cgroup" {
+            h.options.as_str()
+        } else {
+            ""
+        };
         mount(&h.fstype, &target, &h.fstype, nosuid, options)?;
     }
     if v1 {
-        mount("", &cgroup_root, "", libc::MS_REMOUNT | libc::MS_RDONLY | nosuid, "mode=755")?;
+        mount(
+            "",
+            &cgroup_root,
+            "",
+            libc::MS_REMOUNT | libc::MS_RDONLY | nosuid,
+            "mode=755",
+        )?;
     }
     let dev = at("/dev");
     mount("dev", &dev, "tmpfs", libc::MS_NOSUID, "mode=755")?;
-    for node in ["null", "zero", "full", "random", "urandom", "tty", "fuse", "net/tun"] {
+    for node in [
+        "null", "zero", "full", "random", "urandom", "tty", "fuse", "net/tun",
+    ] {
         let host = Path::new("/dev").join(node);
         if !host.exists() {
             continue;
@@ -720,13 +824,35 @@ fn become_pid1(base: &Path, hierarchies: &[Hierarchy]) -> Result<(), String> {
     for dir in ["pts", "shm"] {
         fs::create_dir_all(dev.join(dir)).map_err(|e| err("dev dir", e))?;
     }
-    mount(
-        "devpts",
-        &dev.join("pts"),
-        "devpts",
-        libc::MS_NOSUID | libc::MS_NOEXEC,
-        "newinstance,ptmxmode=0666,mode=620,gid=5",
-    )?;
+    let fresh = [
+        (
+            "devpts",
+            dev.join("pts"),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            "newinstance,ptmxmode=0666,mode=620,gid=5",
+        ),
+        (
+            "tmpfs",
+            dev.join("shm"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=1777",
+        ),
+        (
+            "tmpfs",
+            at("/run"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=755",
+        ),
+        (
+            "tmpfs",
+            at("/tmp"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=1777",
+        ),
+    ];
+    for (fstype, target, flags, data) in &fresh {
+        mount(fstype, target, fstype, *flags, data)?;
+    }
     for (link, target) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
@@ -736,21 +862,24 @@ fn become_pid1(base: &Path, hierarchies: &[Hierarchy]) -> Result<(), String> {
     ] {
         symlink(target, dev.join(link)).map_err(|e| err("dev link", e))?;
     }
-    mount("shm", &dev.join("shm"), "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777")?;
     let console = state.join("console.log");
     fs::write(&console, "").map_err(|e| err("console", e))?;
     fs::write(dev.join("console"), "").map_err(|e| err("console", e))?;
     bind(&console, &dev.join("console"), false)?;
-    mount("run", &at("/run"), "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=755")?;
-    mount("tmp", &at("/tmp"), "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777")?;
-    for dir in fs::read_to_string(base.join("shared")).unwrap_or_default().lines() {
+    for dir in fs::read_to_string(base.join("shared"))
+        .unwrap_or_default()
+        .lines()
+    {
         let inside = at(dir);
         fs::create_dir_all(&inside).map_err(|e| err("shared dir", e))?;
         bind(Path::new(dir), &inside, false)?;
     }
     std::env::set_current_dir(&root).map_err(|e| err("chdir root", e))?;
     fs::create_dir_all(root.join(".oldroot")).map_err(|e| err("oldroot", e))?;
-    let (new, old) = (CString::new(".").unwrap(), CString::new(".oldroot").unwrap());
+    let (new, old) = (
+        CString::new(".").unwrap(),
+        CString::new(".oldroot").unwrap(),
+    );
     // SAFETY: pivot_root(2) with valid NUL-terminated paths.
     if unsafe { libc::syscall(libc::SYS_pivot_root, new.as_ptr(), old.as_ptr()) } != 0 {
         return Err(format!("pivot_root: {}", io::Error::last_os_error()));
@@ -759,13 +888,23 @@ fn become_pid1(base: &Path, hierarchies: &[Hierarchy]) -> Result<(), String> {
     umount(Path::new("/.oldroot"), libc::MNT_DETACH).map_err(|e| err("umount old root", e))?;
     let _ = fs::remove_dir("/.oldroot");
     let program = CString::new("/usr/lib/systemd/systemd").unwrap();
-    let args = ["systemd", "--system", "--unit=multi-user.target"].map(|a| CString::new(a).unwrap());
-    let env = ["container=portswap-testkit".to_string(), format!("PATH={PATH}")]
-        .map(|a| CString::new(a).unwrap());
-    let argv: Vec<*const libc::c_char> =
-        args.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
-    let envp: Vec<*const libc::c_char> =
-        env.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+    let args =
+        ["systemd", "--system", "--unit=multi-user.target"].map(|a| CString::new(a).unwrap());
+    let env = [
+        "container=portswap-testkit".to_string(),
+        format!("PATH={PATH}"),
+    ]
+    .map(|a| CString::new(a).unwrap());
+    let argv: Vec<*const libc::c_char> = args
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let envp: Vec<*const libc::c_char> = env
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
     // SAFETY: NUL-terminated argument and environment arrays of valid strings.
     unsafe { libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
     Err(format!("exec systemd: {}", io::Error::last_os_error()))

@@ -40,7 +40,10 @@ fn boots_runs_reboots_and_cleans_up() {
         net::http_get(port, "/health").is_ok()
     })
     .unwrap();
-    println!("reboot: running after {again:?}, probe answered {:?} later", t.elapsed());
+    println!(
+        "reboot: running after {again:?}, probe answered {:?} later",
+        t.elapsed()
+    );
     let off = machine.poweroff().unwrap();
     println!("poweroff: {off:?}");
     let base = machine.base().to_path_buf();

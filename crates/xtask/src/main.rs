@@ -3,11 +3,14 @@
 //! - `cargo run -p xtask -- bundle [--out DIR] [--config PATH] [--appspec PATH] [--no-build] ARTIFACT...`
 //!   builds the static release hooks and packs a CodeDeploy revision (`.zip` and `.tgz`).
 //! - `cargo run -p xtask -- demo` deploys a fixture app three times through the real hooks,
-//!   a CodeDeploy agent emulation and a sandboxed nginx, and reports what a client saw.
+//!   a CodeDeploy agent emulation and a sandboxed nginx, and reports what a client saw; then,
+//!   where systemd can boot in private namespaces, the app under systemd: a crash of the live
+//!   app and a reboot, with the time until the site serves again.
 
 mod bundle;
 mod checks;
 mod demo;
+mod demo_systemd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -91,5 +94,6 @@ fn run_demo(args: &[String]) -> Result<(), String> {
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
     }
-    demo::run(release)
+    demo::run(release)?;
+    demo_systemd::run()
 }

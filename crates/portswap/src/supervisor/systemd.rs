@@ -98,7 +98,10 @@ impl SystemdSupervisor {
             ownership::marker_value(self.state.path(), port)
         );
         let workdir = plain_value("the working directory", &launch.workdir.to_string_lossy())?;
-        let env_file = plain_value("the state directory", &self.env_path(&unit).to_string_lossy())?;
+        let env_file = plain_value(
+            "the state directory",
+            &self.env_path(&unit).to_string_lossy(),
+        )?;
         let description = plain_value(
             "the deployment id",
             &format!(
@@ -255,14 +258,18 @@ impl Supervisor for SystemdSupervisor {
                 .mode(0o640)
                 .open(&launch.log_file);
             if let Some(a) = &launch.account {
-                let _ = nix::unistd::chown(&launch.log_file, Some(a.uid.into()), Some(a.gid.into()));
+                let _ =
+                    nix::unistd::chown(&launch.log_file, Some(a.uid.into()), Some(a.gid.into()));
             }
         }
         fsio::ensure_dir(&self.systemd.unit_dir, 0o755)?;
         fsio::write_atomic(&unit_path, text.as_bytes(), 0o644)?;
         log::info!("wrote {}", unit_path.display());
         systemctl::systemctl(&["daemon-reload"], systemctl::CALL_LIMIT)?;
-        systemctl::systemctl(&["enable", "--no-reload", "--", &unit], systemctl::CALL_LIMIT)?;
+        systemctl::systemctl(
+            &["enable", "--no-reload", "--", &unit],
+            systemctl::CALL_LIMIT,
+        )?;
         // A crash loop of an earlier version may have used up the start limit.
         let _ = systemctl::systemctl(&["reset-failed", "--", &unit], systemctl::CALL_LIMIT);
         systemctl::systemctl(
@@ -286,7 +293,9 @@ impl Supervisor for SystemdSupervisor {
             );
             Error::Failed(format!(
                 "{e}{}",
-                tail.last().map(|l| format!("; last output: {l}")).unwrap_or_default()
+                tail.last()
+                    .map(|l| format!("; last output: {l}"))
+                    .unwrap_or_default()
             ))
         })?;
         let props = systemctl::show(&unit, WATCHED)?;
