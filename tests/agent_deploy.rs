@@ -449,3 +449,163 @@ fn the_repository_appspec_is_the_one_used() {
     );
     assert!(installed.join("appspec.yml").is_file());
 }
+
+/// A process started the way the legacy `start.sh` starts the app (`nohup java ... &` from the
+/// agent): cwd `/`, output to /dev/null, no pid file, no portswap marker. Killed on drop.
+struct LegacyApp(std::process::Child);
+
+impl LegacyApp {
+    fn start(port: u16, version: &str, profile: &str) -> LegacyApp {
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new(bins::bin("fixture-app"))
+            .args(["--port", &port.to_string(), "--version", version])
+            .args(["--profile", profile])
+            .current_dir("/")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        net::wait_until(Duration::from_secs(10), "the legacy app listens", || {
+            net::port_is_listening(port)
+        })
+        .unwrap();
+        LegacyApp(child)
+    }
+
+    fn running(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for LegacyApp {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A stand-in for the book's `stop.sh` (with its `profile.sh`), written for this test with
+/// this host's ports in place of 80, 8081 and 8082: ask nginx for `/profile`, take the other
+/// profile's port as idle, `lsof -ti tcp:PORT`, `kill -15` what it finds, `sleep 5`.
+fn legacy_stop_sh(nginx_port: u16, real1_port: u16, real2_port: u16) -> String {
+    format!(
+        r#"#!/usr/bin/env bash
+# profile.sh: the live profile is what nginx's app answers on /profile
+idle_profile() {{
+    local code current
+    code=$(curl -s -o /dev/null -w "%{{http_code}}" http://127.0.0.1:{nginx_port}/profile)
+    if [ "$code" -ge 400 ]; then
+        current=real2
+    else
+        current=$(curl -s http://127.0.0.1:{nginx_port}/profile)
+    fi
+    if [ "$current" == real1 ]; then echo real2; else echo real1; fi
+}}
+idle_port() {{
+    if [ "$(idle_profile)" == real1 ]; then echo {real1_port}; else echo {real2_port}; fi
+}}
+# stop.sh
+IDLE_PORT=$(idle_port)
+echo "> looking for the app on port $IDLE_PORT"
+IDLE_PID=$(lsof -ti tcp:"$IDLE_PORT")
+if [ -z "$IDLE_PID" ]; then
+    echo "> nothing runs there, nothing to stop"
+else
+    echo "> kill -15 $IDLE_PID"
+    kill -15 $IDLE_PID
+    sleep 5
+fi
+"#
+    )
+}
+
+#[test]
+fn a_book_style_host_migrates_legacy_stop_then_portswap_start_health_switch() {
+    let host = Host::new();
+    let [a, _] = host.ports;
+    // The book's host: nginx points at the app's port from before blue-green (8080 there),
+    // and a half-run blue-green attempt left a legacy app on the first slot's port.
+    let old_port = net::free_port();
+    let mut old = LegacyApp::start(old_port, "legacy", "real");
+    let mut leftover = LegacyApp::start(a, "legacy-idle", "real1");
+    fs::write(
+        host.nginx.include_file(),
+        format!("set $service_url http://127.0.0.1:{old_port};\n"),
+    )
+    .unwrap();
+    host.nginx.reload_and_wait(Duration::from_secs(5)).unwrap();
+    assert_live(&host, "legacy");
+
+    // The last successful revision is the legacy one: its stop.sh is ApplicationStop.
+    let legacy = host.root().join("revisions/legacy");
+    fs::create_dir_all(legacy.join("scripts")).unwrap();
+    fs::write(
+        legacy.join("appspec.yml"),
+        "version: 0.0\nos: linux\nfiles:\n  - source: /\n    destination: /home/ec2-user/app/step3/zip/\n\
+         hooks:\n  ApplicationStop:\n    - location: scripts/stop.sh\n      timeout: 60\n",
+    )
+    .unwrap();
+    fs::write(
+        legacy.join("scripts/stop.sh"),
+        legacy_stop_sh(host.nginx.port(), host.ports[0], host.ports[1]),
+    )
+    .unwrap();
+    let report = host.deploy(&legacy, "d-0");
+    assert!(report.success(), "{report}");
+
+    let poller = Poller::start(host.nginx.port());
+    let report = host.deploy(&host.good_revision("v1"), "d-1");
+    let (count, failures) = poller.finish();
+    assert!(report.success(), "{report}");
+    let stop = report
+        .script("scripts/stop.sh")
+        .expect("the legacy stop.sh ran");
+    assert_eq!(stop.archive, host.agent.archive_dir("d-0"));
+    assert!(
+        stop.output_tail
+            .contains(&format!("kill -15 {}", leftover.0.id())),
+        "{}",
+        stop.output_tail
+    );
+    assert!(
+        !leftover.running(),
+        "the legacy stop.sh stopped the idle app"
+    );
+    let start = report.script("hooks/start").unwrap();
+    assert!(
+        start
+            .output_tail
+            .contains(&format!("port {old_port}, which is not a slot")),
+        "{}",
+        start.output_tail
+    );
+    let switch = report.script("hooks/switch").unwrap();
+    assert!(
+        switch
+            .output_tail
+            .contains(&format!("took over from port {old_port}")),
+        "{}",
+        switch.output_tail
+    );
+    assert_eq!(host.included_port(), Some(a));
+    assert_live(&host, "v1");
+    assert!(count > 0);
+    assert!(
+        failures.is_empty(),
+        "{} of {count} requests failed: {failures:?}",
+        failures.len()
+    );
+    assert!(
+        old.running(),
+        "the app portswap does not manage is never signalled"
+    );
+    assert_eq!(host.version_on(old_port).as_deref(), Some("legacy"));
+
+    // From now on portswap's own stop is ApplicationStop.
+    let report = host.deploy(&host.good_revision("v2"), "d-2");
+    assert!(report.success(), "{report}");
+    assert_live(&host, "v2");
+    assert!(old.running());
+}

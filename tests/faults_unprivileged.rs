@@ -117,3 +117,68 @@ fn state_directory_not_writable() {
     site.deploy_ok("d-3");
     assert_eq!(site.live_version().as_deref(), Some("d-3"));
 }
+
+#[test]
+fn a_port_held_by_a_process_the_hook_user_cannot_see_is_refused_and_its_answer_never_trusted() {
+    let Some(user) = TestUser::create("a port held by a process the hook user cannot see") else {
+        return;
+    };
+    let site = Site::new();
+    fs::set_permissions(site.root(), fs::Permissions::from_mode(0o755)).unwrap();
+    site.deploy_ok("d-1");
+    let idle = site.ports[1];
+    // A root-started app on the idle port (left over from when the hooks ran as root).
+    let mut root_app = Guarded(
+        std::process::Command::new(portswap_testkit::bins::bin("fixture-app"))
+            .args(["--port", &idle.to_string(), "--version", "root-app"])
+            .current_dir("/")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    support::wait(
+        std::time::Duration::from_secs(5),
+        "the root app listens",
+        || site.version_on(idle).is_some(),
+    );
+    chown_tree(&site.state(), user.uid, user.gid);
+    let before = site.include_text();
+    let traffic = site.traffic();
+    for hook in ["stop", "start", "health", "switch"] {
+        let out = site
+            .hook_with(hook, &[], Some("d-2"), |c| user.apply(c))
+            .fails(4, "no process visible to uid");
+        assert!(
+            out.last_line().contains(&idle.to_string()),
+            "{hook}: names the port: {}",
+            out.last_line()
+        );
+    }
+    traffic.assert_all("d-1");
+    assert_eq!(site.include_text(), before, "nginx never pointed at it");
+    assert!(root_app.0.try_wait().unwrap().is_none(), "never signalled");
+    assert_eq!(
+        fs::read_dir(site.state().join("releases"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("d-2"))
+            .count(),
+        0,
+        "no release staged for an app that could not bind"
+    );
+    drop(root_app);
+    chown_tree(&site.state(), 0, 0);
+    site.deploy_ok("d-2");
+    assert_eq!(site.live_version().as_deref(), Some("d-2"));
+}
+
+/// A child process killed on drop.
+struct Guarded(std::process::Child);
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -68,6 +68,23 @@ pub enum Holder {
     },
 }
 
+impl Holder {
+    /// `None` when the port is free; else who holds it, in words, for a refusal.
+    pub fn taken(&self, port: u16) -> Option<String> {
+        match self {
+            Holder::Free => None,
+            Holder::Ours { process, proof } => Some(format!(
+                "pid {} of this slot holds it ({proof:?})",
+                process.pid
+            )),
+            Holder::Foreign { pid, command } => Some(format!(
+                "pid {pid} (`{command}`), which is not portswap's app, holds port {port}"
+            )),
+            Holder::Unidentified { reason } => Some(reason.clone()),
+        }
+    }
+}
+
 /// The facts that decide ownership for one slot.
 #[derive(Debug, Clone)]
 pub struct Slot<'a> {
@@ -94,7 +111,11 @@ impl Slot<'_> {
             if recorded.pid == pid && recorded.is_alive() {
                 return Some(Proof::Recorded);
             }
-            let in_group = recorded.is_alive()
+            // The group outlives its leader (a wrapper shell killed first): while any member
+            // is left, the kernel never hands the leader's pid to another process, so the
+            // group is ours unless that pid now names a process started at another time.
+            let leader_ours = procfs::start_time(record.pid).is_none_or(|t| t == record.start_time);
+            let in_group = leader_ours
                 && procfs::parent_and_group(pid).is_some_and(|(_, group)| group == record.pid);
             if in_group {
                 return Some(Proof::Recorded);
@@ -124,12 +145,21 @@ impl Slot<'_> {
     pub fn holder(&self) -> Holder {
         let inodes = procfs::listening_inodes(self.port);
         if inodes.is_empty() {
+            // Nothing listens: the recorded app, or whatever of ours is left (a wrapper's
+            // child, a daemonized child that has not bound yet), still counts.
             return match self.record.map(AppRecord::process) {
                 Some(process) if process.is_alive() => Holder::Ours {
                     process,
                     proof: Proof::Recorded,
                 },
-                _ => Holder::Free,
+                _ => self
+                    .members()
+                    .into_iter()
+                    .find_map(|process| {
+                        let proof = self.proof(process.pid)?;
+                        Some(Holder::Ours { process, proof })
+                    })
+                    .unwrap_or(Holder::Free),
             };
         }
         let pids = procfs::listeners(self.port);
@@ -159,8 +189,10 @@ impl Slot<'_> {
     /// Every running process of ours for this slot (the recorded group and every process
     /// carrying the marker), for a stop that must leave nothing behind.
     pub fn members(&self) -> Vec<ProcId> {
+        let me = std::process::id() as i32;
         procfs::all_pids()
             .into_iter()
+            .filter(|pid| *pid != me)
             .filter(|pid| {
                 matches!(
                     self.proof(*pid),

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::libc;
-use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
@@ -121,60 +121,104 @@ pub fn launch(spec: &LaunchSpec) -> Result<Child> {
 
 /// How a stop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stopped {
-    /// Exited after SIGTERM within the grace period.
-    Terminated(Duration),
-    /// Needed SIGKILL after the grace period.
-    Killed(Duration),
+pub struct Stopped {
+    /// From the first SIGTERM until every process was gone and the port free.
+    pub took: Duration,
+    /// Processes that were sent SIGTERM.
+    pub processes: usize,
+    /// Processes still running after the grace period that were sent SIGKILL (0: none was).
+    pub killed: usize,
 }
 
-/// Signals `target` (its whole process group when it leads one) with SIGTERM, waits up to
-/// `grace` for it to exit and for `port` to be free, then SIGKILLs it and waits up to 5 s more.
-pub fn terminate(target: ProcId, port: u16, grace: Duration) -> Result<Stopped> {
+/// Sends `signal` to each process of `targets` not in `sent` yet (checked against its start
+/// time, so a reused pid is never hit); records who got it.
+fn signal_new(targets: &[ProcId], signal: Signal, sent: &mut Vec<ProcId>) {
+    for process in targets {
+        if sent.contains(process) || !process.is_alive() {
+            continue;
+        }
+        match kill(Pid::from_raw(process.pid), signal) {
+            Ok(()) => sent.push(*process),
+            Err(e) => log::warn!("cannot send {signal} to pid {}: {e}", process.pid),
+        }
+    }
+}
+
+fn pids(processes: &[ProcId]) -> String {
+    let list: Vec<String> = processes.iter().map(|p| p.pid.to_string()).collect();
+    list.join(", ")
+}
+
+/// Stops every process `targets()` names (asked again on every poll, so a child forked by a
+/// wrapper, or left behind when the wrapper died, is signalled too): SIGTERM, up to `grace`
+/// for all of them to exit and `port` to be free, then SIGKILL to whoever is left and up to
+/// 5 s more. Only processes `targets()` names are ever signalled.
+pub fn terminate(port: u16, grace: Duration, targets: impl Fn() -> Vec<ProcId>) -> Result<Stopped> {
     let started = Instant::now();
-    let leads_group =
-        procfs::parent_and_group(target.pid).is_some_and(|(_, pgid)| pgid == target.pid);
-    let send = |signal: Signal| {
-        if !target.is_alive() {
-            return;
-        }
-        let result = if leads_group {
-            killpg(Pid::from_raw(target.pid), signal)
-        } else {
-            kill(Pid::from_raw(target.pid), signal)
-        };
-        if let Err(e) = result {
-            log::warn!("cannot send {signal} to pid {}: {e}", target.pid);
-        }
-    };
-    let gone = || !target.is_alive() && !procfs::port_in_use(port);
-    send(Signal::SIGTERM);
-    if wait_for(grace, gone) {
-        return Ok(Stopped::Terminated(started.elapsed()));
+    let mut termed = Vec::new();
+    let finished = |left: &[ProcId]| left.is_empty() && !procfs::port_in_use(port);
+    let done = wait_for(grace, || {
+        let left = targets();
+        signal_new(&left, Signal::SIGTERM, &mut termed);
+        finished(&left)
+    });
+    if done {
+        return Ok(Stopped {
+            took: started.elapsed(),
+            processes: termed.len(),
+            killed: 0,
+        });
+    }
+    let left = targets();
+    if left.is_empty() {
+        return Err(Error::Failed(format!(
+            "every process of the app exited, but port {port} is still in use {} after SIGTERM \
+             (by {}); no SIGKILL sent",
+            crate::duration::show(grace),
+            holders(port)
+        )));
     }
     log::warn!(
-        "pid {} still running after {}: sending SIGKILL",
-        target.pid,
-        crate::duration::show(grace)
+        "still running {} after SIGTERM: pid {}; sending SIGKILL",
+        crate::duration::show(grace),
+        pids(&left)
     );
-    send(Signal::SIGKILL);
-    if wait_for(Duration::from_secs(5), gone) {
-        return Ok(Stopped::Killed(started.elapsed()));
+    let mut killed = Vec::new();
+    let done = wait_for(Duration::from_secs(5), || {
+        let left = targets();
+        signal_new(&left, Signal::SIGKILL, &mut killed);
+        finished(&left)
+    });
+    if done {
+        return Ok(Stopped {
+            took: started.elapsed(),
+            processes: termed.len(),
+            killed: killed.len(),
+        });
     }
-    Err(Error::Failed(format!(
-        "pid {} {} and port {port} {} 5s after SIGKILL",
-        target.pid,
-        if target.is_alive() {
-            "still runs"
-        } else {
-            "exited"
-        },
-        if procfs::port_in_use(port) {
-            "is still in use"
-        } else {
-            "is free"
-        }
-    )))
+    let left = targets();
+    Err(Error::Failed(if left.is_empty() {
+        format!(
+            "port {port} is still in use 5s after SIGKILL (by {}), though the app's processes \
+             are gone",
+            holders(port)
+        )
+    } else {
+        format!("pid {} still running 5s after SIGKILL", pids(&left))
+    }))
+}
+
+/// Who listens on `port`, for messages.
+fn holders(port: u16) -> String {
+    let listeners = procfs::listeners(port);
+    if listeners.is_empty() {
+        return "a process this user cannot see".into();
+    }
+    let described: Vec<String> = listeners
+        .iter()
+        .map(|pid| format!("pid {pid} `{}`", procfs::describe(*pid)))
+        .collect();
+    described.join(", ")
 }
 
 /// Polls `done` with a short, growing interval until it holds or `limit` passes.

@@ -39,6 +39,11 @@ impl ProcId {
     }
 }
 
+/// The start time of `pid` (zombies included), when it exists.
+pub fn start_time(pid: i32) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
 /// The parent pid and process group of `pid`.
 pub fn parent_and_group(pid: i32) -> Option<(i32, i32)> {
     let fields = stat_fields(pid)?;

@@ -35,6 +35,10 @@ pub struct AppRecord {
     pub release_dir: PathBuf,
     /// Its log file.
     pub log_file: PathBuf,
+    /// Length of the log file when it was started: what it wrote comes after this offset
+    /// (0 in records of older versions).
+    #[serde(default)]
+    pub log_offset: u64,
     /// When it was started, seconds since the Unix epoch.
     pub started_at: u64,
 }
@@ -243,6 +247,7 @@ mod tests {
             command: vec!["app".into()],
             release_dir: "/r".into(),
             log_file: "/l".into(),
+            log_offset: 0,
             started_at: 3,
         };
         state.save_app_record(&record).unwrap();

@@ -30,20 +30,24 @@ pub fn run(args: &Args) -> Result<String> {
     let rules = &ctx.config.health;
     let dead = || ctx.supervisor.gone(record.as_ref()?);
     let checked = health::wait_healthy(idle.port, rules, dead).and_then(|answer| {
-        // Healthy, but only if the answer came from this slot's app, still the one `start`
-        // launched (a crash restarted by systemd meanwhile is a failure, not a pass).
-        if let Some(reason) = dead() {
-            return Err(Error::Failed(reason));
+        // Healthy, but only if the app is still the one `start` launched (a crash that
+        // systemd restarted meanwhile is a failure, not a pass).
+        match dead() {
+            Some(reason) => Err(Error::Failed(reason)),
+            None => Ok(answer),
         }
-        ctx.supervisor
-            .serves(idle.port)
-            .map_err(|e| Error::Failed(format!("healthy answer, but {e}")))?;
-        Ok(answer)
     });
     let (status, took) = checked.inspect_err(|_| {
         if let Some(r) = &record {
             applog::log_tail(r);
         }
+    })?;
+    // A 200 from whatever listens proves nothing: it must come from the app start launched.
+    ctx.supervisor.serves(idle.port).map_err(|why| {
+        Error::Refused(format!(
+            "port {} answered {status}, but not from the app start launched: {why}",
+            idle.port
+        ))
     })?;
     Ok(format!(
         "port {} is healthy: {} answered {status} after {} ({} supervisor)",

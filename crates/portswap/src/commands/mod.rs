@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::state::{self, LockGuard, StateDir};
 use crate::supervisor::{self, Supervisor};
 use crate::switcher::nginx::NginxSwitcher;
-use crate::switcher::Switcher;
+use crate::switcher::{Live, Switcher};
 
 /// Everything a hook works with, loaded once; holds the lock when opened with [`Context::locked`].
 pub struct Context {
@@ -60,18 +60,38 @@ impl Context {
         Ok(ctx)
     }
 
-    /// The live slot (if any) and the idle one, as every hook sees them.
-    pub fn sides(&self) -> Result<(Option<&Slot>, &Slot)> {
-        let live_port = self.switcher.live_port()?;
-        if live_port.is_none() {
-            self.refuse_lost_include()?;
+    /// Where traffic goes now, as every hook sees it. A port that is not a slot (the book's
+    /// `8080` before the first switch) is said once per hook: both slots are then idle and
+    /// nothing on that port is ever signalled.
+    pub fn live(&self) -> Result<Live> {
+        let live = self.switcher.live()?;
+        match live {
+            Live::Nothing => self.refuse_lost_include()?,
+            Live::Unmanaged(port) => log::info!(
+                "traffic goes to port {port}, which is not a slot ({} or {}): a version portswap \
+                 does not manage is live there; both slots are idle, nothing on port {port} is \
+                 ever signalled, and the next switch takes over from it",
+                self.config.slots[0].port,
+                self.config.slots[1].port
+            ),
+            Live::Slot(_) => {}
         }
-        let live = live_port.and_then(|port| self.config.slot(port));
+        Ok(live)
+    }
+
+    /// The live slot (if a slot is live) and the idle one, for `live`.
+    pub fn sides_of(&self, live: Live) -> (Option<&Slot>, &Slot) {
+        let live = live.slot().and_then(|port| self.config.slot(port));
         let idle = match live {
             Some(slot) => self.config.other_slot(slot.port),
             None => &self.config.slots[0],
         };
-        Ok((live, idle))
+        (live, idle)
+    }
+
+    /// The live slot (if any) and the idle one, as every hook sees them.
+    pub fn sides(&self) -> Result<(Option<&Slot>, &Slot)> {
+        Ok(self.sides_of(self.live()?))
     }
 
     /// No include, yet a switch was recorded: the include was lost (deleted, or the path

@@ -6,6 +6,7 @@ use super::Context;
 use crate::cli::{Args, Hook};
 use crate::config::Slot;
 use crate::error::{Error, Result};
+use crate::ownership::Holder;
 use crate::process;
 use crate::release::{self, Release};
 use crate::state::AppRecord;
@@ -34,28 +35,13 @@ pub fn run(args: &Args) -> Result<String> {
         idle.port,
         &ctx.config.app.artifacts,
     )?;
-    let launch = launch(&ctx, idle, &release)?;
-    log::info!(
-        "starting on port {} ({} supervisor): {}",
-        idle.port,
-        ctx.supervisor.kind(),
-        launch.argv.join(" ")
-    );
-    let record = signals::critical(|| -> Result<AppRecord> {
-        let record = ctx.supervisor.start(&launch)?;
-        ctx.state.save_app_record(&record)?;
-        Ok(record)
-    })?;
-    let mut died = None;
-    process::wait_for(ctx.config.app.start_check, || {
-        died = ctx.supervisor.gone(&record);
-        died.is_some()
-    });
-    if let Some(reason) = died {
-        ctx.state.clear_app_record(idle.port)?;
-        applog::log_tail(&record);
-        return Err(Error::Failed(reason));
-    }
+    let record = match launch_checked(&ctx, idle, &release) {
+        Ok(record) => record,
+        Err(e) => {
+            remove_release(&ctx, idle.port, &release);
+            return Err(e);
+        }
+    };
     let in_use: Vec<PathBuf> = ctx
         .config
         .slots
@@ -79,6 +65,76 @@ pub fn run(args: &Args) -> Result<String> {
         ctx.supervisor.kind(),
         record.log_file.display()
     ))
+}
+
+/// Launches the app from `release` once the port is still free, and watches it for
+/// `app.start_check`. An app that exits at once fails the start; whatever of it is left
+/// running (a daemonized child carries the slot's marker) is stopped first.
+fn launch_checked(ctx: &Context, idle: &Slot, release: &Release) -> Result<AppRecord> {
+    let launch = launch(ctx, idle, release)?;
+    // Staging took a while: the port must still be free, else the new app cannot bind and
+    // an answer on the port would come from someone else.
+    if let Some(why) = ctx.supervisor.holder(idle.port).taken(idle.port) {
+        return Err(Error::Refused(format!(
+            "port {} is no longer free right before the launch: {why}; nothing was started",
+            idle.port
+        )));
+    }
+    log::info!(
+        "starting on port {} ({} supervisor): {}",
+        idle.port,
+        ctx.supervisor.kind(),
+        launch.argv.join(" ")
+    );
+    let record = signals::critical(|| -> Result<AppRecord> {
+        let record = ctx.supervisor.start(&launch)?;
+        ctx.state.save_app_record(&record)?;
+        Ok(record)
+    })?;
+    let mut died = None;
+    process::wait_for(ctx.config.app.start_check, || {
+        died = ctx.supervisor.gone(&record);
+        died.is_some()
+    });
+    let Some(reason) = died else {
+        return Ok(record);
+    };
+    applog::log_tail(&record);
+    let left = match ctx.supervisor.holder(idle.port) {
+        Holder::Ours { process, .. } => process,
+        _ => {
+            ctx.state.clear_app_record(idle.port)?;
+            return Err(Error::Failed(reason));
+        }
+    };
+    let hint = "an app that puts itself in the background cannot be supervised: run it in the \
+                foreground";
+    Err(Error::Failed(match ctx.supervisor.stop(idle.port, false) {
+        Ok(done) => format!(
+            "{reason}; it left pid {} running ({hint}): {done}",
+            left.pid
+        ),
+        Err(e) => format!(
+            "{reason}; it left pid {} running ({hint}), and stopping it failed: {e}; run \
+                 `stop --port {}` once the cause is fixed",
+            left.pid, idle.port
+        ),
+    }))
+}
+
+/// Removes the release of a start that failed, unless something of ours still runs there.
+fn remove_release(ctx: &Context, port: u16, release: &Release) {
+    if matches!(ctx.supervisor.holder(port), Holder::Ours { .. }) {
+        log::warn!(
+            "release {} kept: the app still runs from it",
+            release.dir.display()
+        );
+        return;
+    }
+    match std::fs::remove_dir_all(&release.dir) {
+        Ok(()) => log::info!("removed the release {}", release.dir.display()),
+        Err(e) => log::warn!("cannot remove the release {}: {e}", release.dir.display()),
+    }
 }
 
 fn launch(ctx: &Context, slot: &Slot, release: &Release) -> Result<Launch> {
@@ -114,6 +170,7 @@ fn launch(ctx: &Context, slot: &Slot, release: &Release) -> Result<Launch> {
         .unwrap_or(std::path::Path::new("/"));
     let workdir = config_dir.join(template::expand(&app.workdir, lookup));
     fsio::ensure_dir(&app.log_dir, 0o755)?;
+    let log_file = app.log_dir.join(format!("app-{}.log", slot.port));
     let account = match &app.user {
         Some(user) if nix::unistd::geteuid().is_root() => Some(users::lookup(user)?),
         Some(user) => {
@@ -146,7 +203,8 @@ fn launch(ctx: &Context, slot: &Slot, release: &Release) -> Result<Launch> {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        log_file: app.log_dir.join(format!("app-{}.log", slot.port)),
+        log_offset: applog::end(&log_file),
+        log_file,
         account,
         release_dir: release.dir.clone(),
     })

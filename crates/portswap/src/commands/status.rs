@@ -6,6 +6,7 @@ use super::Context;
 use crate::error::Result;
 use crate::procfs;
 use crate::state;
+use crate::switcher::Live;
 
 fn uptime(seconds: u64) -> String {
     match seconds {
@@ -18,24 +19,26 @@ fn uptime(seconds: u64) -> String {
 /// The status as text: the live port and one line per slot.
 pub fn render(ctx: &Context) -> Result<String> {
     let mut out = String::new();
-    let live = ctx.switcher.live_port();
-    let live_port = *live.as_ref().unwrap_or(&None);
+    let live = ctx.switcher.live();
+    let live_port = live.as_ref().ok().and_then(|l| l.slot());
+    let include = ctx.config.nginx.include.display();
     let _ = match &live {
-        Ok(Some(port)) => writeln!(
+        Ok(Live::Slot(port)) => writeln!(out, "live port: {port} ({include})"),
+        Ok(Live::Unmanaged(port)) => writeln!(
             out,
-            "live port: {port} ({})",
-            ctx.config.nginx.include.display()
+            "live port: {port} ({include}), not a slot: a version portswap does not manage; \
+             the next switch takes over from it"
         ),
-        Ok(None) => writeln!(
-            out,
-            "live port: none ({} does not exist)",
-            ctx.config.nginx.include.display()
-        ),
+        Ok(Live::Nothing) => writeln!(out, "live port: none ({include} does not exist)"),
         Err(e) => writeln!(out, "live port: unknown: {e}"),
     };
     let _ = writeln!(out, "supervisor: {}", ctx.supervisor.kind());
     if let Some(last) = ctx.state.switch_record() {
-        let previous = last.previous.map_or("none".into(), |p| p.to_string());
+        let previous = match last.previous {
+            None => "none".to_string(),
+            Some(p) if ctx.config.slot(p).is_none() => format!("{p} (not managed, taken over)"),
+            Some(p) => p.to_string(),
+        };
         let ago = uptime(state::now_secs().saturating_sub(last.at));
         let _ = writeln!(
             out,

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::health;
 use crate::signals;
 use crate::state::{self, SwitchRecord};
+use crate::switcher::Live;
 
 /// The `switch` binary.
 pub const HOOK: Hook = Hook {
@@ -35,13 +36,27 @@ pub fn run(args: &Args) -> Result<String> {
         return Ok("status shown, nothing changed".into());
     }
     let ctx = Context::locked(HOOK.name, args)?;
-    let (live, idle) = ctx.sides()?;
+    let now = ctx.live()?;
+    let (live, idle) = ctx.sides_of(now);
     let live_port = live.map(|s| s.port);
     let rollback = args.has("--rollback");
     let target = if rollback {
+        if let Live::Unmanaged(port) = now {
+            return Err(Error::Refused(format!(
+                "port {port} is live and not a slot: portswap rolls back only between its slots"
+            )));
+        }
         let live_port = live_port
             .ok_or_else(|| Error::Refused("nothing is live yet: nothing to roll back to".into()))?;
         let recorded = ctx.state.switch_record().and_then(|r| r.previous);
+        if let Some(p) = recorded.filter(|p| ctx.config.slot(*p).is_none()) {
+            return Err(Error::Refused(format!(
+                "the switch to port {live_port} took over from port {p}, which portswap does not \
+                 manage: no slot to roll back to; to go back, put `{}` into {} and reload nginx",
+                ctx.config.nginx.template.render(p).trim_end(),
+                ctx.config.nginx.include.display()
+            )));
+        }
         recorded
             .filter(|p| *p != live_port && ctx.config.slot(*p).is_some())
             .unwrap_or(idle.port)
@@ -76,12 +91,18 @@ pub fn run(args: &Args) -> Result<String> {
         log::warn!("--force: not checking the health of port {target}");
     } else {
         check_target(&ctx, target, rollback)?;
+        // An answer proves nothing unless our app is what listens there.
+        ctx.supervisor.serves(target).map_err(|why| {
+            Error::Refused(format!(
+                "refusing to switch to port {target}: {why}; nginx unchanged"
+            ))
+        })?;
     }
     let switched = signals::critical(|| -> Result<_> {
         let switched = ctx.switcher.switch_to(target)?;
         let record = SwitchRecord {
             live: target,
-            previous: live_port,
+            previous: now.port(),
             deployment_id: ctx.deployment_id.clone(),
             at: state::now_secs(),
         };
@@ -91,7 +112,14 @@ pub fn run(args: &Args) -> Result<String> {
         Ok(switched)
     })?;
     log::info!("{}", switched.detail);
-    let was = live_port.map_or("nothing live".to_string(), |p| format!("was {p}"));
+    let was = match now {
+        Live::Slot(p) => format!("was {p}"),
+        Live::Unmanaged(p) => format!(
+            "took over from port {p}, which portswap does not manage: nothing there was \
+             signalled; retire that app when you no longer need it (README, migration)"
+        ),
+        Live::Nothing => "nothing live".to_string(),
+    };
     Ok(format!(
         "nginx now sends all new requests to port {target} ({was}{}); switch took {} ({} supervisor)",
         if rollback { ", rollback" } else { "" },
@@ -101,9 +129,8 @@ pub fn run(args: &Args) -> Result<String> {
 }
 
 /// The target must answer its health check: at once for a normal switch (health ran just
-/// before), within a few seconds for a rollback; the answer must come from the slot's own
-/// app (`Supervisor::serves`), and for a normal switch that app must still be the one `start`
-/// launched (not crashed and restarted by systemd since).
+/// before), within a few seconds for a rollback; for a normal switch the app must still be
+/// the one `start` launched (not exited, nor crashed and restarted by systemd since).
 fn check_target(ctx: &Context, port: u16, rollback: bool) -> Result<()> {
     let rules = &ctx.config.health;
     let restarted = ctx
@@ -124,7 +151,6 @@ fn check_target(ctx: &Context, port: u16, rollback: bool) -> Result<()> {
             .map(|_| ())
             .map_err(Error::Failed)
     };
-    let result = result.and_then(|_| ctx.supervisor.serves(port).map_err(Error::Failed));
     result.map_err(|e| {
         Error::Failed(format!("refusing to switch to port {port}, it is not healthy: {e}; nginx unchanged (--force overrides)"))
     })

@@ -29,6 +29,8 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     /// Log file that receives stdout and stderr (appended).
     pub log_file: PathBuf,
+    /// Length of the log file before the launch (see [`AppRecord::log_offset`]).
+    pub log_offset: u64,
     /// Account to run as (only when the hook runs as root).
     pub account: Option<Account>,
     /// The release directory it runs from.

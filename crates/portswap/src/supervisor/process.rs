@@ -10,8 +10,8 @@ use crate::config::Config;
 use crate::duration::show;
 use crate::error::{Error, Result};
 use crate::ownership::{self, Holder};
-use crate::process::{self, LaunchSpec, Stopped};
-use crate::procfs::ProcId;
+use crate::process::{self, LaunchSpec};
+use crate::procfs::{self, ProcId};
 use crate::state::{self, AppRecord, StateDir};
 
 /// Runs the app as a detached child of the hook.
@@ -60,8 +60,8 @@ impl Supervisor for ProcessSupervisor {
                 r.pid
             );
         }
-        let holder = self.slot(port, record.as_ref()).holder();
-        let process = match holder {
+        let slot = self.slot(port, record.as_ref());
+        let (process, targets): (ProcId, Box<dyn Fn() -> Vec<ProcId>>) = match slot.holder() {
             Holder::Free => {
                 self.state.clear_app_record(port)?;
                 return Ok(format!("nothing runs on port {port}"));
@@ -77,7 +77,10 @@ impl Supervisor for ProcessSupervisor {
             }
             Holder::Foreign { pid, command } => {
                 log::warn!("--force: stopping foreign pid {pid} (`{command}`) on port {port}");
-                ProcId::of(pid).ok_or_else(|| Error::Failed(format!("pid {pid} vanished")))?
+                let process =
+                    ProcId::of(pid).ok_or_else(|| Error::Failed(format!("pid {pid} vanished")))?;
+                let leads = procfs::parent_and_group(pid).is_some_and(|(_, g)| g == pid);
+                (process, Box::new(move || group_of(process, leads)))
             }
             Holder::Ours { process, proof } => {
                 let from = record
@@ -88,20 +91,38 @@ impl Supervisor for ProcessSupervisor {
                     "stopping pid {} on port {port}{from} ({proof:?})",
                     process.pid
                 );
-                process
+                let slot = slot.clone();
+                (
+                    process,
+                    Box::new(move || {
+                        let mut all = slot.members();
+                        if process.is_alive() && !all.contains(&process) {
+                            all.push(process);
+                        }
+                        all
+                    }),
+                )
             }
         };
-        let outcome = process::terminate(process, port, self.stop_grace)?;
+        let stopped = process::terminate(port, self.stop_grace, targets)?;
         self.state.clear_app_record(port)?;
-        Ok(match outcome {
-            Stopped::Terminated(t) => {
-                format!("stopped pid {} on port {port} in {}", process.pid, show(t))
-            }
-            Stopped::Killed(t) => format!(
-                "killed pid {} on port {port} after {} (it ignored SIGTERM for {})",
+        let others = match stopped.processes.saturating_sub(1) {
+            0 => String::new(),
+            1 => " and 1 other process of the app".to_string(),
+            n => format!(" and {n} other processes of the app"),
+        };
+        Ok(match stopped.killed {
+            0 => format!(
+                "stopped pid {}{others} on port {port} in {}",
                 process.pid,
-                show(t),
-                show(self.stop_grace)
+                show(stopped.took)
+            ),
+            n => format!(
+                "killed pid {}{others} on port {port}: still running {} after SIGTERM, sent \
+                 SIGKILL to {n}; port free after {}",
+                process.pid,
+                show(self.stop_grace),
+                show(stopped.took)
             ),
         })
     }
@@ -132,6 +153,7 @@ impl Supervisor for ProcessSupervisor {
             command: launch.argv.clone(),
             release_dir: launch.release_dir.clone(),
             log_file: launch.log_file.clone(),
+            log_offset: launch.log_offset,
             started_at: state::now_secs(),
         })
     }
@@ -149,4 +171,21 @@ impl Supervisor for ProcessSupervisor {
         let record = self.state.app_record(port);
         self.slot(port, record.as_ref()).serves()
     }
+}
+
+/// `leader` and, when it `leads` a process group, what is left of its group (`stop --force`).
+fn group_of(leader: ProcId, leads: bool) -> Vec<ProcId> {
+    let mut all: Vec<ProcId> = if leads {
+        procfs::all_pids()
+            .into_iter()
+            .filter(|p| procfs::parent_and_group(*p).is_some_and(|(_, g)| g == leader.pid))
+            .filter_map(ProcId::of)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if leader.is_alive() && !all.contains(&leader) {
+        all.push(leader);
+    }
+    all
 }

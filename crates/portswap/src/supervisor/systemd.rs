@@ -21,7 +21,7 @@ use crate::ownership::{self, Holder};
 use crate::procfs::{self, ProcId};
 use crate::state::{self, AppRecord, StateDir};
 use crate::systemctl::{self, environment_file, plain_value, quote_word};
-use crate::{fsio, process};
+use crate::{applog, fsio, process};
 
 /// First line of every unit file portswap writes; `stop` and `start` manage only units
 /// whose file starts with it.
@@ -167,7 +167,7 @@ impl SystemdSupervisor {
     /// The last lines of the app's output: its log file, or the unit's journal.
     fn output_tail(&self, record: &AppRecord, lines: usize) -> Vec<String> {
         match self.systemd.output {
-            Output::File => fsio::tail(&record.log_file, lines),
+            Output::File => applog::tail_since(&record.log_file, record.log_offset, lines),
             Output::Journal => systemctl::journal_tail(&self.systemd.unit_name(record.port), lines),
         }
     }
@@ -272,49 +272,34 @@ impl Supervisor for SystemdSupervisor {
         )?;
         // A crash loop of an earlier version may have used up the start limit.
         let _ = systemctl::systemctl(&["reset-failed", "--", &unit], systemctl::CALL_LIMIT);
-        systemctl::systemctl(
-            &["restart", "--", &unit],
-            self.stop_grace + Duration::from_secs(15),
-        )
-        .map_err(|e| {
-            let tail = self.output_tail(
-                &AppRecord {
-                    pid: 0,
-                    start_time: 0,
-                    port,
-                    profile: launch.slot.profile.clone(),
-                    deployment_id: launch.deployment_id.clone(),
-                    command: launch.argv.clone(),
-                    release_dir: launch.release_dir.clone(),
-                    log_file: launch.log_file.clone(),
-                    started_at: 0,
-                },
-                1,
-            );
-            Error::Failed(format!(
-                "{e}{}",
-                tail.last()
-                    .map(|l| format!("; last output: {l}"))
-                    .unwrap_or_default()
-            ))
-        })?;
-        let props = systemctl::show(&unit, WATCHED)?;
-        let pid: i32 = props
-            .get("MainPID")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        let start_time = ProcId::of(pid).map(|p| p.start_time).unwrap_or(0);
-        Ok(AppRecord {
-            pid,
-            start_time,
+        let mut record = AppRecord {
+            pid: 0,
+            start_time: 0,
             port,
             profile: launch.slot.profile.clone(),
             deployment_id: launch.deployment_id.clone(),
             command: launch.argv.clone(),
             release_dir: launch.release_dir.clone(),
             log_file: launch.log_file.clone(),
+            log_offset: launch.log_offset,
             started_at: state::now_secs(),
-        })
+        };
+        systemctl::systemctl(
+            &["restart", "--", &unit],
+            self.stop_grace + Duration::from_secs(15),
+        )
+        .map_err(|e| {
+            let tail = self.output_tail(&record, 1);
+            let last = tail.last().map(|l| format!("; last output: {l}"));
+            Error::Failed(format!("{e}{}", last.unwrap_or_default()))
+        })?;
+        let props = systemctl::show(&unit, WATCHED)?;
+        record.pid = props
+            .get("MainPID")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        record.start_time = ProcId::of(record.pid).map_or(0, |p| p.start_time);
+        Ok(record)
     }
 
     fn gone(&self, record: &AppRecord) -> Option<String> {
@@ -360,9 +345,13 @@ impl Supervisor for SystemdSupervisor {
             Output::File => format!("log {}", record.log_file.display()),
             Output::Journal => format!("journalctl -u {unit}"),
         };
+        let pid = match record.pid {
+            0 => String::new(),
+            pid => format!(", pid {pid}"),
+        };
         Some(format!(
-            "the app on port {} ({unit}, pid {}) {how}{last} ({source})",
-            record.port, record.pid
+            "the app on port {} ({unit}{pid}) {how}{last} ({source})",
+            record.port
         ))
     }
 

@@ -18,10 +18,42 @@ pub struct Switched {
     pub detail: String,
 }
 
+/// Where traffic goes now, as the switcher reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Live {
+    /// One of the two slots.
+    Slot(u16),
+    /// A port that is not a slot: a version portswap does not manage is live there (the
+    /// book's first include, `set $service_url http://127.0.0.1:8080;`, the app's port
+    /// before blue-green). Both slots are idle; nothing on this port is ever signalled; the
+    /// first switch takes over from it.
+    Unmanaged(u16),
+    /// Nothing is live yet.
+    Nothing,
+}
+
+impl Live {
+    /// The live slot's port, if a slot is live.
+    pub fn slot(self) -> Option<u16> {
+        match self {
+            Live::Slot(port) => Some(port),
+            Live::Unmanaged(_) | Live::Nothing => None,
+        }
+    }
+
+    /// The port traffic goes to, slot or not.
+    pub fn port(self) -> Option<u16> {
+        match self {
+            Live::Slot(port) | Live::Unmanaged(port) => Some(port),
+            Live::Nothing => None,
+        }
+    }
+}
+
 /// A way of sending the traffic to one of the two slots.
 pub trait Switcher {
-    /// The port traffic goes to now; `None` when nothing is live yet (first deployment).
-    fn live_port(&self) -> Result<Option<u16>>;
+    /// Where traffic goes now ([`Live::Nothing`] before the first deployment).
+    fn live(&self) -> Result<Live>;
 
     /// Sends all new traffic to `port` and returns only once no new request can reach the
     /// previous port. On failure the previous routing stays in force.

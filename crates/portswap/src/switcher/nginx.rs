@@ -9,7 +9,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::workers::Workers;
-use super::{Switched, Switcher};
+use super::{Live, Switched, Switcher};
 use crate::config::{Config, Nginx};
 use crate::duration::show;
 use crate::error::{Error, Result};
@@ -213,9 +213,11 @@ impl NginxSwitcher {
 }
 
 impl Switcher for NginxSwitcher {
-    fn live_port(&self) -> Result<Option<u16>> {
+    /// A well-formed include naming a port that is not a slot is [`Live::Unmanaged`]; an
+    /// include that does not parse is refused (state error).
+    fn live(&self) -> Result<Live> {
         let Some(bytes) = self.read_include()? else {
-            return Ok(None);
+            return Ok(Live::Nothing);
         };
         let fix = "fix: write a valid include (or delete it if nothing is live) and retry";
         let text = String::from_utf8(bytes).map_err(|_| {
@@ -230,15 +232,11 @@ impl Switcher for NginxSwitcher {
                 self.include().display()
             ))
         })?;
-        if !self.ports.contains(&port) {
-            return Err(Error::State(format!(
-                "include {} sends traffic to port {port}, which is neither slot ({} or {}); {fix}",
-                self.include().display(),
-                self.ports[0],
-                self.ports[1]
-            )));
-        }
-        Ok(Some(port))
+        Ok(if self.ports.contains(&port) {
+            Live::Slot(port)
+        } else {
+            Live::Unmanaged(port)
+        })
     }
 
     fn switch_to(&self, port: u16) -> Result<Switched> {
