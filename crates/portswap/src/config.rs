@@ -52,8 +52,7 @@ pub struct App {
 }
 
 /// `app.supervisor`: who keeps the app running on a slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SupervisorChoice {
     /// systemd when the host runs it and the hook can manage system units, else process.
     Auto,
@@ -64,8 +63,7 @@ pub enum SupervisorChoice {
 }
 
 /// Where the app's output goes under systemd (`systemd.output`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
     /// Appended to `<log_dir>/app-PORT.log`, as in process mode.
     File,
@@ -173,7 +171,7 @@ struct RawConfig {
 struct RawSystemd {
     unit: Option<String>,
     unit_dir: Option<String>,
-    output: Option<Output>,
+    output: Option<String>,
     #[serde(default, deserialize_with = "duration::deserialize_opt")]
     restart_delay: Option<Duration>,
     start_limit: Option<u32>,
@@ -200,7 +198,7 @@ struct RawApp {
     #[serde(default, deserialize_with = "duration::deserialize_opt")]
     start_check: Option<Duration>,
     keep_releases: Option<usize>,
-    supervisor: Option<SupervisorChoice>,
+    supervisor: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -521,7 +519,17 @@ impl Checker<'_> {
             user: raw.user,
             start_check: raw.start_check.unwrap_or(Duration::from_millis(250)),
             keep_releases,
-            supervisor: raw.supervisor.unwrap_or(SupervisorChoice::Auto),
+            supervisor: match raw.supervisor.as_deref() {
+                None | Some("auto") => SupervisorChoice::Auto,
+                Some("systemd") => SupervisorChoice::Systemd,
+                Some("process") => SupervisorChoice::Process,
+                Some(other) => {
+                    return Err(self.err(
+                        "app.supervisor",
+                        format!("`{other}` is not one of auto, systemd, process"),
+                    ))
+                }
+            },
         })
     }
 
@@ -550,7 +558,16 @@ impl Checker<'_> {
         Ok(Systemd {
             unit,
             unit_dir,
-            output: raw.output.unwrap_or(Output::File),
+            output: match raw.output.as_deref() {
+                None | Some("file") => Output::File,
+                Some("journal") => Output::Journal,
+                Some(other) => {
+                    return Err(self.err(
+                        "systemd.output",
+                        format!("`{other}` is not one of file, journal"),
+                    ))
+                }
+            },
             restart_delay: raw.restart_delay.unwrap_or(Duration::from_millis(100)),
             start_limit,
         })
@@ -622,5 +639,57 @@ impl Checker<'_> {
             reload_timeout,
             quit_old_workers: raw.quit_old_workers.unwrap_or(true),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("/etc/portswap/portswap.yml"))
+    }
+
+    #[test]
+    fn supervisor_and_systemd_section() {
+        let c = parse("app: { command: [app] }").unwrap();
+        assert_eq!(c.app.supervisor, SupervisorChoice::Auto);
+        assert_eq!(c.systemd.unit_name(8081), "portswap-8081.service");
+        assert_eq!(c.systemd.unit_dir, Path::new("/etc/systemd/system"));
+        assert_eq!(c.systemd.output, Output::File);
+        let c = parse(
+            "app: { command: [app], supervisor: systemd }\n\
+             systemd: { unit: 'shop-{port}.service', output: journal, restart_delay: 2s }",
+        )
+        .unwrap();
+        assert_eq!(c.app.supervisor, SupervisorChoice::Systemd);
+        assert_eq!(c.systemd.unit_name(8082), "shop-8082.service");
+        assert_eq!(c.systemd.output, Output::Journal);
+        assert_eq!(c.systemd.restart_delay, Duration::from_secs(2));
+        for (text, key) in [
+            (
+                "app: { command: [app], supervisor: docker }",
+                "app.supervisor",
+            ),
+            (
+                "app: { command: [app] }\nsystemd: { unit: shop.service }",
+                "systemd.unit",
+            ),
+            (
+                "app: { command: [app] }\nsystemd: { unit: 'a/{port}.service' }",
+                "systemd.unit",
+            ),
+            (
+                "app: { command: [app] }\nsystemd: { output: syslog }",
+                "systemd.output",
+            ),
+            (
+                "app: { command: [app] }\nsystemd: { start_limit: 0 }",
+                "systemd.start_limit",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 }

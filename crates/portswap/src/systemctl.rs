@@ -1,7 +1,6 @@
 //! Talking to systemd through its command-line tools (`systemctl`, `journalctl`): argv only,
 //! never a shell, every call bounded in time, and the unit-file syntax portswap writes.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -74,15 +73,24 @@ pub fn systemctl(args: &[&str], limit: Duration) -> Result<String> {
     run("systemctl", args, limit)
 }
 
-/// The unit's `properties` (`systemctl show -p A,B UNIT`); missing ones are absent.
-pub fn show(unit: &str, properties: &[&str]) -> Result<BTreeMap<String, String>> {
+/// What `systemctl show` printed: `Key=value` lines.
+#[derive(Debug, Clone, Default)]
+pub struct Properties(String);
+
+impl Properties {
+    /// The value of `key`, or `"?"` when systemd did not say.
+    pub fn get(&self, key: &str) -> &str {
+        self.0
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or("?")
+    }
+}
+
+/// The unit's `properties` (`systemctl show -p A,B UNIT`).
+pub fn show(unit: &str, properties: &[&str]) -> Result<Properties> {
     let list = properties.join(",");
-    let text = systemctl(&["show", "-p", &list, "--", unit], CALL_LIMIT)?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect())
+    systemctl(&["show", "-p", &list, "--", unit], CALL_LIMIT).map(Properties)
 }
 
 /// The unit's last `lines` journal lines (messages only), empty when unreadable.

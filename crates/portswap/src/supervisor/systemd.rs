@@ -207,8 +207,8 @@ impl Supervisor for SystemdSupervisor {
         let mut done = Vec::new();
         if self.unit_file_is_ours(&unit) == Some(true) {
             let before = systemctl::show(&unit, WATCHED)?;
-            let get = |k: &str| before.get(k).map(String::as_str).unwrap_or("");
-            let running = !matches!(get("ActiveState"), "inactive" | "failed" | "");
+            let get = |k: &str| before.get(k);
+            let running = !matches!(get("ActiveState"), "inactive" | "failed" | "?");
             if running || get("UnitFileState") == "enabled" {
                 let started = std::time::Instant::now();
                 systemctl::systemctl(
@@ -294,10 +294,7 @@ impl Supervisor for SystemdSupervisor {
             Error::Failed(format!("{e}{}", last.unwrap_or_default()))
         })?;
         let props = systemctl::show(&unit, WATCHED)?;
-        record.pid = props
-            .get("MainPID")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
+        record.pid = props.get("MainPID").parse().unwrap_or(0);
         record.start_time = ProcId::of(record.pid).map_or(0, |p| p.start_time);
         Ok(record)
     }
@@ -308,7 +305,7 @@ impl Supervisor for SystemdSupervisor {
         }
         let unit = self.systemd.unit_name(record.port);
         let props = systemctl::show(&unit, WATCHED).unwrap_or_default();
-        let get = |k: &str| props.get(k).map(String::as_str).unwrap_or("?");
+        let get = |k: &str| props.get(k);
         let how = match (get("ActiveState"), get("SubState")) {
             // The main process exited 0 and left the app behind (a daemonizing app).
             ("active", "exited") if SystemdSupervisor::members(&unit) > 0 => return None,
@@ -381,7 +378,7 @@ impl Supervisor for SystemdSupervisor {
     fn describe(&self, port: u16) -> Option<String> {
         let unit = self.systemd.unit_name(port);
         let props = systemctl::show(&unit, WATCHED).ok()?;
-        let get = |k: &str| props.get(k).map(String::as_str).unwrap_or("?");
+        let get = |k: &str| props.get(k);
         Some(format!(
             "unit {unit} {}/{} ({}), main pid {}, restarts {}",
             get("ActiveState"),
