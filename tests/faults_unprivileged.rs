@@ -7,11 +7,16 @@ mod support;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use support::{chown_tree, Site, TestUser};
+use support::{chown_tree, Settings, Site, TestUser};
 
-/// A site with `d-1` live and `d-2` started and healthy, readable by other users.
-fn site_ready_to_switch() -> Site {
-    let site = Site::new();
+/// A site with `d-1` live and `d-2` started and healthy, readable by other users. The apps
+/// run as `user` (the root hooks drop them to it), so that hooks run as `user` can see that
+/// the app on the port is the one `start` launched.
+fn site_ready_to_switch(user: &TestUser) -> Site {
+    let site = Site::with(Settings {
+        app_user: Some(user.name.clone()),
+        ..Settings::default()
+    });
     fs::set_permissions(site.root(), fs::Permissions::from_mode(0o755)).unwrap();
     site.deploy_ok("d-1");
     site.run_until("d-2", "health");
@@ -23,7 +28,7 @@ fn include_directory_not_writable() {
     let Some(user) = TestUser::create("include directory not writable") else {
         return;
     };
-    let site = site_ready_to_switch();
+    let site = site_ready_to_switch(&user);
     chown_tree(&site.state(), user.uid, user.gid);
     let before = site.include_text();
     let traffic = site.traffic();
@@ -47,7 +52,7 @@ fn reload_without_permission_names_the_sudoers_fix() {
     let Some(user) = TestUser::create("reload without permission") else {
         return;
     };
-    let site = site_ready_to_switch();
+    let site = site_ready_to_switch(&user);
     // The user may write the include and the state, but not signal root's nginx.
     chown_tree(&site.state(), user.uid, user.gid);
     std::os::unix::fs::chown(site.root(), Some(user.uid), Some(user.gid)).unwrap();
@@ -98,7 +103,7 @@ fn state_directory_not_writable() {
     let Some(user) = TestUser::create("state directory not writable") else {
         return;
     };
-    let site = site_ready_to_switch();
+    let site = site_ready_to_switch(&user);
     let before = site.include_text();
     let traffic = site.traffic();
     for hook in ["stop", "start", "health", "switch"] {

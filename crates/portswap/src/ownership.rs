@@ -143,7 +143,11 @@ impl Slot<'_> {
 
     /// Who holds the port now.
     pub fn holder(&self) -> Holder {
-        let inodes = procfs::listening_inodes(self.port);
+        self.holder_of(&procfs::listening_inodes(self.port))
+    }
+
+    /// Who holds the port, given the inodes of the sockets listening on it.
+    fn holder_of(&self, inodes: &[u64]) -> Holder {
         if inodes.is_empty() {
             // Nothing listens: the recorded app, or whatever of ours is left (a wrapper's
             // child, a daemonized child that has not bound yet), still counts.
@@ -161,6 +165,17 @@ impl Slot<'_> {
                     })
                     .unwrap_or(Holder::Free),
             };
+        }
+        // The usual case, without looking through every process: the recorded app itself
+        // holds every listening socket.
+        if let Some(process) = self.record.map(AppRecord::process) {
+            let held = procfs::socket_inodes(process.pid);
+            if inodes.iter().all(|i| held.contains(i)) && process.is_alive() {
+                return Holder::Ours {
+                    process,
+                    proof: Proof::Recorded,
+                };
+            }
         }
         let pids = procfs::listeners(self.port);
         let mut foreign = None;
@@ -206,10 +221,11 @@ impl Slot<'_> {
     /// True when every process listening on the port is ours (and at least one listens):
     /// what `health` and `switch` require before trusting an answer on the port.
     pub fn serves(&self) -> Result<(), String> {
-        match self.holder() {
-            Holder::Ours { .. } if !procfs::port_in_use(self.port) => {
-                Err(format!("nothing listens on port {}", self.port))
-            }
+        let inodes = procfs::listening_inodes(self.port);
+        if inodes.is_empty() {
+            return Err(format!("nothing listens on port {}", self.port));
+        }
+        match self.holder_of(&inodes) {
             Holder::Ours { .. } => Ok(()),
             Holder::Free => Err(format!("nothing listens on port {}", self.port)),
             Holder::Foreign { pid, command } => Err(format!(

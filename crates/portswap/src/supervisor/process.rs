@@ -173,9 +173,11 @@ impl Supervisor for ProcessSupervisor {
     }
 }
 
-/// `leader` and, when it `leads` a process group, what is left of its group (`stop --force`).
+/// `leader` and, when it `leads` a process group, what is left of its group (`stop --force`);
+/// nothing of the group once the leader's pid names a process started at another time.
 fn group_of(leader: ProcId, leads: bool) -> Vec<ProcId> {
-    let mut all: Vec<ProcId> = if leads {
+    let same_leader = procfs::start_time(leader.pid).is_none_or(|t| t == leader.start_time);
+    let mut all: Vec<ProcId> = if leads && same_leader {
         procfs::all_pids()
             .into_iter()
             .filter(|p| procfs::parent_and_group(*p).is_some_and(|(_, g)| g == leader.pid))
