@@ -386,13 +386,13 @@ fn wrapper_and_daemonizing_apps_are_stopped_whole_every_time() {
     }
 }
 
-fn crash_case(test: &str, app_args: &[&str], expect: &str) {
+fn crash_case(test: &str, app_args: &[&str], extra: &str, expect: &[&str]) {
     let Some(host) = Host::new(test) else {
         return;
     };
     host.deploy_ok("good");
     let include = host.include();
-    host.configure(app_args, "");
+    host.configure(app_args, extra);
     let outcomes = host.deploy("bad");
     let failed = outcomes.last().unwrap();
     let failed_at = monotonic_us();
@@ -442,7 +442,14 @@ fn crash_case(test: &str, app_args: &[&str], expect: &str) {
         "reported {after_crash:?} after the crash"
     );
     let outcome = outcomes.into_iter().last().unwrap();
-    outcome.fails(1, expect);
+    for needle in expect {
+        assert!(
+            outcome.last_line().contains(needle),
+            "{needle}: {}",
+            outcome.last_line()
+        );
+    }
+    outcome.fails(1, expect[0]);
     assert_eq!(host.include(), include, "nginx touched");
     assert_eq!(host.live_version().as_deref(), Some("good"));
 }
@@ -452,7 +459,8 @@ fn a_version_crashing_300ms_after_start_fails_within_1s_with_its_output() {
     crash_case(
         "a_version_crashing_300ms_after_start_fails_within_1s_with_its_output",
         &["--start-delay-ms", "5000", "--exit-after-ms", "300"],
-        "simulated crash",
+        "",
+        &["simulated crash", "log "],
     );
 }
 
@@ -461,7 +469,18 @@ fn a_crash_looping_version_is_not_hidden_by_restart() {
     crash_case(
         "a_crash_looping_version_is_not_hidden_by_restart",
         &["--fail-start"],
-        "failed to start",
+        "",
+        &["failed to start"],
+    );
+}
+
+#[test]
+fn a_crash_loop_with_output_in_the_journal_shows_the_journal_lines() {
+    crash_case(
+        "a_crash_loop_with_output_in_the_journal_shows_the_journal_lines",
+        &["--fail-start"],
+        "systemd:\n  output: journal\n",
+        &["failed to start", "journalctl -u portswap-"],
     );
 }
 

@@ -93,12 +93,16 @@ pub fn show(unit: &str, properties: &[&str]) -> Result<Properties> {
     systemctl(&["show", "-p", &list, "--", unit], CALL_LIMIT).map(Properties)
 }
 
-/// The unit's last `lines` journal lines (messages only), empty when unreadable.
-pub fn journal_tail(unit: &str, lines: usize) -> Vec<String> {
+/// The last `lines` lines the unit's own processes wrote to the journal since `since`
+/// (seconds since the epoch): messages only, not systemd's lines about the unit, not an
+/// earlier version's; empty when unreadable.
+pub fn journal_tail(unit: &str, since: u64, lines: usize) -> Vec<String> {
     let n = lines.to_string();
+    let matching = format!("_SYSTEMD_UNIT={unit}");
+    let since = format!("--since=@{since}");
     run(
         "journalctl",
-        &["-u", unit, "-n", &n, "-o", "cat", "--no-pager", "-q"],
+        &[&matching, &since, "-n", &n, "-o", "cat", "--no-pager", "-q"],
         Duration::from_secs(5),
     )
     .map(|t| t.lines().map(str::to_string).collect())

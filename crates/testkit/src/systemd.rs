@@ -287,6 +287,22 @@ pub fn sweep() {
         }
         remove(&path, None);
     }
+    // Cgroups whose base directory is already gone (a machine removed while its PID 1 ran).
+    for parent in hierarchies("x").iter().filter_map(|h| h.dir.parent()) {
+        let Ok(entries) = fs::read_dir(parent) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let owner = name
+                .strip_prefix("portswap-machine-")
+                .and_then(|rest| rest.split('-').next()?.parse::<i32>().ok());
+            let base = PathBuf::from(format!("/tmp/{name}"));
+            if owner.is_some_and(|pid| !process_alive(pid)) && !base.exists() {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
 }
 
 /// Cuts the power of the machine in `base` (if it runs), then removes its cgroups (deepest

@@ -168,7 +168,10 @@ impl SystemdSupervisor {
     fn output_tail(&self, record: &AppRecord, lines: usize) -> Vec<String> {
         match self.systemd.output {
             Output::File => applog::tail_since(&record.log_file, record.log_offset, lines),
-            Output::Journal => systemctl::journal_tail(&self.systemd.unit_name(record.port), lines),
+            Output::Journal => {
+                let unit = self.systemd.unit_name(record.port);
+                systemctl::journal_tail(&unit, record.started_at, lines)
+            }
         }
     }
 
