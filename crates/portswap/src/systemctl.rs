@@ -109,14 +109,23 @@ pub fn journal_tail(unit: &str, since: u64, lines: usize) -> Vec<String> {
     .unwrap_or_default()
 }
 
-/// `arg` as one word of a unit file's `ExecStart=` (or `Environment=`) line: in double
-/// quotes, with `\`, `"` and control characters escaped, `%` (specifiers) and `$` (variable
-/// expansion) doubled, so it reaches the program exactly as given. A lone `;` (the command
-/// separator) is written `\;`.
+/// `arg` as one word of a unit file's `ExecStart=` line: in double quotes, with `\`, `"`
+/// and control characters escaped, `%` (specifiers) and `$` (variable expansion) doubled, so
+/// it reaches the program exactly as given. A lone `;` (the command separator) is `\;`.
 pub fn quote_word(arg: &str) -> String {
     if arg == ";" {
         return "\\;".to_string();
     }
+    quote(arg, true)
+}
+
+/// `KEY=VALUE` as one word of an `Environment=` line: like [`quote_word`], but `$` stays as
+/// it is (no variable expansion there).
+pub fn quote_assignment(assignment: &str) -> String {
+    quote(assignment, false)
+}
+
+fn quote(arg: &str, expands_dollar: bool) -> String {
     let mut out = String::with_capacity(arg.len() + 2);
     out.push('"');
     for c in arg.chars() {
@@ -126,7 +135,7 @@ pub fn quote_word(arg: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
             '%' => out.push_str("%%"),
-            '$' => out.push_str("$$"),
+            '$' if expands_dollar => out.push_str("$$"),
             c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
             c => out.push(c),
         }
@@ -186,6 +195,7 @@ mod tests {
         assert_eq!(quote_word("a;b"), "\"a;b\"");
         assert_eq!(quote_word(""), "\"\"");
         assert_eq!(quote_word("-Dx=ü"), "\"-Dx=ü\"");
+        assert_eq!(quote_assignment("A=$x 5%"), "\"A=$x 5%%\"");
     }
 
     #[test]

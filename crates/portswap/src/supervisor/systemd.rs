@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::ownership::{self, Holder};
 use crate::procfs::{self, ProcId};
 use crate::state::{self, AppRecord, StateDir};
-use crate::systemctl::{self, environment_file, plain_value, quote_word};
+use crate::systemctl::{self, environment_file, plain_value, quote_assignment, quote_word};
 use crate::{applog, fsio, process};
 
 /// First line of every unit file portswap writes; `stop` and `start` manage only units
@@ -148,7 +148,7 @@ impl SystemdSupervisor {
              WantedBy=multi-user.target\n",
             burst = self.systemd.start_limit,
             exec = exec.join(" "),
-            marker = quote_word(&marker),
+            marker = quote_assignment(&marker),
             grace = self.stop_grace.as_millis(),
             delay = self.systemd.restart_delay.as_millis(),
         ))
@@ -390,5 +390,71 @@ impl Supervisor for SystemdSupervisor {
             get("MainPID"),
             get("NRestarts")
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Slot;
+    use crate::users::Account;
+
+    #[test]
+    fn unit_file_carries_everything_and_no_secret() {
+        let dir = std::env::temp_dir().join(format!("portswap-unit-test-{}", std::process::id()));
+        let state = StateDir::open(&dir.join("state")).unwrap();
+        let config = Config::parse(
+            "app: { command: [app], supervisor: systemd }\nstop: { grace: 20s }\n\
+             systemd: { restart_delay: 250ms, start_limit: 3 }",
+            &dir.join("portswap.yml"),
+        )
+        .unwrap();
+        let supervisor = SystemdSupervisor::new(&config, &state);
+        let launch = Launch {
+            slot: Slot {
+                port: 8081,
+                profile: "real1".into(),
+            },
+            deployment_id: "d-100%".into(),
+            argv: vec!["java".into(), "-Dx=$HOME %n".into(), "a \"b\"".into()],
+            workdir: "/srv/app 50%".into(),
+            env: vec![("DB_PASSWORD".into(), "hunter2".into())],
+            log_file: "/var/log/app-8081.log".into(),
+            log_offset: 0,
+            account: Some(Account {
+                name: "app".into(),
+                uid: 1000,
+                gid: 1001,
+                home: "/home/app".into(),
+            }),
+            release_dir: dir.join("state/releases/d-1-8081"),
+        };
+        let text = supervisor
+            .render_unit(&launch, Path::new("/usr/bin/java"))
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(text.starts_with(MARKER), "{text}");
+        for line in [
+            r#"ExecStart="/usr/bin/java" "-Dx=$$HOME %%n" "a \"b\"""#,
+            "WorkingDirectory=/srv/app 50%%",
+            "User=app",
+            "Group=1001",
+            "Description=portswap app on port 8081 (profile real1, deployment d-100%%)",
+            "StandardOutput=append:/var/log/app-8081.log",
+            "KillMode=control-group",
+            "TimeoutStopSec=20000ms",
+            "Restart=on-failure",
+            "RestartSec=250ms",
+            "StartLimitBurst=3",
+            "WantedBy=multi-user.target",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+        let marker = format!(
+            "Environment=\"PORTSWAP_SLOT=8081:{}\"",
+            state.path().display()
+        );
+        assert!(text.lines().any(|l| l == marker), "{text}");
+        assert!(text.contains("EnvironmentFile=") && !text.contains("hunter2"));
     }
 }
