@@ -296,6 +296,9 @@ fn reboot_serves_the_live_version_within_2s_without_deployment_and_rollback_work
         println!("reboot after {how}: live version served {serving:?} after boot began");
         assert!(serving < Duration::from_secs(2), "took {serving:?}");
     }
+    let status = host.status();
+    assert!(status.contains("recorded pid"), "{status}");
+    assert!(status.contains("active/running (enabled)"), "{status}");
     // The previous version is warm: rollback works at once.
     host.hook("switch", &["--rollback"], None).ok();
     assert_eq!(host.live_version().as_deref(), Some("r-1"));
