@@ -318,18 +318,8 @@ fn binaries() -> Vec<(String, u64, Duration)> {
 }
 
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some("--supervised") {
-        let rounds = std::env::args()
-            .nth(2)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(10);
-        std::process::exit(match supervised::run(rounds) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("bench --supervised: {e}");
-                1
-            }
-        });
+    if let Some(code) = supervised::when_asked() {
+        std::process::exit(code);
     }
     let o = match options() {
         Ok(o) => o,

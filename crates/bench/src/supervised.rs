@@ -27,6 +27,23 @@ fn line(what: &str, values: &[Duration]) {
     );
 }
 
+/// `bench --supervised [ROUNDS]` (default 10): runs it and returns the exit code; `None`
+/// when the command line asks for something else.
+pub fn when_asked() -> Option<i32> {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() != Some("--supervised") {
+        return None;
+    }
+    let rounds = args.next().and_then(|n| n.parse().ok()).unwrap_or(10);
+    Some(match run(rounds) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("bench --supervised: {e}");
+            1
+        }
+    })
+}
+
 /// Runs the measurement; `Err` says why it could not (e.g. no systemd machine here).
 pub fn run(rounds: usize) -> Result<(), String> {
     let mut site = SupervisedSite::new()?;
