@@ -180,7 +180,7 @@ impl Site {
             .unwrap_or_else(|| self.nginx.test_command());
         let text = format!(
             "slots:\n  - {{ port: {p0}, profile: real1 }}\n  - {{ port: {p1}, profile: real2 }}\n\
-             app:\n  artifacts: [\"revision/fixture-app\"]\n  command: {cmd}\n{user}\
+             app:\n  artifacts: [\"revision/fixture-app\"]\n  command: {cmd}\n  supervisor: process\n{user}\
              health:\n  path: /health\n  timeout: {ht}\n\
              nginx:\n  include: service-url.inc\n  test_command: {test}\n  pid_file: {pid}\n\
              stop:\n  grace: {grace}\n\

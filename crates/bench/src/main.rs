@@ -9,6 +9,7 @@ mod load;
 mod report;
 mod site;
 mod stats;
+mod supervised;
 mod timeline;
 
 use std::path::PathBuf;
@@ -524,6 +525,9 @@ fn finish(o: &Options, (mut phases, mut crashes, mechanisms): Measured, origin: 
 }
 
 fn main() {
+    if let Some(code) = supervised::when_asked() {
+        std::process::exit(code);
+    }
     let o = match options() {
         Ok(o) => o,
         Err(e) => {

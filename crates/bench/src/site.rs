@@ -112,7 +112,7 @@ impl Site {
         command.extend(extra.iter().map(|s| s.to_string()));
         let text = format!(
             "slots:\n  - {{ port: {}, profile: real1 }}\n  - {{ port: {}, profile: real2 }}\n\
-             app:\n  artifacts: [\"revision/fixture-app\"]\n  command: {}\n\
+             app:\n  artifacts: [\"revision/fixture-app\"]\n  command: {}\n  supervisor: process\n\
              health:\n  path: /health\n  timeout: 30s\n\
              nginx:\n  include: service-url.inc\n  test_command: {}\n  pid_file: {}\n\
              stop:\n  grace: 5s\nstate:\n  dir: state\n  lock_wait: 5s\n{}",

@@ -47,6 +47,50 @@ pub struct App {
     pub start_check: Duration,
     /// How many release directories to keep.
     pub keep_releases: usize,
+    /// Who keeps the app running (`app.supervisor`).
+    pub supervisor: SupervisorChoice,
+}
+
+/// `app.supervisor`: who keeps the app running on a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SupervisorChoice {
+    /// systemd when the host runs it and the hook can manage system units, else process.
+    Auto,
+    /// A systemd unit per slot.
+    Systemd,
+    /// A detached process started by the hook (nothing restarts it).
+    Process,
+}
+
+/// Where the app's output goes under systemd (`systemd.output`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Appended to `<log_dir>/app-PORT.log`, as in process mode.
+    File,
+    /// The journal (`journalctl -u portswap-PORT`).
+    Journal,
+}
+
+/// The `systemd` section: how slots become units when the supervisor is systemd.
+#[derive(Debug, Clone)]
+pub struct Systemd {
+    /// Unit name with `{port}`, e.g. `portswap-{port}.service`.
+    pub unit: String,
+    /// Where unit files are written.
+    pub unit_dir: PathBuf,
+    /// Where the app's output goes.
+    pub output: Output,
+    /// `RestartSec=`: the pause before systemd restarts a crashed app.
+    pub restart_delay: Duration,
+    /// `StartLimitBurst=`: starts allowed within `StartLimitIntervalSec=60`.
+    pub start_limit: u32,
+}
+
+impl Systemd {
+    /// The unit of the slot on `port`.
+    pub fn unit_name(&self, port: u16) -> String {
+        self.unit.replace("{port}", &port.to_string())
+    }
 }
 
 /// What makes the new version healthy.
@@ -124,6 +168,8 @@ pub struct Config {
     pub app: App,
     /// The health check.
     pub health: Health,
+    /// Units, when the app runs under systemd.
+    pub systemd: Systemd,
     /// nginx.
     pub nginx: Nginx,
     /// The switch mechanism.
@@ -151,6 +197,19 @@ struct RawConfig {
     stop: RawStop,
     #[serde(default)]
     state: RawState,
+    #[serde(default)]
+    systemd: RawSystemd,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSystemd {
+    unit: Option<String>,
+    unit_dir: Option<String>,
+    output: Option<String>,
+    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    restart_delay: Option<Duration>,
+    start_limit: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -174,6 +233,7 @@ struct RawApp {
     #[serde(default, deserialize_with = "duration::deserialize_opt")]
     start_check: Option<Duration>,
     keep_releases: Option<usize>,
+    supervisor: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -385,11 +445,13 @@ impl Checker<'_> {
         let health = self.health(raw.health)?;
         let nginx = self.nginx(raw.nginx)?;
         let switch = self.switch(raw.switch, &slots)?;
+        let systemd = self.systemd(raw.systemd)?;
         Ok(Config {
             path: self.path.to_path_buf(),
             slots,
             app,
             health,
+            systemd,
             nginx,
             switch,
             stop_grace: raw.stop.grace.unwrap_or(Duration::from_secs(10)),
@@ -504,6 +566,57 @@ impl Checker<'_> {
             user: raw.user,
             start_check: raw.start_check.unwrap_or(Duration::from_millis(250)),
             keep_releases,
+            supervisor: match raw.supervisor.as_deref() {
+                None | Some("auto") => SupervisorChoice::Auto,
+                Some("systemd") => SupervisorChoice::Systemd,
+                Some("process") => SupervisorChoice::Process,
+                Some(other) => {
+                    return Err(self.err(
+                        "app.supervisor",
+                        format!("`{other}` is not one of auto, systemd, process"),
+                    ))
+                }
+            },
+        })
+    }
+
+    fn systemd(&self, raw: RawSystemd) -> Result<Systemd> {
+        let unit = raw.unit.unwrap_or_else(|| "portswap-{port}.service".into());
+        let valid_chars = unit
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":-_.@{}".contains(c));
+        if !unit.contains("{port}") || !unit.ends_with(".service") || !valid_chars {
+            return Err(self.err(
+                "systemd.unit",
+                format!(
+                    "`{unit}` must be a service name holding {{port}} (letters, digits, `:-_.@`), \
+                     e.g. portswap-{{port}}.service"
+                ),
+            ));
+        }
+        let unit_dir = self.path_of(
+            "systemd.unit_dir",
+            raw.unit_dir.as_deref().unwrap_or("/etc/systemd/system"),
+        )?;
+        let start_limit = raw.start_limit.unwrap_or(5);
+        if start_limit == 0 {
+            return Err(self.err("systemd.start_limit", "must be at least 1"));
+        }
+        Ok(Systemd {
+            unit,
+            unit_dir,
+            output: match raw.output.as_deref() {
+                None | Some("file") => Output::File,
+                Some("journal") => Output::Journal,
+                Some(other) => {
+                    return Err(self.err(
+                        "systemd.output",
+                        format!("`{other}` is not one of file, journal"),
+                    ))
+                }
+            },
+            restart_delay: raw.restart_delay.unwrap_or(Duration::from_millis(100)),
+            start_limit,
         })
     }
 
@@ -615,5 +728,57 @@ impl Checker<'_> {
             reload_timeout,
             quit_old_workers: raw.quit_old_workers.unwrap_or(true),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("/etc/portswap/portswap.yml"))
+    }
+
+    #[test]
+    fn supervisor_and_systemd_section() {
+        let c = parse("app: { command: [app] }").unwrap();
+        assert_eq!(c.app.supervisor, SupervisorChoice::Auto);
+        assert_eq!(c.systemd.unit_name(8081), "portswap-8081.service");
+        assert_eq!(c.systemd.unit_dir, Path::new("/etc/systemd/system"));
+        assert_eq!(c.systemd.output, Output::File);
+        let c = parse(
+            "app: { command: [app], supervisor: systemd }\n\
+             systemd: { unit: 'shop-{port}.service', output: journal, restart_delay: 2s }",
+        )
+        .unwrap();
+        assert_eq!(c.app.supervisor, SupervisorChoice::Systemd);
+        assert_eq!(c.systemd.unit_name(8082), "shop-8082.service");
+        assert_eq!(c.systemd.output, Output::Journal);
+        assert_eq!(c.systemd.restart_delay, Duration::from_secs(2));
+        for (text, key) in [
+            (
+                "app: { command: [app], supervisor: docker }",
+                "app.supervisor",
+            ),
+            (
+                "app: { command: [app] }\nsystemd: { unit: shop.service }",
+                "systemd.unit",
+            ),
+            (
+                "app: { command: [app] }\nsystemd: { unit: 'a/{port}.service' }",
+                "systemd.unit",
+            ),
+            (
+                "app: { command: [app] }\nsystemd: { output: syslog }",
+                "systemd.output",
+            ),
+            (
+                "app: { command: [app] }\nsystemd: { start_limit: 0 }",
+                "systemd.start_limit",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 }

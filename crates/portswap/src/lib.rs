@@ -21,6 +21,7 @@ pub mod sockdiag;
 pub mod state;
 pub mod supervisor;
 pub mod switcher;
+pub mod systemctl;
 pub mod template;
 pub mod users;
 

@@ -8,6 +8,8 @@
 //! - [`agent`]: an emulation of the CodeDeploy agent running a revision's hooks.
 //! - [`netns`]: a private network namespace per test (own ports and nftables ruleset).
 //! - [`skip`]: report a test branch the machine cannot run (visible; a failure under CI).
+//! - [`supervised`]: a whole host (nginx unit, slots, hooks) inside such a systemd.
+//! - [`systemd`]: a real systemd as PID 1 of private namespaces, booted and rebooted at will.
 
 pub mod agent;
 pub mod bins;
@@ -17,6 +19,8 @@ pub mod net;
 pub mod netns;
 pub mod nginx;
 pub mod skip;
+pub mod supervised;
+pub mod systemd;
 
 pub use bins::{bin, ensure_built};
 pub use fixture::FixtureApp;

@@ -366,7 +366,9 @@ fn include_glob(include_file: &Path) -> PathBuf {
     include_file.with_file_name(format!("{stem}[{last}]"))
 }
 
-fn render_conf(dir: &Path, include_file: &Path, port: u16, http_extra: &str) -> String {
+/// The `nginx.conf` a sandbox in `dir` runs with (see [`NginxSandbox`]), for an nginx that
+/// something else starts (e.g. a unit inside a systemd machine).
+pub fn render_conf(dir: &Path, include_file: &Path, port: u16, http_extra: &str) -> String {
     let user = if nix::unistd::geteuid().is_root() {
         "user root root;\n"
     } else {

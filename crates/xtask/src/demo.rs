@@ -78,6 +78,7 @@ fn demo_config(dir: &Path, nginx: &NginxSandbox, ports: [u16; 2], version: &str)
          slots:\n  - {{ port: {p0}, profile: real1 }}\n  - {{ port: {p1}, profile: real2 }}\n\
          app:\n  artifacts: [\"../fixture-app\"]\n  \
          command: [\"{{artifact}}\", \"--port\", \"{{port}}\", \"--profile\", \"{{profile}}\", \"--version\", \"{version}\"]\n\
+         \x20 supervisor: process\n\
          health:\n  path: /health\n  timeout: 20s\n\
          nginx:\n  include: {include}\n  test_command: {test}\n  pid_file: {pid}\n  reload_timeout: 5s\n\
          stop:\n  grace: 10s\n\

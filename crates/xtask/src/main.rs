@@ -3,10 +3,13 @@
 //! - `cargo run -p xtask -- dist [--out DIR]` builds the release tarball
 //!   `portswap-<version>-x86_64-linux.tar.gz` and its `SHA256SUMS` (default DIR: target/dist).
 //! - `cargo run -p xtask -- demo` deploys a fixture app three times through the real hooks,
-//!   a CodeDeploy agent emulation and a sandboxed nginx, and reports what a client saw.
+//!   a CodeDeploy agent emulation and a sandboxed nginx, and reports what a client saw; then,
+//!   where systemd can boot in private namespaces, the app under systemd: a crash of the live
+//!   app and a reboot, with the time until the site serves again.
 
 mod build;
 mod demo;
+mod demo_systemd;
 mod dist;
 
 use std::path::PathBuf;
@@ -69,5 +72,6 @@ fn run_demo(args: &[String]) -> Result<(), String> {
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
     }
-    demo::run(release)
+    demo::run(release)?;
+    demo_systemd::run()
 }

@@ -29,7 +29,15 @@ pub fn run(args: &Args) -> Result<String> {
     }
     let rules = &ctx.config.health;
     let dead = || ctx.supervisor.gone(record.as_ref()?);
-    let (status, took) = health::wait_healthy(idle.port, rules, dead).inspect_err(|_| {
+    let checked = health::wait_healthy(idle.port, rules, dead).and_then(|answer| {
+        // Healthy, but only if the app is still the one `start` launched (a crash that
+        // systemd restarted meanwhile is a failure, not a pass).
+        match dead() {
+            Some(reason) => Err(Error::Failed(reason)),
+            None => Ok(answer),
+        }
+    });
+    let (status, took) = checked.inspect_err(|_| {
         if let Some(r) = &record {
             applog::log_tail(r);
         }
@@ -42,9 +50,10 @@ pub fn run(args: &Args) -> Result<String> {
         ))
     })?;
     Ok(format!(
-        "port {} is healthy: {} answered {status} after {}",
+        "port {} is healthy: {} answered {status} after {} ({} supervisor)",
         idle.port,
         rules.path,
-        show(took)
+        show(took),
+        ctx.supervisor.kind()
     ))
 }

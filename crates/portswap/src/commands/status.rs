@@ -63,6 +63,7 @@ pub fn render(ctx: &Context) -> Result<String> {
         } else {
             "idle"
         };
+        let unit = ctx.supervisor.describe(slot.port);
         let app = match ctx.state.app_record(slot.port) {
             Some(r) if r.process().is_alive() => {
                 format!(
@@ -73,6 +74,13 @@ pub fn render(ctx: &Context) -> Result<String> {
                     r.release_dir.display()
                 )
             }
+            // Under systemd a restart or a reboot gives the app a new pid: the unit line says.
+            Some(r) if unit.is_some() => format!(
+                "deployment {} release {} (recorded pid {} is gone)",
+                r.deployment_id,
+                r.release_dir.display(),
+                r.pid
+            ),
             Some(r) => format!(
                 "not running (pid {} of deployment {} exited)",
                 r.pid, r.deployment_id
@@ -83,6 +91,9 @@ pub fn render(ctx: &Context) -> Result<String> {
             },
         };
         let _ = writeln!(out, "slot {} {:<8} {role}  {app}", slot.port, slot.profile);
+        if let Some(unit) = unit {
+            let _ = writeln!(out, "     {unit}");
+        }
     }
     Ok(out.trim_end().to_string())
 }

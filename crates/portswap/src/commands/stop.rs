@@ -34,5 +34,6 @@ pub fn run(args: &Args) -> Result<String> {
             target.port
         )));
     }
-    ctx.supervisor.stop(target.port, force)
+    let done = ctx.supervisor.stop(target.port, force)?;
+    Ok(format!("{done} ({} supervisor)", ctx.supervisor.kind()))
 }

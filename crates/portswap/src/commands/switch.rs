@@ -114,7 +114,7 @@ pub fn run(args: &Args) -> Result<String> {
         log::warn!("--force: not checking the health of port {target}");
     } else {
         let probed = std::time::Instant::now();
-        check_target(target, &ctx.config.health, rollback)?;
+        check_target(&ctx, target, rollback)?;
         log::debug!("port {target} is healthy ({})", show(probed.elapsed()));
         // An answer proves nothing unless our app is what listens there.
         ctx.supervisor.serves(target).map_err(|why| {
@@ -147,7 +147,7 @@ pub fn run(args: &Args) -> Result<String> {
         (Live::Nothing, None) => "nothing live".to_string(),
     };
     Ok(format!(
-        "all new requests now go to port {target} ({was}{}{}, by {}); switch took {}",
+        "all new requests now go to port {target} ({was}{}{}, by {}); switch took {} ({} supervisor)",
         if rollback { ", rollback" } else { "" },
         if resumed.is_some() {
             ", completing a switch that was cut short"
@@ -155,7 +155,8 @@ pub fn run(args: &Args) -> Result<String> {
             ""
         },
         ctx.config.switch.by.name(),
-        show(switched.elapsed)
+        show(switched.elapsed),
+        ctx.supervisor.kind()
     ))
 }
 
@@ -234,9 +235,18 @@ fn switch_recorded(ctx: &Context, intent: &SwitchRecord) -> Result<Switched> {
 }
 
 /// The target must answer its health check: at once for a normal switch (health ran just
-/// before), within a few seconds for a rollback.
-fn check_target(port: u16, rules: &Health, rollback: bool) -> Result<()> {
-    let result = if rollback {
+/// before), within a few seconds for a rollback; for a normal switch the app must still be
+/// the one `start` launched (not exited, nor crashed and restarted by systemd since).
+fn check_target(ctx: &Context, port: u16, rollback: bool) -> Result<()> {
+    let rules = &ctx.config.health;
+    let restarted = ctx
+        .state
+        .app_record(port)
+        .filter(|_| !rollback)
+        .and_then(|r| ctx.supervisor.gone(&r));
+    let result = if let Some(reason) = restarted {
+        Err(Error::Failed(reason))
+    } else if rollback {
         let quick = Health {
             timeout: rules.timeout.min(Duration::from_secs(10)),
             ..rules.clone()

@@ -1,13 +1,15 @@
 //! Who keeps the app running on a slot. `process`: a detached process in its own session
-//! that nothing restarts (the hook's own doing). A systemd unit per slot fits beside it by
-//! implementing [`Supervisor`]. Both decide what is theirs through [`crate::ownership`].
+//! that nothing restarts (the hook's own doing). `systemd`: a unit per slot, restarted on a
+//! crash and back after a reboot. Both decide what is theirs through [`crate::ownership`];
+//! [`for_config`] picks one from `app.supervisor`.
 
 pub mod process;
+pub mod systemd;
 
 use std::path::PathBuf;
 
-use crate::config::{Config, Slot};
-use crate::error::Result;
+use crate::config::{Config, Slot, SupervisorChoice};
+use crate::error::{Error, Result};
 use crate::ownership::Holder;
 use crate::state::{AppRecord, StateDir};
 use crate::users::Account;
@@ -58,9 +60,37 @@ pub trait Supervisor {
     /// `Ok` when what listens on `port` is the app of this slot (so an answer there is its
     /// answer); else why not.
     fn serves(&self, port: u16) -> std::result::Result<(), String>;
+
+    /// What the supervisor itself knows about the slot beyond the record, in one line, for
+    /// the status view (systemd: the unit's state, also after a reboot); `None` when it
+    /// knows nothing more (process).
+    fn describe(&self, _port: u16) -> Option<String> {
+        None
+    }
 }
 
-/// The supervisor the configuration asks for.
+/// The supervisor the configuration asks for. `auto` is systemd when systemd runs the host
+/// and the hook can manage system units (root, unit directory present), else process.
 pub fn for_config(config: &Config, state: &StateDir) -> Result<Box<dyn Supervisor>> {
-    Ok(Box::new(process::ProcessSupervisor::new(config, state)))
+    let systemd = match config.app.supervisor {
+        SupervisorChoice::Process => false,
+        SupervisorChoice::Auto => {
+            crate::systemctl::booted()
+                && nix::unistd::geteuid().is_root()
+                && config.systemd.unit_dir.is_dir()
+        }
+        SupervisorChoice::Systemd if !crate::systemctl::booted() => {
+            return Err(Error::Config(format!(
+                "{}: app.supervisor: systemd, but systemd does not run this host \
+                 (/run/systemd/system is missing); use `process` or `auto`",
+                config.path.display()
+            )));
+        }
+        SupervisorChoice::Systemd => true,
+    };
+    Ok(if systemd {
+        Box::new(systemd::SystemdSupervisor::new(config, state))
+    } else {
+        Box::new(process::ProcessSupervisor::new(config, state))
+    })
 }

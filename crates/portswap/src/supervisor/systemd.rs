@@ -1,0 +1,460 @@
+//! The `systemd` supervisor: slot P is the unit `portswap-P.service` (name configurable),
+//! written by `start`, enabled (so it comes back after a reboot) and restarted by systemd
+//! when it crashes. Identity is the unit's cgroup; `stop` is `systemctl disable --now`, which
+//! takes the whole cgroup (wrapper and daemonized children included), and touches only
+//! units whose file carries [`MARKER`].
+//!
+//! A slot still run the `process` way (or by the legacy scripts) is stopped by the process
+//! supervisor's rules before the unit starts: the move to systemd needs no manual step.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::process::ProcessSupervisor;
+use super::{Launch, Supervisor};
+use crate::config::{self, Config, Output};
+use crate::duration::show;
+use crate::error::{Error, Result};
+use crate::ownership::{self, Holder};
+use crate::procfs::{self, ProcId};
+use crate::state::{self, AppRecord, StateDir};
+use crate::systemctl::{self, environment_file, plain_value, quote_assignment, quote_word};
+use crate::{applog, fsio, process};
+
+/// First line of every unit file portswap writes; `stop` and `start` manage only units
+/// whose file starts with it.
+pub const MARKER: &str = "# Written by portswap";
+
+/// The properties `gone` and the status view read.
+const WATCHED: &[&str] = &[
+    "ActiveState",
+    "SubState",
+    "Result",
+    "MainPID",
+    "NRestarts",
+    "ExecMainStatus",
+    "UnitFileState",
+];
+
+/// Runs the app as a systemd unit per slot.
+pub struct SystemdSupervisor {
+    state: StateDir,
+    systemd: config::Systemd,
+    stop_grace: Duration,
+    /// Today's rules, for a slot still run the process way.
+    process: ProcessSupervisor,
+}
+
+impl SystemdSupervisor {
+    /// The supervisor for this host.
+    pub fn new(config: &Config, state: &StateDir) -> SystemdSupervisor {
+        SystemdSupervisor {
+            state: state.clone(),
+            systemd: config.systemd.clone(),
+            stop_grace: config.stop_grace,
+            process: ProcessSupervisor::new(config, state),
+        }
+    }
+
+    fn unit_path(&self, unit: &str) -> PathBuf {
+        self.systemd.unit_dir.join(unit)
+    }
+
+    /// Where the unit's `EnvironmentFile=` lives (mode 0600, in a 0700 directory).
+    fn env_path(&self, unit: &str) -> PathBuf {
+        self.state.path().join("units").join(format!("{unit}.env"))
+    }
+
+    /// `Some(true)`: the unit file is ours; `Some(false)`: a unit file of that name that
+    /// portswap did not write; `None`: no unit file.
+    fn unit_file_is_ours(&self, unit: &str) -> Option<bool> {
+        let path = self.unit_path(unit);
+        let text = fsio::read_small(&path, 1 << 20).ok().flatten()?;
+        Some(text.starts_with(MARKER.as_bytes()))
+    }
+
+    fn holder_of(&self, port: u16, unit: &str) -> Holder {
+        let record = self.state.app_record(port);
+        ownership::Slot {
+            port,
+            state_dir: self.state.path(),
+            record: record.as_ref(),
+            unit: Some(unit),
+        }
+        .holder()
+    }
+
+    /// The unit file for `launch`, whose program resolved to `program`.
+    pub fn render_unit(&self, launch: &Launch, program: &Path) -> Result<String> {
+        let port = launch.slot.port;
+        let unit = self.systemd.unit_name(port);
+        let mut exec: Vec<String> = vec![quote_word(&program.to_string_lossy())];
+        exec.extend(launch.argv[1..].iter().map(|a| quote_word(a)));
+        let marker = format!(
+            "{}={}",
+            ownership::MARKER_VAR,
+            ownership::marker_value(self.state.path(), port)
+        );
+        let workdir = plain_value("the working directory", &launch.workdir.to_string_lossy())?;
+        let env_file = plain_value(
+            "the state directory",
+            &self.env_path(&unit).to_string_lossy(),
+        )?;
+        let description = plain_value(
+            "the deployment id",
+            &format!(
+                "portswap app on port {port} (profile {}, deployment {})",
+                launch.slot.profile, launch.deployment_id
+            ),
+        )?;
+        let output = match self.systemd.output {
+            Output::File => {
+                let log = plain_value("the log file", &launch.log_file.to_string_lossy())?;
+                format!("StandardOutput=append:{log}\nStandardError=append:{log}\n")
+            }
+            Output::Journal => "StandardOutput=journal\nStandardError=journal\n".to_string(),
+        };
+        let account = launch
+            .account
+            .as_ref()
+            .map(|a| format!("User={}\nGroup={}\n", a.name, a.gid))
+            .unwrap_or_default();
+        Ok(format!(
+            "{MARKER} for slot {port}: `stop` and `start` manage this unit; edits are overwritten.\n\
+             [Unit]\n\
+             Description={description}\n\
+             After=network.target\n\
+             StartLimitIntervalSec=60\n\
+             StartLimitBurst={burst}\n\
+             \n\
+             [Service]\n\
+             Type=exec\n\
+             ExecStart={exec}\n\
+             WorkingDirectory={workdir}\n\
+             {account}\
+             EnvironmentFile={env_file}\n\
+             Environment={marker}\n\
+             StandardInput=null\n\
+             {output}\
+             KillMode=control-group\n\
+             TimeoutStopSec={grace}ms\n\
+             Restart=on-failure\n\
+             RestartSec={delay}ms\n\
+             RemainAfterExit=yes\n\
+             \n\
+             [Install]\n\
+             WantedBy=multi-user.target\n",
+            burst = self.systemd.start_limit,
+            exec = exec.join(" "),
+            marker = quote_assignment(&marker),
+            grace = self.stop_grace.as_millis(),
+            delay = self.systemd.restart_delay.as_millis(),
+        ))
+    }
+
+    /// The program of `argv[0]` as an absolute path (systemd wants one).
+    fn program(launch: &Launch) -> Result<PathBuf> {
+        let program = process::resolve_program(&launch.argv[0])?;
+        Ok(if program.is_absolute() {
+            program
+        } else {
+            launch.workdir.join(program)
+        })
+    }
+
+    /// The last lines of the app's output: its log file, or the unit's journal.
+    fn output_tail(&self, record: &AppRecord, lines: usize) -> Vec<String> {
+        match self.systemd.output {
+            Output::File => applog::tail_since(&record.log_file, record.log_offset, lines),
+            Output::Journal => {
+                let unit = self.systemd.unit_name(record.port);
+                systemctl::journal_tail(&unit, record.started_at, lines)
+            }
+        }
+    }
+
+    /// Processes in the unit's cgroup.
+    fn members(unit: &str) -> usize {
+        procfs::all_pids()
+            .into_iter()
+            .filter(|pid| procfs::in_unit(*pid, unit))
+            .count()
+    }
+}
+
+impl Supervisor for SystemdSupervisor {
+    fn kind(&self) -> &'static str {
+        "systemd"
+    }
+
+    fn holder(&self, port: u16) -> Holder {
+        self.holder_of(port, &self.systemd.unit_name(port))
+    }
+
+    fn stop(&self, port: u16, force: bool) -> Result<String> {
+        let unit = self.systemd.unit_name(port);
+        match self.holder_of(port, &unit) {
+            Holder::Unidentified { reason } => {
+                return Err(Error::Refused(format!("{reason}; nothing was stopped")));
+            }
+            Holder::Foreign { pid, command } if !force => {
+                return Err(Error::Refused(format!(
+                    "port {port} is held by pid {pid} (`{command}`), which is not portswap's app \
+                     (not in {unit}); stop it yourself or pass --force to stop"
+                )));
+            }
+            _ => {}
+        }
+        let mut done = Vec::new();
+        if self.unit_file_is_ours(&unit) == Some(true) {
+            let before = systemctl::show(&unit, WATCHED)?;
+            let get = |k: &str| before.get(k);
+            let running = !matches!(get("ActiveState"), "inactive" | "failed" | "?");
+            if running || get("UnitFileState") == "enabled" {
+                let started = std::time::Instant::now();
+                systemctl::systemctl(
+                    &["disable", "--now", "--", &unit],
+                    self.stop_grace + Duration::from_secs(15),
+                )?;
+                done.push(format!(
+                    "stopped and disabled {unit} ({} before) in {}",
+                    get("SubState"),
+                    show(started.elapsed())
+                ));
+            }
+            let _ = systemctl::systemctl(&["reset-failed", "--", &unit], systemctl::CALL_LIMIT);
+        }
+        // What the unit did not hold: an app started the process way or by the legacy
+        // scripts, or (with --force) a foreign process. Today's rules.
+        let rest = self.process.stop(port, force)?;
+        if done.is_empty() || !rest.starts_with("nothing runs") {
+            done.push(rest);
+        }
+        Ok(done.join("; "))
+    }
+
+    fn start(&self, launch: &Launch) -> Result<AppRecord> {
+        let port = launch.slot.port;
+        let unit = self.systemd.unit_name(port);
+        let unit_path = self.unit_path(&unit);
+        if self.unit_file_is_ours(&unit) == Some(false) {
+            return Err(Error::Refused(format!(
+                "{} exists and was not written by portswap (no `{MARKER}` first line); \
+                 rename systemd.unit or remove that unit yourself",
+                unit_path.display()
+            )));
+        }
+        let program = SystemdSupervisor::program(launch)?;
+        let text = self.render_unit(launch, &program)?;
+        let env_path = self.env_path(&unit);
+        if let Some(dir) = env_path.parent() {
+            fsio::ensure_dir(dir, 0o700)?;
+        }
+        fsio::write_atomic(&env_path, environment_file(&launch.env).as_bytes(), 0o600)?;
+        if self.systemd.output == Output::File {
+            // systemd creates it as root; made here so it is the app user's, like in process mode.
+            let _ = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o640)
+                .open(&launch.log_file);
+            if let Some(a) = &launch.account {
+                let _ =
+                    nix::unistd::chown(&launch.log_file, Some(a.uid.into()), Some(a.gid.into()));
+            }
+        }
+        fsio::ensure_dir(&self.systemd.unit_dir, 0o755)?;
+        fsio::write_atomic(&unit_path, text.as_bytes(), 0o644)?;
+        log::info!("wrote {}", unit_path.display());
+        systemctl::systemctl(&["daemon-reload"], systemctl::CALL_LIMIT)?;
+        systemctl::systemctl(
+            &["enable", "--no-reload", "--", &unit],
+            systemctl::CALL_LIMIT,
+        )?;
+        // A crash loop of an earlier version may have used up the start limit.
+        let _ = systemctl::systemctl(&["reset-failed", "--", &unit], systemctl::CALL_LIMIT);
+        let mut record = AppRecord {
+            pid: 0,
+            start_time: 0,
+            port,
+            profile: launch.slot.profile.clone(),
+            deployment_id: launch.deployment_id.clone(),
+            command: launch.argv.clone(),
+            release_dir: launch.release_dir.clone(),
+            log_file: launch.log_file.clone(),
+            log_offset: launch.log_offset,
+            started_at: state::now_secs(),
+        };
+        systemctl::systemctl(
+            &["restart", "--", &unit],
+            self.stop_grace + Duration::from_secs(15),
+        )
+        .map_err(|e| {
+            let tail = self.output_tail(&record, 1);
+            let last = tail.last().map(|l| format!("; last output: {l}"));
+            Error::Failed(format!("{e}{}", last.unwrap_or_default()))
+        })?;
+        let props = systemctl::show(&unit, WATCHED)?;
+        record.pid = props.get("MainPID").parse().unwrap_or(0);
+        record.start_time = ProcId::of(record.pid).map_or(0, |p| p.start_time);
+        Ok(record)
+    }
+
+    fn gone(&self, record: &AppRecord) -> Option<String> {
+        if record.pid > 0 && record.process().is_alive() {
+            return None;
+        }
+        let unit = self.systemd.unit_name(record.port);
+        let props = systemctl::show(&unit, WATCHED).unwrap_or_default();
+        let get = |k: &str| props.get(k);
+        let how = match (get("ActiveState"), get("SubState")) {
+            // The main process exited 0 and left the app behind (a daemonizing app).
+            ("active", "exited") if SystemdSupervisor::members(&unit) > 0 => return None,
+            ("failed", _) => format!(
+                "failed ({}, exit status {}, NRestarts={})",
+                get("Result"),
+                get("ExecMainStatus"),
+                get("NRestarts")
+            ),
+            (_, "auto-restart") => format!(
+                "crashed (exit status {}); systemd restarts it (NRestarts={}), which does not \
+                 make this version good",
+                get("ExecMainStatus"),
+                get("NRestarts")
+            ),
+            ("active" | "activating", _) if get("MainPID") != record.pid.to_string() => format!(
+                "crashed and was restarted by systemd as pid {} (NRestarts={})",
+                get("MainPID"),
+                get("NRestarts")
+            ),
+            (active, sub) => format!("exited (unit {active}/{sub})"),
+        };
+        let tail = self.output_tail(record, 8);
+        if self.systemd.output == Output::Journal {
+            for line in &tail {
+                log::error!("app output: {line}");
+            }
+        }
+        let last = tail
+            .last()
+            .map(|l| format!("; last output line: {l}"))
+            .unwrap_or_else(|| "; no output".into());
+        let source = match self.systemd.output {
+            Output::File => format!("log {}", record.log_file.display()),
+            Output::Journal => format!("journalctl -u {unit}"),
+        };
+        let pid = match record.pid {
+            0 => String::new(),
+            pid => format!(", pid {pid}"),
+        };
+        Some(format!(
+            "the app on port {} ({unit}{pid}) {how}{last} ({source})",
+            record.port
+        ))
+    }
+
+    fn serves(&self, port: u16) -> std::result::Result<(), String> {
+        let unit = self.systemd.unit_name(port);
+        let record = self.state.app_record(port);
+        let slot = ownership::Slot {
+            port,
+            state_dir: self.state.path(),
+            record: record.as_ref(),
+            unit: Some(&unit),
+        };
+        slot.serves()?;
+        let outside: Vec<i32> = procfs::listeners(port)
+            .into_iter()
+            .filter(|pid| !procfs::in_unit(*pid, &unit))
+            .collect();
+        match outside.first() {
+            None => Ok(()),
+            Some(pid) => Err(format!(
+                "port {port} is answered by pid {pid} (`{}`), which is not in {unit}",
+                procfs::describe(*pid)
+            )),
+        }
+    }
+
+    fn describe(&self, port: u16) -> Option<String> {
+        let unit = self.systemd.unit_name(port);
+        let props = systemctl::show(&unit, WATCHED).ok()?;
+        let get = |k: &str| props.get(k);
+        Some(format!(
+            "unit {unit} {}/{} ({}), main pid {}, restarts {}",
+            get("ActiveState"),
+            get("SubState"),
+            get("UnitFileState"),
+            get("MainPID"),
+            get("NRestarts")
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Slot;
+    use crate::users::Account;
+
+    #[test]
+    fn unit_file_carries_everything_and_no_secret() {
+        let dir = std::env::temp_dir().join(format!("portswap-unit-test-{}", std::process::id()));
+        let state = StateDir::open(&dir.join("state")).unwrap();
+        let config = Config::parse(
+            "app: { command: [app], supervisor: systemd }\nstop: { grace: 20s }\n\
+             systemd: { restart_delay: 250ms, start_limit: 3 }",
+            &dir.join("portswap.yml"),
+        )
+        .unwrap();
+        let supervisor = SystemdSupervisor::new(&config, &state);
+        let launch = Launch {
+            slot: Slot {
+                port: 8081,
+                profile: "real1".into(),
+            },
+            deployment_id: "d-100%".into(),
+            argv: vec!["java".into(), "-Dx=$HOME %n".into(), "a \"b\"".into()],
+            workdir: "/srv/app 50%".into(),
+            env: vec![("DB_PASSWORD".into(), "hunter2".into())],
+            log_file: "/var/log/app-8081.log".into(),
+            log_offset: 0,
+            account: Some(Account {
+                name: "app".into(),
+                uid: 1000,
+                gid: 1001,
+                home: "/home/app".into(),
+            }),
+            release_dir: dir.join("state/releases/d-1-8081"),
+        };
+        let text = supervisor
+            .render_unit(&launch, Path::new("/usr/bin/java"))
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(text.starts_with(MARKER), "{text}");
+        for line in [
+            r#"ExecStart="/usr/bin/java" "-Dx=$$HOME %%n" "a \"b\"""#,
+            "WorkingDirectory=/srv/app 50%%",
+            "User=app",
+            "Group=1001",
+            "Description=portswap app on port 8081 (profile real1, deployment d-100%%)",
+            "StandardOutput=append:/var/log/app-8081.log",
+            "KillMode=control-group",
+            "TimeoutStopSec=20000ms",
+            "Restart=on-failure",
+            "RestartSec=250ms",
+            "StartLimitBurst=3",
+            "WantedBy=multi-user.target",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+        let marker = format!(
+            "Environment=\"PORTSWAP_SLOT=8081:{}\"",
+            state.path().display()
+        );
+        assert!(text.lines().any(|l| l == marker), "{text}");
+        assert!(text.contains("EnvironmentFile=") && !text.contains("hunter2"));
+    }
+}

@@ -1,0 +1,220 @@
+//! A whole host inside a systemd [`Machine`]: nginx as an enabled unit (as its package
+//! installs it), two slot ports, the fixture app staged as a revision, `portswap.yml`, and
+//! the hook binaries run inside with `nsenter` as the agent would (root, `/`, a near-empty
+//! environment), so `systemctl` talks to the machine's systemd. Shared by the systemd tests,
+//! the demo and the bench.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::hooks::{fixture_command, yaml_list};
+use crate::nginx::{nginx_binary, render_conf};
+use crate::systemd::Machine;
+use crate::{bins, free_port, net};
+
+/// What one hook run inside the machine produced.
+#[derive(Debug, Clone)]
+pub struct HookRun {
+    /// The hook's name.
+    pub hook: String,
+    /// Its exit code (-1 when killed by a signal).
+    pub code: i32,
+    /// Its stdout.
+    pub stdout: String,
+    /// Its stderr (log lines, then the verdict).
+    pub stderr: String,
+}
+
+impl HookRun {
+    /// The verdict: the last line of stderr.
+    pub fn verdict(&self) -> &str {
+        self.stderr.lines().last().unwrap_or("")
+    }
+}
+
+/// The `app.env` secret every [`SupervisedSite`] configures: characters a shell or systemd
+/// would interpret, to prove it arrives literally and is never written or logged.
+pub const SECRET: &str = "s3cr3t-$HOME-%n-\"dq\"-'sq'-a b\\c";
+
+/// A host under systemd, in its own machine. Everything goes when it is dropped.
+pub struct SupervisedSite {
+    /// The machine (power it off, cut the power, boot it again).
+    pub machine: Machine,
+    /// The two slot ports.
+    pub ports: [u16; 2],
+    /// The port nginx listens on (127.0.0.1, reachable from the host).
+    pub nginx_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl SupervisedSite {
+    /// Boots a machine with nginx running as `site-nginx.service` and writes a
+    /// `portswap.yml` for the fixture app under the systemd supervisor. `Err` only when the
+    /// machine cannot boot on this host (why); any later failure panics.
+    pub fn new() -> Result<SupervisedSite, String> {
+        bins::ensure_built();
+        let dir = tempfile::tempdir().expect("testkit: temp dir");
+        let machine = Machine::boot(&[dir.path()])?;
+        let root = dir.path();
+        fs::create_dir_all(root.join("revision")).expect("testkit: revision dir");
+        fs::copy(bins::bin("fixture-app"), root.join("revision/fixture-app"))
+            .expect("testkit: copy fixture-app");
+        let nginx_dir = root.join("nginx");
+        fs::create_dir_all(nginx_dir.join("tmp")).expect("testkit: nginx dir");
+        let nginx_port = free_port();
+        fs::write(
+            nginx_dir.join("nginx.conf"),
+            render_conf(&nginx_dir, &root.join("service-url.inc"), nginx_port, ""),
+        )
+        .expect("testkit: nginx.conf");
+        let site = SupervisedSite {
+            machine,
+            ports: [free_port(), free_port()],
+            nginx_port,
+            dir,
+        };
+        site.machine.install_unit(
+            "site-nginx.service",
+            &format!(
+                "[Service]\nType=forking\nPIDFile={d}/nginx.pid\n\
+                 ExecStart={n} {args}\n[Install]\nWantedBy=multi-user.target\n",
+                d = nginx_dir.display(),
+                n = nginx_binary().display(),
+                args = site.nginx_args().join(" ")
+            ),
+        );
+        net::wait_until(Duration::from_secs(10), "nginx unit answers", || {
+            net::http_get(nginx_port, "/nginx-health").is_ok_and(|r| r.status == 200)
+        })
+        .unwrap_or_else(|e| panic!("testkit: {e}"));
+        site.configure(&[] as &[&str], "");
+        Ok(site)
+    }
+
+    /// The site's directory on the host (also seen inside at the same path).
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn nginx_args(&self) -> Vec<String> {
+        let d = self.root().join("nginx");
+        vec![
+            "-p".into(),
+            format!("{}/", d.display()),
+            "-e".into(),
+            d.join("error.log").display().to_string(),
+            "-c".into(),
+            d.join("nginx.conf").display().to_string(),
+        ]
+    }
+
+    /// `portswap.yml`.
+    pub fn config(&self) -> PathBuf {
+        self.root().join("portswap.yml")
+    }
+
+    /// `state.dir`.
+    pub fn state(&self) -> PathBuf {
+        self.root().join("state")
+    }
+
+    /// Writes portswap.yml for the fixture app (version = deployment id) with `app_args`,
+    /// the systemd supervisor, [`SECRET`] in `app.env`, and `extra` raw YAML at the end.
+    pub fn configure<S: AsRef<str>>(&self, app_args: &[S], extra: &str) {
+        self.configure_command(
+            fixture_command("{deployment_id}", app_args),
+            "systemd",
+            extra,
+        );
+    }
+
+    /// Writes portswap.yml with this `app.command` and `app.supervisor`.
+    pub fn configure_command(&self, command: Vec<String>, supervisor: &str, extra: &str) {
+        let mut test = vec![nginx_binary().display().to_string()];
+        test.extend(self.nginx_args());
+        test.extend(["-t".into(), "-q".into()]);
+        let text = format!(
+            "slots:\n  - {{ port: {p0}, profile: real1 }}\n  - {{ port: {p1}, profile: real2 }}\n\
+             app:\n  artifacts: [\"revision/fixture-app\"]\n  command: {cmd}\n  supervisor: {supervisor}\n\
+             \x20 env: {{ SECRET_TOKEN: {secret:?} }}\n\
+             health:\n  path: /health\n  timeout: 10s\n\
+             nginx:\n  include: service-url.inc\n  test_command: {test}\n  pid_file: {pid}\n\
+             stop:\n  grace: 5s\n\
+             state:\n  dir: state\n  lock_wait: 5s\n{extra}",
+            p0 = self.ports[0],
+            p1 = self.ports[1],
+            cmd = yaml_list(&command),
+            secret = SECRET,
+            test = yaml_list(&test),
+            pid = self.root().join("nginx/nginx.pid").display(),
+        );
+        fs::write(self.config(), text).expect("testkit: write portswap.yml");
+    }
+
+    /// Runs a hook inside the machine as the agent would.
+    pub fn hook(&self, name: &str, args: &[&str], deployment: Option<&str>) -> HookRun {
+        let bin = bins::bin(name).display().to_string();
+        let mut argv = vec![bin.as_str()];
+        argv.extend(args);
+        let config = self.config().display().to_string();
+        let mut env = vec![("PORTSWAP_CONFIG", config.as_str())];
+        if let Some(id) = deployment {
+            env.push(("DEPLOYMENT_ID", id));
+        }
+        let out = self
+            .machine
+            .command_env(&argv, &env)
+            .output()
+            .expect("testkit: run hook");
+        HookRun {
+            hook: name.to_string(),
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// stop, start, health, switch; every run until the first failure.
+    pub fn deploy(&self, id: &str) -> Vec<HookRun> {
+        let mut runs = Vec::new();
+        for hook in ["stop", "start", "health", "switch"] {
+            let run = self.hook(hook, &[], Some(id));
+            let failed = run.code != 0;
+            runs.push(run);
+            if failed {
+                break;
+            }
+        }
+        runs
+    }
+
+    /// The unit of the slot on `port`.
+    pub fn unit(&self, port: u16) -> String {
+        format!("portswap-{port}.service")
+    }
+
+    /// The unit's main pid (as seen inside), 0 when none.
+    pub fn main_pid(&self, port: u16) -> i32 {
+        self.machine
+            .unit_property(&self.unit(port), "MainPID")
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// The version nginx serves now (`None` when nothing answers 200 within 0.5 s).
+    pub fn live_version(&self) -> Option<String> {
+        let r = net::http_get_timeout(self.nginx_port, "/", Duration::from_millis(500)).ok()?;
+        (r.status == 200).then(|| r.header("X-App-Version").map(str::to_string))?
+    }
+
+    /// The include file's text.
+    pub fn include(&self) -> String {
+        fs::read_to_string(self.root().join("service-url.inc")).unwrap_or_default()
+    }
+
+    /// The live port the include names.
+    pub fn live_port(&self) -> Option<u16> {
+        crate::hooks::included_port(&self.root().join("service-url.inc"))
+    }
+}
