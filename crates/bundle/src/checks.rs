@@ -101,7 +101,7 @@ mod tests {
     /// may then wait 5 s more after SIGKILL: 63 s.
     #[test]
     fn the_wait_after_sigkill_counts() {
-        let config = config("app: { command: [x] }\nstop: { grace: 28s }\n");
+        let config = config("app: { command: [x], supervisor: process }\nstop: { grace: 28s }\n");
         let err = check_timeouts(&spec(60, 150), &config, Path::new(APPSPEC)).unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -118,7 +118,7 @@ mod tests {
     fn the_legacy_health_wait_does_not_fit_a_60_s_hook() {
         // The legacy health check waits up to 110 s inside a 60 s hook.
         let config =
-            config("app: { command: [x] }\nhealth: { timeout: 110s }\nstate: { lock_wait: 5s }\n");
+            config("app: { command: [x], supervisor: process }\nhealth: { timeout: 110s }\nstate: { lock_wait: 5s }\n");
         let err = check_timeouts(&spec(60, 60), &config, Path::new(APPSPEC)).unwrap_err();
         assert!(
             err.to_string().starts_with(
@@ -132,7 +132,7 @@ mod tests {
 
     #[test]
     fn each_hook_has_its_own_budget() {
-        let base = "app: { command: [x] }\nstate: { lock_wait: 20s }\n";
+        let base = "app: { command: [x], supervisor: process }\nstate: { lock_wait: 20s }\n";
         let fits = |text: &str| check_timeouts(&spec(60, 90), &config(text), Path::new(APPSPEC));
         assert!(fits(base).is_ok());
         // stop.grace (and the wait after SIGKILL) is also spent by start: it frees the idle
@@ -143,7 +143,7 @@ mod tests {
             "{err}"
         );
         let err = fits(
-            "state: { lock_wait: 20s }\nstop: { grace: 35s }\napp: { command: [x], start_check: 31s }\n",
+            "state: { lock_wait: 20s }\nstop: { grace: 35s }\napp: { command: [x], start_check: 31s, supervisor: process }\n",
         )
         .unwrap_err();
         assert!(

@@ -190,7 +190,10 @@ mod tests {
         fs::write(&config, text.replace("timeout: 90s", "timeout: 150s")).unwrap();
         let (_, err) = refuse(&invalid);
         assert!(
-            err.starts_with("hooks/health in ValidateService may wait state.lock_wait 30s + health.timeout 150s"),
+            err.starts_with(
+                "hooks/health in ValidateService may wait state.lock_wait 30s + systemctl calls \
+                 (3s each) 3s + health.timeout 150s"
+            ),
             "{err}"
         );
         assert!(

@@ -5,10 +5,11 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, SupervisorChoice};
 use crate::duration::show;
 use crate::health::{probe_limit, MIN_PROBE_TIMEOUT};
 use crate::process::KILL_WAIT;
+use crate::systemctl::CALL_LIMIT;
 
 /// The hook binaries, as named in a revision's `hooks/` directory.
 pub const HOOKS: [&str; 4] = ["stop", "start", "health", "switch"];
@@ -43,6 +44,18 @@ impl Budget {
         if hook == "stop" || hook == "start" {
             waits.push(wait("stop.grace", config.stop_grace));
             waits.push(wait("the wait after SIGKILL", KILL_WAIT));
+        }
+        // Under systemd every systemctl call is bounded by CALL_LIMIT (a stop by the
+        // grace and the wait after SIGKILL, counted above): `show` and `reset-failed` around a
+        // stop; `daemon-reload`, `enable`, `reset-failed`, `restart` and `show` to start; one
+        // `show` to watch the unit in `health` and `switch`.
+        if config.app.supervisor != SupervisorChoice::Process {
+            let calls = match hook {
+                "stop" => 2,
+                "start" => 7,
+                _ => 1,
+            };
+            waits.push(wait("systemctl calls (3s each)", CALL_LIMIT * calls));
         }
         match hook {
             "start" => waits.push(wait("app.start_check", config.app.start_check)),
@@ -99,7 +112,7 @@ mod tests {
 
     #[test]
     fn stop_counts_the_wait_after_sigkill() {
-        let config = config("app: { command: [x] }\nstop: { grace: 28s }\n");
+        let config = config("app: { command: [x], supervisor: process }\nstop: { grace: 28s }\n");
         let budget = Budget::of("stop", &config).unwrap();
         assert_eq!(budget.total(), Duration::from_secs(63));
         assert_eq!(
@@ -111,7 +124,7 @@ mod tests {
     #[test]
     fn every_hook_has_a_budget_made_of_its_waits() {
         let config = config(
-            "app: { command: [x], start_check: 1s }\nhealth: { timeout: 90s }\n\
+            "app: { command: [x], start_check: 1s, supervisor: process }\nhealth: { timeout: 90s }\n\
              nginx: { reload_timeout: 5s }\nstop: { grace: 20s }\nstate: { lock_wait: 30s }\n",
         );
         let total = |hook| Budget::of(hook, &config).unwrap().total();
@@ -125,5 +138,20 @@ mod tests {
             assert_eq!(budget.hook, hook);
             assert_eq!(budget.waits[0].what, "state.lock_wait");
         }
+    }
+
+    #[test]
+    fn under_systemd_each_systemctl_call_counts() {
+        let systemd = config("app: { command: [x], supervisor: systemd }\nstop: { grace: 20s }\n");
+        let stop = Budget::of("stop", &systemd).unwrap();
+        assert_eq!(
+            stop.to_string(),
+            "state.lock_wait 30s + stop.grace 20s + the wait after SIGKILL 5s + systemctl calls \
+             (3s each) 6s = 61s"
+        );
+        // `auto` may pick systemd on the host: counted the same.
+        let auto = config("app: { command: [x] }\n");
+        let start = Budget::of("start", &auto).unwrap().to_string();
+        assert!(start.contains("systemctl calls (3s each) 21s"), "{start}");
     }
 }

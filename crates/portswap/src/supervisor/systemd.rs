@@ -216,7 +216,7 @@ impl Supervisor for SystemdSupervisor {
                 let started = std::time::Instant::now();
                 systemctl::systemctl(
                     &["disable", "--now", "--", &unit],
-                    self.stop_grace + Duration::from_secs(15),
+                    self.stop_grace + crate::process::KILL_WAIT,
                 )?;
                 done.push(format!(
                     "stopped and disabled {unit} ({} before) in {}",
@@ -287,11 +287,12 @@ impl Supervisor for SystemdSupervisor {
             log_offset: launch.log_offset,
             started_at: state::now_secs(),
         };
-        systemctl::systemctl(
-            &["restart", "--", &unit],
-            self.stop_grace + Duration::from_secs(15),
-        )
-        .map_err(|e| {
+        systemctl::systemctl(&["restart", "--", &unit], systemctl::CALL_LIMIT).map_err(|e| {
+            // The app may have crashed before the start job returned: say so as `gone` does
+            // (its output and where to read more), not only that systemctl failed.
+            if let Some(why) = self.gone(&record) {
+                return Error::Failed(why);
+            }
             let tail = self.output_tail(&record, 1);
             let last = tail.last().map(|l| format!("; last output: {l}"));
             Error::Failed(format!("{e}{}", last.unwrap_or_default()))
