@@ -281,7 +281,14 @@ pub fn sweep() {
         if !path.to_string_lossy().starts_with(BASE_PREFIX) {
             continue;
         }
-        let owner = read_pid(&path.join("owner"));
+        // The pid in the name is known before the directory exists: a machine that is still
+        // booting (its `owner` file not written yet) is never taken for a leftover.
+        let named = entry
+            .file_name()
+            .to_string_lossy()
+            .strip_prefix("portswap-machine-")
+            .and_then(|rest| rest.split('-').next()?.parse::<i32>().ok());
+        let owner = named.or_else(|| read_pid(&path.join("owner")));
         if owner.is_some_and(|pid| pid == std::process::id() as i32 || process_alive(pid)) {
             continue;
         }
