@@ -27,15 +27,7 @@ fn nftables_site_with(http_extra: impl FnOnce(u16) -> String) -> Site {
 
 /// The redirect rule in the namespace: `(service port, slot)`, or `None`.
 fn rule() -> Option<(u16, u16)> {
-    let listing = netns::nft(&["-n", "list", "table", "ip", "portswap"]).ok()?;
-    let lines: Vec<&str> = listing.lines().filter(|l| l.contains("redirect")).collect();
-    assert!(lines.len() <= 1, "more than one rule: {listing}");
-    let words: Vec<&str> = lines.first()?.split_whitespace().collect();
-    let after = |key: &str| -> u16 {
-        let at = words.iter().position(|w| *w == key).unwrap();
-        words[at + 1].trim_start_matches(':').parse().unwrap()
-    };
-    Some((after("dport"), after("to")))
+    support::redirect_in(&netns::nft(&["-n", "list", "table", "ip", "portswap"]).ok()?)
 }
 
 /// Sends `GET /` on a kept connection and returns the version that answered.

@@ -15,7 +15,7 @@ use portswap_testkit::hooks::fixture_command;
 use portswap_testkit::supervised::{HookRun, SupervisedSite, SECRET};
 use portswap_testkit::systemd::refused;
 use portswap_testkit::{bins, net};
-use support::Outcome;
+use support::{monotonic_us, Outcome};
 
 /// An argument that a shell or systemd would mangle if quoted wrongly.
 const WEIRD_PROFILE: &str = "we $ird %i \"quoted\" 'single' back\\slash ;";
@@ -121,18 +121,6 @@ fn mode(path: &Path) -> u32 {
         .permissions()
         .mode()
         & 0o777
-}
-
-/// CLOCK_MONOTONIC in microseconds (systemd's `*TimestampMonotonic` clock; the machine
-/// shares the host's, there is no time namespace).
-fn monotonic_us() -> u64 {
-    let mut t = nix::libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { nix::libc::clock_gettime(nix::libc::CLOCK_MONOTONIC, &mut t) };
-    t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1_000
 }
 
 #[test]

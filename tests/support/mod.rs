@@ -290,6 +290,31 @@ impl Drop for Site {
     }
 }
 
+/// CLOCK_MONOTONIC in microseconds (systemd's `*TimestampMonotonic` clock; a test machine
+/// shares the host's, there is no time namespace).
+pub fn monotonic_us() -> u64 {
+    let mut t = nix::libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { nix::libc::clock_gettime(nix::libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1_000
+}
+
+/// portswap's redirect rule in `nft -n list table ip portswap` output: `(service port,
+/// slot)`, or `None` (panics on more than one rule).
+pub fn redirect_in(listing: &str) -> Option<(u16, u16)> {
+    let lines: Vec<&str> = listing.lines().filter(|l| l.contains("redirect")).collect();
+    assert!(lines.len() <= 1, "more than one rule: {listing}");
+    let words: Vec<&str> = lines.first()?.split_whitespace().collect();
+    let after = |key: &str| -> u16 {
+        let at = words.iter().position(|w| *w == key).unwrap();
+        words[at + 1].trim_start_matches(':').parse().unwrap()
+    };
+    Some((after("dport"), after("to")))
+}
+
 /// Waits up to `limit` for `f`, panicking with `what` otherwise.
 pub fn wait(limit: Duration, what: &str, f: impl FnMut() -> bool) {
     net::wait_until(limit, what, f).unwrap_or_else(|e| panic!("{e}"));

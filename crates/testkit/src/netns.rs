@@ -36,7 +36,7 @@ pub fn isolated<T: Send + 'static>(
 }
 
 /// Sets IFF_UP on `lo` of the calling thread's namespace.
-fn loopback_up() -> io::Result<()> {
+pub(crate) fn loopback_up() -> io::Result<()> {
     // SAFETY: a plain socket used only for two ioctls on a zeroed, NUL-terminated ifreq; the
     // descriptor is closed before returning.
     unsafe {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::hooks::{fixture_command, yaml_list};
 use crate::nginx::{nginx_binary, render_conf};
-use crate::systemd::Machine;
+use crate::systemd::{Machine, Network};
 use crate::{bins, free_port, net};
 
 /// What one hook run inside the machine produced.
@@ -43,19 +43,32 @@ pub struct SupervisedSite {
     pub machine: Machine,
     /// The two slot ports.
     pub ports: [u16; 2],
-    /// The port nginx listens on (127.0.0.1, reachable from the host).
+    /// The port nginx listens on (127.0.0.1 in the machine's network).
     pub nginx_port: u16,
+    /// nginx's unit: `site-nginx.service`, or `nginx.service` in a private network.
+    pub nginx_unit: &'static str,
     dir: tempfile::TempDir,
 }
 
 impl SupervisedSite {
-    /// Boots a machine with nginx running as `site-nginx.service` and writes a
-    /// `portswap.yml` for the fixture app under the systemd supervisor. `Err` only when the
-    /// machine cannot boot on this host (why); any later failure panics.
+    /// Boots a machine in the host's network with nginx running as `site-nginx.service` and
+    /// writes a `portswap.yml` for the fixture app under the systemd supervisor. `Err` only
+    /// when the machine cannot boot on this host (why); any later failure panics.
     pub fn new() -> Result<SupervisedSite, String> {
+        SupervisedSite::boot(Network::Host, "site-nginx.service")
+    }
+
+    /// [`new`](Self::new) in a private network (nftables rules stay inside, a reboot loses
+    /// them), with nginx as `nginx.service`, the unit name of the distributions' package that
+    /// units ordered `Before=nginx.service` expect.
+    pub fn with_private_net() -> Result<SupervisedSite, String> {
+        SupervisedSite::boot(Network::Private, "nginx.service")
+    }
+
+    fn boot(network: Network, nginx_unit: &'static str) -> Result<SupervisedSite, String> {
         bins::ensure_built();
         let dir = tempfile::tempdir().expect("testkit: temp dir");
-        let machine = Machine::boot(&[dir.path()])?;
+        let machine = Machine::boot_with(&[dir.path()], network)?;
         let root = dir.path();
         fs::create_dir_all(root.join("revision")).expect("testkit: revision dir");
         fs::copy(bins::bin("fixture-app"), root.join("revision/fixture-app"))
@@ -72,10 +85,11 @@ impl SupervisedSite {
             machine,
             ports: [free_port(), free_port()],
             nginx_port,
+            nginx_unit,
             dir,
         };
         site.machine.install_unit(
-            "site-nginx.service",
+            nginx_unit,
             &format!(
                 "[Service]\nType=forking\nPIDFile={d}/nginx.pid\n\
                  ExecStart={n} {args}\n[Install]\nWantedBy=multi-user.target\n",
@@ -84,10 +98,14 @@ impl SupervisedSite {
                 args = site.nginx_args().join(" ")
             ),
         );
-        net::wait_until(Duration::from_secs(10), "nginx unit answers", || {
-            net::http_get(nginx_port, "/nginx-health").is_ok_and(|r| r.status == 200)
-        })
-        .unwrap_or_else(|e| panic!("testkit: {e}"));
+        site.machine
+            .in_net(|| {
+                net::wait_until(Duration::from_secs(10), "nginx unit answers", || {
+                    net::http_get(nginx_port, "/nginx-health").is_ok_and(|r| r.status == 200)
+                })
+            })
+            .expect("testkit: the machine runs")
+            .unwrap_or_else(|e| panic!("testkit: {e}"));
         site.configure(&[] as &[&str], "");
         Ok(site)
     }
@@ -204,7 +222,11 @@ impl SupervisedSite {
 
     /// The version nginx serves now (`None` when nothing answers 200 within 0.5 s).
     pub fn live_version(&self) -> Option<String> {
-        let r = net::http_get_timeout(self.nginx_port, "/", Duration::from_millis(500)).ok()?;
+        let port = self.nginx_port;
+        let r = self
+            .machine
+            .in_net(|| net::http_get_timeout(port, "/", Duration::from_millis(500)))?
+            .ok()?;
         (r.status == 200).then(|| r.header("X-App-Version").map(str::to_string))?
     }
 

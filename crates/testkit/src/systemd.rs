@@ -6,8 +6,11 @@
 //! future PID 1, which mounts the overlay, `/proc`, `/sys`, fresh cgroup trees, a minimal
 //! `/dev`, tmpfs `/run` and `/tmp`, binds the shared directories (the test's files, the
 //! workspace's executables) at their own paths, `pivot_root`s and execs systemd.
-//! Commands go in with `nsenter` ([`Machine::command`]); the network namespace is the host's,
-//! so apps inside listen on 127.0.0.1 ports the host reaches.
+//! Commands go in with `nsenter` ([`Machine::command`]). The network namespace is the host's,
+//! so apps inside listen on 127.0.0.1 ports the host reaches, unless the machine is booted
+//! with [`Network::Private`] ([`Machine::boot_with`]): then every boot gets a fresh network
+//! namespace with only `lo` (up), its own ports and its own nftables ruleset, lost at power
+//! off like a real host's; [`Machine::in_net`] runs test code there.
 //!
 //! The overlay's upper directory lives on a tmpfs owned by the machine, so it survives
 //! [`Machine::poweroff`] and [`Machine::power_cut`]: [`Machine::boot_again`] is a reboot on
@@ -21,7 +24,7 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -83,12 +86,26 @@ struct Hierarchy {
     dir: PathBuf,
 }
 
+/// The network a [`Machine`] lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// The host's network namespace: ports inside are the host's.
+    Host,
+    /// A fresh network namespace per boot, with `lo` up: nothing inside (ports, nftables
+    /// rules) touches the host, and a reboot starts with an empty ruleset.
+    Private,
+}
+
+/// The argument that tells `testkit-sysinit` to unshare the network namespace too.
+const PRIVATE_NET_ARG: &str = "private-net";
+
 /// A booted (or powered-off) systemd machine. Power is cut and everything removed on drop.
 #[derive(Debug)]
 pub struct Machine {
     base: PathBuf,
     hierarchies: Vec<Hierarchy>,
     shared: Vec<PathBuf>,
+    network: Network,
     outer: Option<Child>,
     pid1: Option<i32>,
     booted_at: Instant,
@@ -399,6 +416,11 @@ impl Machine {
     /// `shared` directories (and the workspace's executables) appear inside at the same
     /// paths, read-write. `Err` says why the machine could not boot (e.g. not root).
     pub fn boot(shared: &[&Path]) -> Result<Machine, String> {
+        Machine::boot_with(shared, Network::Host)
+    }
+
+    /// [`boot`](Self::boot) in the given `network`.
+    pub fn boot_with(shared: &[&Path], network: Network) -> Result<Machine, String> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         if !nix::unistd::geteuid().is_root() {
             return Err("not root (a systemd machine needs CAP_SYS_ADMIN)".into());
@@ -426,6 +448,7 @@ impl Machine {
             base,
             hierarchies,
             shared,
+            network,
             outer: None,
             pid1: None,
             booted_at: Instant::now(),
@@ -489,6 +512,7 @@ impl Machine {
         self.booted_at = Instant::now();
         let child = Command::new(bins::bin("testkit-sysinit"))
             .arg(&self.base)
+            .args((self.network == Network::Private).then_some(PRIVATE_NET_ARG))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -552,7 +576,9 @@ impl Machine {
         let mut command = Command::new("nsenter");
         command
             .args(["--target", &pid1.to_string()])
-            .args(["--mount", "--pid", "--uts", "--ipc", "--cgroup", "--"])
+            .args(["--mount", "--pid", "--uts", "--ipc", "--cgroup"])
+            .args((self.network == Network::Private).then_some("--net"))
+            .arg("--")
             .args(["/usr/bin/env", "-i"])
             .arg(format!("PATH={PATH}"))
             .args([
@@ -567,6 +593,27 @@ impl Machine {
             .env("PATH", PATH)
             .stdin(Stdio::null());
         command
+    }
+
+    /// Runs `f` on a thread in the machine's network namespace and returns its result: HTTP
+    /// clients there reach what listens inside. `None` when the network is
+    /// [`Network::Private`] and the machine is powered off (no namespace to enter).
+    pub fn in_net<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Option<T> {
+        if self.network == Network::Host {
+            return Some(f());
+        }
+        let ns = fs::File::open(format!("/proc/{}/ns/net", self.pid1?)).ok()?;
+        std::thread::scope(|scope| {
+            let thread = scope.spawn(move || {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .unwrap_or_else(|e| panic!("testkit: enter the machine's network: {e}"));
+                f()
+            });
+            match thread.join() {
+                Ok(value) => Some(value),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
     }
 
     /// `argv` run inside the machine.
@@ -600,10 +647,25 @@ impl Machine {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
-    /// Writes a unit file into the machine's `/etc/systemd/system` and enables and starts it.
+    /// Writes a unit file into the machine's `/etc/systemd/system` and enables and starts it
+    /// (replacing the mask of a unit masked here, such as the host's `nginx.service`).
     pub fn install_unit(&self, name: &str, text: &str) {
-        let path = self.state().join("upper/etc/systemd/system").join(name);
-        fs::write(&path, text).expect("testkit: write unit");
+        let path = format!("/etc/systemd/system/{name}");
+        // Written through the overlay, not into its upper directory behind the kernel's back
+        // (a cached mask would hide the new file); a mask is a link to /dev/null: unlinked.
+        self.run_ok(&["rm", "-f", &path]);
+        let mut tee = self
+            .command(&["tee", &path])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("testkit: run tee in the machine");
+        let written = tee.stdin.take().map(|mut s| s.write_all(text.as_bytes()));
+        let status = tee.wait().expect("testkit: wait for tee");
+        assert!(
+            status.success() && matches!(written, Some(Ok(()))),
+            "testkit: write {path} in the machine: {status}, {written:?}"
+        );
         self.run_ok(&["systemctl", "daemon-reload"]);
         self.run_ok(&["systemctl", "enable", "--now", name]);
     }
@@ -689,8 +751,9 @@ pub fn refused(test: &str, why: &str) {
 // Inside: the `testkit-sysinit` binary.
 // -------------------------------------------------------------------------------------------
 
-/// The `testkit-sysinit` program: `testkit-sysinit BASE`. Enters the machine's cgroups,
-/// unshares the namespaces and forks PID 1, which sets up the root and execs systemd; the
+/// The `testkit-sysinit` program: `testkit-sysinit BASE [private-net]`. Enters the
+/// machine's cgroups, unshares the namespaces (the network one too, with `lo` brought up,
+/// when asked) and forks PID 1, which sets up the root and execs systemd; the
 /// parent (holding the namespaces) waits for it and exits with its status.
 pub fn init_main() -> ! {
     let base = PathBuf::from(
@@ -710,14 +773,23 @@ pub fn init_main() -> ! {
         }
     }
     let _ = nix::unistd::setsid();
-    let flags = libc::CLONE_NEWNS
+    let private_net = std::env::args().nth(2).as_deref() == Some(PRIVATE_NET_ARG);
+    let mut flags = libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWCGROUP;
+    if private_net {
+        flags |= libc::CLONE_NEWNET;
+    }
     // SAFETY: unshare(2) with namespace flags; this process is single-threaded.
     if unsafe { libc::unshare(flags) } != 0 {
         fail(format!("unshare: {}", io::Error::last_os_error()));
+    }
+    if private_net {
+        if let Err(e) = crate::netns::loopback_up() {
+            fail(format!("bringing lo up in the new network namespace: {e}"));
+        }
     }
     if let Err(e) = mount(
         "none",
