@@ -32,14 +32,26 @@ pub struct Args {
     pub config: Option<PathBuf>,
     /// `--port PORT`.
     pub port: Option<u16>,
-    /// The boolean flags given.
-    pub switches: Vec<&'static str>,
+    /// `--force` (stop, switch).
+    pub force: bool,
+    /// `--rollback` (switch).
+    pub rollback: bool,
+    /// `--status` (switch).
+    pub status: bool,
+    /// `--restore` (switch).
+    pub restore: bool,
 }
 
 impl Args {
-    /// Whether `flag` (e.g. `--force`) was given.
-    pub fn has(&self, flag: &str) -> bool {
-        self.switches.contains(&flag)
+    /// The field of boolean flag `name`, if portswap has such a flag.
+    fn switch(&mut self, name: &str) -> Option<&mut bool> {
+        match name {
+            "--force" => Some(&mut self.force),
+            "--rollback" => Some(&mut self.rollback),
+            "--status" => Some(&mut self.status),
+            "--restore" => Some(&mut self.restore),
+            _ => None,
+        }
     }
 }
 
@@ -84,10 +96,13 @@ fn parse(hook: &Hook, argv: Vec<OsString>) -> Result<Parsed> {
                     port.ok_or_else(|| usage(format!("--port {v}: not a port (1 to 65535)")))?,
                 );
             }
-            other => match hook.switches.iter().find(|(name, _)| *name == other) {
-                Some((name, _)) if inline.is_none() => args.switches.push(name),
-                _ => return Err(usage(format!("unknown argument `{text}`"))),
-            },
+            other => {
+                let offered = hook.switches.iter().any(|(name, _)| *name == other);
+                match args.switch(other).filter(|_| offered && inline.is_none()) {
+                    Some(field) => *field = true,
+                    None => return Err(usage(format!("unknown argument `{text}`"))),
+                }
+            }
         }
     }
     Ok(Parsed::Run(args))
@@ -236,12 +251,22 @@ mod tests {
         };
         assert_eq!(a.config.as_deref(), Some(std::path::Path::new("/a.yml")));
         assert_eq!(a.port, Some(8082));
-        assert!(a.has("--force"));
+        assert!(a.force && !a.rollback);
         assert!(matches!(args(&["--help"]).unwrap(), Parsed::Help));
         assert!(matches!(args(&["--port", "0"]), Err(Error::Usage(_))));
         assert!(matches!(args(&["--port"]), Err(Error::Usage(_))));
         assert!(matches!(args(&["--rollback"]), Err(Error::Usage(_))));
         assert!(matches!(args(&["--force=yes"]), Err(Error::Usage(_))));
         assert!(help(&HOOK).contains("--force"));
+    }
+
+    #[test]
+    fn every_flag_a_hook_offers_has_a_field() {
+        use crate::commands::{health, start, stop, switch};
+        for hook in [&stop::HOOK, &start::HOOK, &health::HOOK, &switch::HOOK] {
+            for (name, _) in hook.switches {
+                assert!(Args::default().switch(name).is_some(), "{name}");
+            }
+        }
     }
 }

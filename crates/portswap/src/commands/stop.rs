@@ -27,7 +27,7 @@ pub fn run(args: &Args) -> Result<String> {
         })?,
         None => idle,
     };
-    let force = args.has("--force");
+    let force = args.force;
     if live.is_some_and(|l| l.port == target.port) && !force {
         return Err(Error::Refused(format!(
             "port {} is live (nginx sends traffic to it); stop the idle slot, or pass --force",

@@ -37,19 +37,19 @@ pub const HOOK: Hook = Hook {
 
 /// Runs `switch`.
 pub fn run(args: &Args) -> Result<String> {
-    if args.has("--status") {
+    if args.status {
         let ctx = Context::unlocked(args)?;
         cli::say(std::io::stdout(), &status::render(&ctx)?);
         return Ok("status shown, nothing changed".into());
     }
     let ctx = Context::locked(HOOK.name, args)?;
-    if args.has("--restore") {
+    if args.restore {
         return restore(&ctx);
     }
     let now = ctx.live()?;
     let (live, idle) = ctx.sides_of(now);
     let live_port = live.map(|s| s.port);
-    let rollback = args.has("--rollback");
+    let rollback = args.rollback;
     // A switch of this deployment (or any, by hand) that was cut short: complete it.
     let resumed = ctx.state.switch_intent().filter(|i| {
         !rollback
@@ -96,7 +96,7 @@ pub fn run(args: &Args) -> Result<String> {
             return Ok(done);
         }
     }
-    if !rollback && !args.has("--force") && !ctx.manual {
+    if !rollback && !args.force && !ctx.manual {
         // Two deployments interleaved: the idle slot may now run the other one's app.
         if let Some(other) = ctx
             .state
@@ -110,7 +110,7 @@ pub fn run(args: &Args) -> Result<String> {
             )));
         }
     }
-    if args.has("--force") {
+    if args.force {
         log::warn!("--force: not checking the health of port {target}");
     } else {
         let probed = std::time::Instant::now();
