@@ -37,6 +37,25 @@ pub struct Launch {
     pub release_dir: PathBuf,
 }
 
+impl Launch {
+    /// What `start` records about this launch once the app runs as `pid` (started at
+    /// `start_time`, in clock ticks since boot).
+    pub fn record(&self, pid: i32, start_time: u64) -> AppRecord {
+        AppRecord {
+            pid,
+            start_time,
+            port: self.slot.port,
+            profile: self.slot.profile.clone(),
+            deployment_id: self.deployment_id.clone(),
+            command: self.argv.clone(),
+            release_dir: self.release_dir.clone(),
+            log_file: self.log_file.clone(),
+            log_offset: self.log_offset,
+            started_at: crate::state::now_secs(),
+        }
+    }
+}
+
 /// A way of running the app on a slot.
 pub trait Supervisor {
     /// `process` or `systemd`, for verdicts and the status view.

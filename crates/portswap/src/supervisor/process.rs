@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::ownership::{self, Holder};
 use crate::process::{self, LaunchSpec};
 use crate::procfs::{self, ProcId};
-use crate::state::{self, AppRecord, StateDir};
+use crate::state::{AppRecord, StateDir};
 
 /// Runs the app as a detached child of the hook.
 pub struct ProcessSupervisor {
@@ -144,18 +144,7 @@ impl Supervisor for ProcessSupervisor {
         let pid = child.id() as i32;
         let start_time = ProcId::of(pid).map(|p| p.start_time).unwrap_or(0);
         *self.child.borrow_mut() = Some(child);
-        Ok(AppRecord {
-            pid,
-            start_time,
-            port: launch.slot.port,
-            profile: launch.slot.profile.clone(),
-            deployment_id: launch.deployment_id.clone(),
-            command: launch.argv.clone(),
-            release_dir: launch.release_dir.clone(),
-            log_file: launch.log_file.clone(),
-            log_offset: launch.log_offset,
-            started_at: state::now_secs(),
-        })
+        Ok(launch.record(pid, start_time))
     }
 
     fn gone(&self, record: &AppRecord) -> Option<String> {

@@ -19,7 +19,7 @@ use crate::duration::show;
 use crate::error::{Error, Result};
 use crate::ownership::{self, Holder};
 use crate::procfs::{self, ProcId};
-use crate::state::{self, AppRecord, StateDir};
+use crate::state::{AppRecord, StateDir};
 use crate::systemctl::{self, environment_file, plain_value, quote_assignment, quote_word};
 use crate::{applog, fsio, process};
 
@@ -275,18 +275,7 @@ impl Supervisor for SystemdSupervisor {
         )?;
         // A crash loop of an earlier version may have used up the start limit.
         let _ = systemctl::systemctl(&["reset-failed", "--", &unit], systemctl::CALL_LIMIT);
-        let mut record = AppRecord {
-            pid: 0,
-            start_time: 0,
-            port,
-            profile: launch.slot.profile.clone(),
-            deployment_id: launch.deployment_id.clone(),
-            command: launch.argv.clone(),
-            release_dir: launch.release_dir.clone(),
-            log_file: launch.log_file.clone(),
-            log_offset: launch.log_offset,
-            started_at: state::now_secs(),
-        };
+        let mut record = launch.record(0, 0);
         systemctl::systemctl(&["restart", "--", &unit], systemctl::CALL_LIMIT).map_err(|e| {
             // The app may have crashed before the start job returned: say so as `gone` does
             // (its output and where to read more), not only that systemctl failed.
