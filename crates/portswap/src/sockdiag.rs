@@ -1,12 +1,14 @@
-//! One TCP socket looked up by its addresses through netlink sock_diag (what `ss` asks), for
-//! the nftables switch's proof that a fresh connection reached the target. /proc/net/tcp would
-//! do too, but it lists every socket including TIME_WAIT ones: on a host under load that is
-//! ~100,000 lines and most of a second to read (measured), where an exact lookup is one round
-//! trip to the kernel.
+//! The kernel's TCP socket diagnostics over netlink (`NETLINK_SOCK_DIAG`, what `ss` asks): the
+//! one place that builds those requests and reads their replies. Two questions are asked: the
+//! sockets listening on a port (procfs's listeners) and one loopback connection by its
+//! addresses (the nftables switch's proof that a fresh connection reached the target).
+//! /proc/net/tcp would answer both, but it lists every socket including TIME_WAIT ones: on a
+//! host under load that is ~100,000 lines and most of a second to read (measured), where a
+//! diagnostics query is one round trip to the kernel.
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::libc;
 use nix::sys::socket::{
@@ -14,75 +16,187 @@ use nix::sys::socket::{
 };
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLM_F_REQUEST: u16 = 1;
 const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
 const TCP_LISTEN: u8 = 10;
 const NO_COOKIE: u32 = u32::MAX;
+/// nlmsghdr (16 bytes) + inet_diag_req_v2 (56 bytes).
+const REQUEST_LEN: usize = 72;
+/// The length of nlmsghdr, which precedes every message's payload.
+const HEADER_LEN: usize = 16;
+
+/// The inodes of the IPv4 and IPv6 TCP sockets listening on `port`.
+pub fn listening_inodes(port: u16) -> io::Result<Vec<u64>> {
+    let mut diag = Diag::open()?;
+    let mut inodes = Vec::new();
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+        diag.send(&request(family, flags, 1 << TCP_LISTEN, [0; 48]))?;
+        'replies: loop {
+            for (kind, payload) in messages(diag.recv()?)? {
+                match kind {
+                    NLMSG_DONE => break 'replies,
+                    NLMSG_ERROR => return Err(io::Error::from_raw_os_error(errno(payload)?)),
+                    _ => {
+                        if let Some(s) = Socket::parse(payload) {
+                            if s.state == TCP_LISTEN && s.local == port {
+                                inodes.push(u64::from(s.inode));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(inodes)
+}
 
 /// The kernel's state of the IPv4 TCP socket bound to 127.0.0.1:`local` and connected to
 /// 127.0.0.1:`remote` (an accepted connection, or one still in the handshake); `None` when
 /// there is no such socket.
 pub fn loopback_tcp_state(local: u16, remote: u16) -> io::Result<Option<u8>> {
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkSockDiag,
-    )?;
-    sendto(
-        fd.as_raw_fd(),
-        &request(local, remote),
-        &NetlinkAddr::new(0, 0),
-        MsgFlags::empty(),
-    )?;
-    let mut reply = [0u8; 4096];
-    let n = recv(fd.as_raw_fd(), &mut reply, MsgFlags::empty())?;
-    parse(&reply[..n], remote)
+    let mut diag = Diag::open()?;
+    diag.send(&request(
+        libc::AF_INET as u8,
+        libc::NLM_F_REQUEST as u16,
+        u32::MAX, // every state
+        loopback_id(local, remote),
+    ))?;
+    let replies = messages(diag.recv()?)?;
+    let Some(&(kind, payload)) = replies.first() else {
+        return Err(short());
+    };
+    if kind == NLMSG_ERROR {
+        return match errno(payload)? {
+            0 | libc::ENOENT => Ok(None),
+            e => Err(io::Error::from_raw_os_error(e)),
+        };
+    }
+    // The kernel falls back to the listener when no connection matches.
+    let s = Socket::parse(payload).ok_or_else(short)?;
+    Ok((s.state != TCP_LISTEN && s.remote == remote).then_some(s.state))
 }
 
-/// nlmsghdr + inet_diag_req_v2 for an exact lookup (no dump) of one socket.
-fn request(local: u16, remote: u16) -> Vec<u8> {
-    let lo = Ipv4Addr::LOCALHOST.octets();
-    let mut m = Vec::with_capacity(72);
-    m.extend(72u32.to_ne_bytes());
-    m.extend(SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    m.extend(NLM_F_REQUEST.to_ne_bytes());
-    m.extend(1u32.to_ne_bytes()); // sequence
-    m.extend(0u32.to_ne_bytes()); // port id: the kernel fills it in
-    m.extend([libc::AF_INET as u8, libc::IPPROTO_TCP as u8, 0, 0]);
-    m.extend(u32::MAX.to_ne_bytes()); // every state
-    m.extend(local.to_be_bytes());
-    m.extend(remote.to_be_bytes());
-    m.extend(lo);
-    m.extend([0; 12]);
-    m.extend(lo);
-    m.extend([0; 12]);
-    m.extend(0u32.to_ne_bytes()); // any interface
-    m.extend(NO_COOKIE.to_ne_bytes());
-    m.extend(NO_COOKIE.to_ne_bytes());
+/// A netlink socket to the kernel's socket diagnostics, with room for a reply.
+struct Diag {
+    fd: OwnedFd,
+    buf: Vec<u8>,
+}
+
+impl Diag {
+    fn open() -> io::Result<Diag> {
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkSockDiag,
+        )?;
+        Ok(Diag {
+            fd,
+            buf: vec![0; 32 * 1024],
+        })
+    }
+
+    fn send(&self, request: &[u8]) -> io::Result<()> {
+        let kernel = NetlinkAddr::new(0, 0);
+        sendto(self.fd.as_raw_fd(), request, &kernel, MsgFlags::empty())?;
+        Ok(())
+    }
+
+    /// One datagram of replies.
+    fn recv(&mut self) -> io::Result<&[u8]> {
+        let n = recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::empty())?;
+        if n == 0 {
+            return Err(short());
+        }
+        Ok(&self.buf[..n])
+    }
+}
+
+/// nlmsghdr + inet_diag_req_v2 for TCP sockets of `family` in `states` (a bit per state)
+/// matching `id` (an inet_diag_sockid; ignored by dumps).
+fn request(family: u8, flags: u16, states: u32, id: [u8; 48]) -> [u8; REQUEST_LEN] {
+    let mut m = [0u8; REQUEST_LEN];
+    m[0..4].copy_from_slice(&(REQUEST_LEN as u32).to_ne_bytes());
+    m[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    m[6..8].copy_from_slice(&flags.to_ne_bytes());
+    m[8..12].copy_from_slice(&1u32.to_ne_bytes()); // sequence; bytes 12..16: port id 0 (kernel)
+    m[16] = family;
+    m[17] = libc::IPPROTO_TCP as u8;
+    m[20..24].copy_from_slice(&states.to_ne_bytes());
+    m[24..].copy_from_slice(&id);
     m
 }
 
-/// The state from an inet_diag_msg reply, `None` for ENOENT or for the listener the kernel
-/// falls back to when no connection matches.
-fn parse(reply: &[u8], remote: u16) -> io::Result<Option<u8>> {
-    if u16::from_ne_bytes(field(reply, 4)?) == NLMSG_ERROR {
-        return match -i32::from_ne_bytes(field(reply, 16)?) {
-            0 | libc::ENOENT => Ok(None),
-            errno => Err(io::Error::from_raw_os_error(errno)),
-        };
-    }
-    let [_, state] = field(reply, 16)?;
-    let peer = u16::from_be_bytes(field(reply, 22)?);
-    Ok((state != TCP_LISTEN && peer == remote).then_some(state))
+/// The inet_diag_sockid of the connection 127.0.0.1:`local` <-> 127.0.0.1:`remote`.
+fn loopback_id(local: u16, remote: u16) -> [u8; 48] {
+    let lo = Ipv4Addr::LOCALHOST.octets();
+    let mut id = [0u8; 48];
+    id[0..2].copy_from_slice(&local.to_be_bytes());
+    id[2..4].copy_from_slice(&remote.to_be_bytes());
+    id[4..8].copy_from_slice(&lo);
+    id[20..24].copy_from_slice(&lo);
+    // 36..40: any interface.
+    id[40..44].copy_from_slice(&NO_COOKIE.to_ne_bytes());
+    id[44..48].copy_from_slice(&NO_COOKIE.to_ne_bytes());
+    id
 }
 
-/// `N` bytes of `reply` at `at`.
-fn field<const N: usize>(reply: &[u8], at: usize) -> io::Result<[u8; N]> {
-    reply
+/// The (type, payload) of each netlink message in one datagram.
+fn messages(data: &[u8]) -> io::Result<Vec<(u16, &[u8])>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + HEADER_LEN <= data.len() {
+        let len = u32::from_ne_bytes(field(data, at)?) as usize;
+        if len < HEADER_LEN || at + len > data.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "malformed netlink reply",
+            ));
+        }
+        out.push((
+            u16::from_ne_bytes(field(data, at + 4)?),
+            &data[at + HEADER_LEN..at + len],
+        ));
+        at += (len + 3) & !3;
+    }
+    Ok(out)
+}
+
+/// The errno of an NLMSG_ERROR payload (0 for an acknowledgement).
+fn errno(payload: &[u8]) -> io::Result<i32> {
+    Ok(-i32::from_ne_bytes(field(payload, 0)?))
+}
+
+/// What we read of an inet_diag_msg.
+struct Socket {
+    state: u8,
+    local: u16,
+    remote: u16,
+    inode: u32,
+}
+
+impl Socket {
+    fn parse(msg: &[u8]) -> Option<Socket> {
+        Some(Socket {
+            state: *msg.get(1)?,
+            local: u16::from_be_bytes(field(msg, 4).ok()?),
+            remote: u16::from_be_bytes(field(msg, 6).ok()?),
+            inode: u32::from_ne_bytes(field(msg, 68).ok()?),
+        })
+    }
+}
+
+/// `N` bytes of `bytes` at `at`.
+fn field<const N: usize>(bytes: &[u8], at: usize) -> io::Result<[u8; N]> {
+    bytes
         .get(at..at + N)
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short sock_diag reply"))
+        .ok_or_else(short)
+}
+
+fn short() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "short sock_diag reply")
 }
 
 #[cfg(test)]
@@ -96,7 +210,6 @@ mod tests {
         let server = listener.local_addr().unwrap().port();
         let client = TcpStream::connect((Ipv4Addr::LOCALHOST, server)).unwrap();
         let mine = client.local_addr().unwrap().port();
-        assert_eq!(request(server, mine).len(), 72);
         assert_eq!(
             loopback_tcp_state(server, mine).unwrap(),
             Some(1),
@@ -111,5 +224,42 @@ mod tests {
             None,
             "the listener is not it"
         );
+    }
+
+    #[test]
+    fn lists_the_listeners_of_a_port_in_both_families() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _connected = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        assert_eq!(
+            listening_inodes(port).unwrap().len(),
+            1,
+            "not the connection"
+        );
+        drop(listener);
+        assert_eq!(listening_inodes(port).unwrap(), Vec::<u64>::new());
+        if let Ok(v6) = TcpListener::bind("[::1]:0") {
+            let port = v6.local_addr().unwrap().port();
+            assert_eq!(listening_inodes(port).unwrap().len(), 1);
+        }
+    }
+
+    #[test]
+    fn splits_a_datagram_into_messages_and_refuses_a_torn_one() {
+        let mut data = Vec::new();
+        for (kind, payload) in [(NLMSG_ERROR, &[1u8, 2, 3][..]), (NLMSG_DONE, &[0u8; 4][..])] {
+            data.extend(((HEADER_LEN + payload.len()) as u32).to_ne_bytes());
+            data.extend(kind.to_ne_bytes());
+            data.extend([0; 10]);
+            data.extend(payload);
+            data.resize((data.len() + 3) & !3, 0);
+        }
+        let got = messages(&data).unwrap();
+        assert_eq!(
+            got,
+            vec![(NLMSG_ERROR, &[1, 2, 3][..]), (NLMSG_DONE, &[0; 4][..])]
+        );
+        assert!(messages(&data[..HEADER_LEN + 2]).is_err());
+        assert_eq!(request(2, 1, 0, loopback_id(80, 81)).len(), REQUEST_LEN);
     }
 }

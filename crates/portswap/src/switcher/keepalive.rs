@@ -8,22 +8,13 @@
 //! that request is answered by the old version. Which case applies is read from nginx itself
 //! (`nginx -V -T`, the version and the loaded configuration), run like `nginx.test_command`.
 
-use std::fs::File;
-use std::io::{ErrorKind, Read};
-use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
-
+use super::nginx_dump::{NginxDump, Reading};
 use super::workers::Workers;
 use crate::config::By;
 use crate::duration::show;
-use crate::process::resolve_program;
-
-/// How long `nginx -V -T` may take before it is killed and the answer is "unknown".
-pub const PROBE_LIMIT: Duration = Duration::from_secs(3);
 
 /// The first nginx release with `keepalive_min_timeout`.
 pub const MIN_TIMEOUT_SINCE: (u32, u32, u32) = (1, 27, 4);
@@ -38,6 +29,14 @@ pub struct NginxInfo {
 }
 
 impl NginxInfo {
+    /// What `nginx -V -T` says about keep-alive.
+    pub fn of(dump: &NginxDump) -> NginxInfo {
+        NginxInfo {
+            version: dump.version(),
+            min_timeout: parse_min_timeout(dump.config()),
+        }
+    }
+
     /// The version as `1.30.4`, or `unknown`.
     pub fn version_text(&self) -> String {
         self.version
@@ -69,86 +68,19 @@ impl NginxInfo {
     }
 }
 
-/// The argv that asks nginx for its version and configuration: `test_command` with its `-t`
-/// turned into `-T` (dump the configuration) and `-V` added, so the same binary, prefix and
-/// configuration file are used. `None` when `test_command` has no `-t`.
-pub fn probe_argv(test_command: &[String]) -> Option<Vec<String>> {
-    let mut argv = Vec::with_capacity(test_command.len() + 1);
-    let mut found = false;
-    for arg in test_command {
-        match arg.as_str() {
-            "-t" => {
-                found = true;
-                argv.push("-T".to_string());
-            }
-            _ => argv.push(arg.clone()),
-        }
-    }
-    argv.push("-V".into());
-    found.then_some(argv)
-}
-
-/// A running `nginx -V -T`, started early so it overlaps with other work. Its stdout and
-/// stderr share one non-blocking pipe, read until EOF or [`PROBE_LIMIT`] (no thread).
-pub struct Probe {
-    started: Instant,
-    run: Result<(Child, File), String>,
-}
+/// A running `nginx -V -T` ([`Reading`]), started early so it overlaps with the switch.
+pub struct Probe(Reading);
 
 impl Probe {
     /// Starts asking nginx (as `test_command` runs it) for its version and configuration.
     pub fn start(test_command: &[String]) -> Probe {
-        Probe {
-            started: Instant::now(),
-            run: spawn(test_command),
-        }
+        Probe(Reading::start(test_command))
     }
 
-    /// Its answer, waiting at most until [`PROBE_LIMIT`] after the start; an error says why
-    /// nothing could be learnt.
+    /// Its answer, waiting at most the reader's limit; an error says why nothing could be
+    /// learnt.
     pub fn finish(self) -> Result<NginxInfo, String> {
-        let deadline = self.started + PROBE_LIMIT;
-        self.finish_by(deadline)
-    }
-
-    fn finish_by(self, deadline: Instant) -> Result<NginxInfo, String> {
-        let (mut child, mut pipe) = self.run?;
-        let mut text = Vec::new();
-        let mut buf = [0u8; 8192];
-        loop {
-            match pipe.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => text.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    if Instant::now() > deadline {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        return Err(format!(
-                            "`nginx -V -T` took over {}",
-                            show(deadline.saturating_duration_since(self.started))
-                        ));
-                    }
-                    thread::sleep(Duration::from_millis(1));
-                }
-                Err(e) => return Err(format!("`nginx -V -T`: {e}")),
-            }
-        }
-        let status = child.wait().map_err(|e| format!("`nginx -V -T`: {e}"))?;
-        let text = String::from_utf8_lossy(&text);
-        if !status.success() {
-            let last = text.lines().rev().find(|l| !l.trim().is_empty());
-            return Err(format!(
-                "`nginx -V -T` failed ({status}): {}",
-                last.unwrap_or("no output").trim()
-            ));
-        }
-        let dump = text
-            .find("# configuration file ")
-            .map_or("", |at| &text[at..]);
-        Ok(NginxInfo {
-            version: parse_version(&text),
-            min_timeout: parse_min_timeout(dump),
-        })
+        self.0.finish().map(|dump| NginxInfo::of(&dump))
     }
 
     /// After a reload: with `keepalive_min_timeout` in effect, waits for the old workers'
@@ -156,8 +88,7 @@ impl Probe {
     /// what nginx told (debug) or why it could not be asked (info), and returns `None`.
     /// Neither the answer nor the wait goes past `limit`, so the switch keeps its budget.
     pub fn after_reload(self, master: Option<i32>, limit: Instant) -> Option<String> {
-        let deadline = limit.min(self.started + PROBE_LIMIT);
-        match self.finish_by(deadline) {
+        match self.0.finish_by(limit).map(|dump| NginxInfo::of(&dump)) {
             Ok(NginxInfo {
                 min_timeout: Some(t),
                 ..
@@ -174,25 +105,6 @@ impl Probe {
     }
 }
 
-fn spawn(test_command: &[String]) -> Result<(Child, File), String> {
-    let argv = probe_argv(test_command)
-        .ok_or_else(|| format!("nginx.test_command `{}` has no -t", test_command.join(" ")))?;
-    let program = resolve_program(&argv[0]).map_err(|e| e.to_string())?;
-    let failed = |e: &dyn std::fmt::Display| format!("`{}` could not run: {e}", argv.join(" "));
-    let (read, write) = nix::unistd::pipe().map_err(|e| failed(&e))?;
-    fcntl(read.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(|e| failed(&e))?;
-    let stderr = write.try_clone().map_err(|e| failed(&e))?;
-    // The command (holding the write ends) is dropped here, so EOF comes when nginx exits.
-    let child = Command::new(program)
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(write)
-        .stderr(stderr)
-        .spawn()
-        .map_err(|e| failed(&e))?;
-    Ok((child, File::from(read)))
-}
-
 /// One line for `switch --status`: what a switch does to idle keep-alive clients on this
 /// host; in reload mode, asked of nginx as `test_command` runs it.
 pub fn status(by: By, test_command: &[String]) -> String {
@@ -206,21 +118,6 @@ pub fn status(by: By, test_command: &[String]) -> String {
         Ok(info) => info.behaviour(),
         Err(e) => format!("unknown: {e}"),
     }
-}
-
-/// `1.22.1` from `nginx version: nginx/1.22.1 (Ubuntu)`.
-pub fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
-    let line = text.lines().find(|l| l.contains("nginx version:"))?;
-    let (_, rest) = line.split_once('/')?;
-    let mut parts = rest
-        .split(|c: char| !c.is_ascii_digit())
-        .take(3)
-        .map(|p| p.parse::<u32>().ok());
-    Some((
-        parts.next()??,
-        parts.next()??,
-        parts.next().flatten().unwrap_or(0),
-    ))
 }
 
 /// An nginx time value: `500ms`, `5s`, `1m30s`, `2` (seconds). `None` when malformed.
@@ -325,57 +222,6 @@ pub fn wait_for_old_workers(master: i32, min_timeout: Duration, limit: Instant) 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn argv(items: &[&str]) -> Vec<String> {
-        items.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn probe_runs_the_test_command_with_dump_and_version() {
-        assert_eq!(
-            probe_argv(&argv(&["sudo", "-n", "/usr/sbin/nginx", "-t", "-q"])),
-            Some(argv(&["sudo", "-n", "/usr/sbin/nginx", "-T", "-q", "-V"]))
-        );
-        assert_eq!(
-            probe_argv(&argv(&[
-                "nginx",
-                "-p",
-                "/x/",
-                "-c",
-                "/x/n.conf",
-                "-t",
-                "-q"
-            ])),
-            Some(argv(&[
-                "nginx",
-                "-p",
-                "/x/",
-                "-c",
-                "/x/n.conf",
-                "-T",
-                "-q",
-                "-V"
-            ]))
-        );
-        assert_eq!(probe_argv(&argv(&["/usr/local/bin/check"])), None);
-    }
-
-    #[test]
-    fn versions() {
-        assert_eq!(
-            parse_version("nginx version: nginx/1.22.1\nbuilt by"),
-            Some((1, 22, 1))
-        );
-        assert_eq!(
-            parse_version("nginx version: nginx/1.24.0 (Ubuntu)"),
-            Some((1, 24, 0))
-        );
-        assert_eq!(
-            parse_version("nginx version: openresty/1.21.4.1"),
-            Some((1, 21, 4))
-        );
-        assert_eq!(parse_version("no version here"), None);
-    }
 
     #[test]
     fn nginx_times() {

@@ -6,6 +6,7 @@ pub mod boot_unit;
 pub mod keepalive;
 pub mod nftables;
 pub mod nginx;
+pub mod nginx_dump;
 pub mod upstreams;
 mod workers;
 

@@ -2,10 +2,8 @@
 //! keeps idle connections to the service port would keep using the old slot after an nftables
 //! switch, since a NAT rule only decides where *new* connections go.
 
-use std::process::{Command, Stdio};
-
+use super::nginx_dump;
 use crate::error::{Error, Result};
-use crate::process::resolve_program;
 
 /// An `upstream {}` block in nginx's configuration (`nginx -T`) that lists the service port
 /// and keeps idle connections to it: kept connections would stay on the old slot after a
@@ -78,78 +76,41 @@ pub fn pooled_upstream(config: &str, service_port: u16, pools_by_default: bool) 
     None
 }
 
-/// True when `nginx -v` output names a version that keeps upstream connections by default
-/// (1.29.7 and later).
-pub fn pools_by_default(version_output: &str) -> bool {
-    let Some(at) = version_output.find("nginx/") else {
-        return false;
-    };
-    let numbers: Vec<u32> = version_output[at + 6..]
-        .split(|c: char| !c.is_ascii_digit() && c != '.')
-        .next()
-        .unwrap_or("")
-        .split('.')
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    numbers.as_slice() >= [1, 29, 7].as_slice()
+/// True when nginx `version` keeps upstream connections by default (1.29.7 and later).
+pub fn pools_by_default(version: Option<(u32, u32, u32)>) -> bool {
+    version.is_some_and(|v| v >= (1, 29, 7))
 }
 
-/// Reads nginx's whole configuration (the config test command with `-T`) and refuses an
-/// upstream pool on the service port. When it cannot be read, says so and goes on.
+/// Reads nginx's whole configuration ([`nginx_dump`], as the config test command runs nginx)
+/// and refuses an upstream pool on the service port. When it cannot be read, says so and goes
+/// on.
 pub fn refuse_pool(test_command: &[String], service_port: u16) -> Result<()> {
     if !test_command.iter().any(|a| a == "-t") {
         log::debug!("nginx.test_command has no -t: upstream keep-alive not checked");
         return Ok(());
     }
-    let argv: Vec<&str> = test_command
-        .iter()
-        .filter(|a| *a != "-q")
-        .map(|a| if a == "-t" { "-T" } else { a.as_str() })
-        .collect();
-    let run = |argv: &[&str]| {
-        resolve_program(argv[0]).and_then(|program| {
-            Command::new(program)
-                .args(&argv[1..])
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| Error::Failed(e.to_string()))
-        })
-    };
-    match run(&argv) {
-        Ok(out) if out.status.success() => {
-            let text = String::from_utf8_lossy(&out.stdout);
-            let pool = pooled_upstream(&text, service_port, false).or_else(|| {
-                // A block without `keepalive` pools only from nginx 1.29.7 on: ask `-v`.
-                let blocks = pooled_upstream(&text, service_port, true)?;
-                let version: Vec<&str> = argv
-                    .iter()
-                    .map(|a| if *a == "-T" { "-v" } else { a })
-                    .collect();
-                let out = run(&version).ok()?;
-                pools_by_default(&String::from_utf8_lossy(&out.stderr)).then_some(blocks)
-            });
-            match pool {
-                Some(pool) => Err(Error::Failed(format!(
-                    "nginx keeps upstream connections to the service port: {pool}; they would \
-                     stay on the old slot after a switch; fix: `keepalive 0;` in that block, \
-                     or `proxy_pass $service_url` without an upstream block; nothing changed"
-                ))),
-                None => Ok(()),
-            }
-        }
-        other => {
-            let why = match other {
-                Ok(out) => out.status.to_string(),
-                Err(e) => e.to_string(),
-            };
+    let dump = match nginx_dump::read(test_command) {
+        Ok(dump) => dump,
+        Err(why) => {
             log::warn!(
-                "could not read nginx's configuration (`{}`: {why}): make sure no upstream \
-                 block with keepalive points at port {}",
-                argv.join(" "),
-                service_port
+                "could not read nginx's configuration ({why}): make sure no upstream block \
+                 with keepalive points at port {service_port}"
             );
-            Ok(())
+            return Ok(());
         }
+    };
+    let pool = pooled_upstream(dump.config(), service_port, false).or_else(|| {
+        // A block without `keepalive` pools only from nginx 1.29.7 on.
+        let blocks = pooled_upstream(dump.config(), service_port, true)?;
+        pools_by_default(dump.version()).then_some(blocks)
+    });
+    match pool {
+        Some(pool) => Err(Error::Failed(format!(
+            "nginx keeps upstream connections to the service port: {pool}; they would stay on \
+             the old slot after a switch; fix: `keepalive 0;` in that block, or `proxy_pass \
+             $service_url` without an upstream block; nothing changed"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -159,11 +120,11 @@ mod tests {
 
     #[test]
     fn finds_upstream_pools_on_the_service_port_only() {
-        assert!(!pools_by_default("nginx version: nginx/1.22.1\n"));
-        assert!(!pools_by_default("nginx version: nginx/1.29.6"));
-        assert!(pools_by_default("nginx version: nginx/1.29.7"));
-        assert!(pools_by_default("nginx version: nginx/1.30.4 (custom)\n"));
-        assert!(!pools_by_default("garbage"));
+        assert!(!pools_by_default(Some((1, 22, 1))));
+        assert!(!pools_by_default(Some((1, 29, 6))));
+        assert!(pools_by_default(Some((1, 29, 7))));
+        assert!(pools_by_default(Some((1, 30, 4))));
+        assert!(!pools_by_default(None));
         let default_off = "upstream app { server 127.0.0.1:8080; }";
         assert_eq!(pooled_upstream(default_off, 8080, false), None);
         let plain = "http { server { location / { proxy_pass $service_url; } } }";
