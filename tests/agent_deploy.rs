@@ -40,8 +40,7 @@ fn appspec_with_timeout(location: &str, seconds: u64) -> String {
 /// Hard-links `from` to `to` (copies across file systems).
 fn link_or_copy(from: &Path, to: &Path) {
     if fs::hard_link(from, to).is_err() {
-        fs::copy(from, to)
-            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+        portswap_testkit::bins::copy_executable(from, to);
     }
 }
 

@@ -351,7 +351,7 @@ fn configuration_is_found_by_env_var_beside_the_executable_or_reported_missing()
     // Beside the executable: a copy of the binary with portswap.yml next to it, run from /.
     let hooks = dir.path().join("hooks");
     fs::create_dir_all(&hooks).unwrap();
-    fs::copy(bins::bin("stop"), hooks.join("stop")).unwrap();
+    bins::copy_executable(&bins::bin("stop"), &hooks.join("stop"));
     let slots = format!(
         "slots: [{{port: {}, profile: a}}, {{port: {}, profile: b}}]\n",
         portswap_testkit::free_port(),

@@ -98,7 +98,7 @@ impl Instance {
     fn build_jar(&self) -> PathBuf {
         let jar = self.path("build/libs").join(JAR);
         fs::create_dir_all(jar.parent().unwrap()).unwrap();
-        fs::copy(bins::bin("fixture-app"), &jar).unwrap();
+        bins::copy_executable(&bins::bin("fixture-app"), &jar);
         fs::set_permissions(&jar, fs::Permissions::from_mode(0o755)).unwrap();
         jar
     }

@@ -136,8 +136,10 @@ impl Site {
         fs::create_dir_all(root.join("nginx")).unwrap();
         fs::create_dir_all(root.join("systemd")).unwrap();
         fs::create_dir_all(root.join("revision")).unwrap();
-        fs::copy(bins::bin("fixture-app"), root.join("revision/fixture-app"))
-            .expect("copy fixture-app");
+        bins::copy_executable(
+            &bins::bin("fixture-app"),
+            &root.join("revision/fixture-app"),
+        );
         let service_port = net::free_port();
         let nginx = NginxSandbox::start_using(
             nginx_bin,

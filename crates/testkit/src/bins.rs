@@ -112,6 +112,25 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Copies the executable `from` to `to` (mode kept) for a test to run it there. The copy is
+/// made by a `cp` child, never through a descriptor of this process: a file this (threaded)
+/// test process holds open for writing is inherited by every child another test thread forks
+/// meanwhile, and exec of the copy then fails with "Text file busy".
+pub fn copy_executable(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("--")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap_or_else(|e| panic!("cp {}: {e}", from.display()));
+    assert!(
+        status.success(),
+        "cp {} {} failed",
+        from.display(),
+        to.display()
+    );
+}
+
 /// Runs a copy of `binary` with `args` in an empty directory and an empty environment: as
 /// root inside a chroot there (no libc, no dynamic loader, no /proc: only a static
 /// executable runs), otherwise with that directory as its working directory. Returns the
@@ -119,8 +138,7 @@ pub fn bin(name: &str) -> PathBuf {
 pub fn run_alone(binary: &Path, args: &[&str]) -> (Output, bool) {
     let name = binary.file_name().expect("an executable file");
     let jail = tempfile::tempdir().expect("temp dir");
-    std::fs::copy(binary, jail.path().join(name))
-        .unwrap_or_else(|e| panic!("copy {}: {e}", binary.display()));
+    copy_executable(binary, &jail.path().join(name));
     let chroot = nix::unistd::geteuid().is_root();
     let mut command = if chroot {
         let root = jail.path().to_path_buf();

@@ -71,8 +71,10 @@ impl SupervisedSite {
         let machine = Machine::boot_with(&[dir.path()], network)?;
         let root = dir.path();
         fs::create_dir_all(root.join("revision")).expect("testkit: revision dir");
-        fs::copy(bins::bin("fixture-app"), root.join("revision/fixture-app"))
-            .expect("testkit: copy fixture-app");
+        bins::copy_executable(
+            &bins::bin("fixture-app"),
+            &root.join("revision/fixture-app"),
+        );
         let nginx_dir = root.join("nginx");
         fs::create_dir_all(nginx_dir.join("tmp")).expect("testkit: nginx dir");
         let nginx_port = free_port();
