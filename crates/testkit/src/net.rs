@@ -73,6 +73,16 @@ pub fn port_is_listening(port: u16) -> bool {
 pub fn wait_until(
     deadline: Duration,
     what: &str,
+    f: impl FnMut() -> bool,
+) -> Result<Duration, String> {
+    wait_every(deadline, Duration::from_millis(2), what, f)
+}
+
+/// [`wait_until`] asking `f` every `every` (for conditions that cost a process to check).
+pub fn wait_every(
+    deadline: Duration,
+    every: Duration,
+    what: &str,
     mut f: impl FnMut() -> bool,
 ) -> Result<Duration, String> {
     let start = Instant::now();
@@ -86,7 +96,7 @@ pub fn wait_until(
                 start.elapsed()
             ));
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(every);
     }
 }
 

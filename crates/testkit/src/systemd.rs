@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use nix::libc;
 
 use crate::bins;
-use crate::net::wait_until;
+use crate::net::{wait_every, wait_until};
 
 /// Where machines keep their base directories.
 const BASE_PREFIX: &str = "/tmp/portswap-machine-";
@@ -391,26 +391,6 @@ fn wait_child(child: &mut Child, limit: Duration) -> Result<(), String> {
     .map(|_| ())
 }
 
-/// Polls `f` every `every` until it holds or `limit` passes (for checks that spawn a
-/// process each time, where 2 ms polling would load the machine).
-fn poll(
-    limit: Duration,
-    every: Duration,
-    what: &str,
-    mut f: impl FnMut() -> bool,
-) -> Result<Duration, String> {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() >= limit {
-            return Err(format!("timed out after {limit:?} waiting for {what}"));
-        }
-        std::thread::sleep(every);
-    }
-}
-
 impl Machine {
     /// Boots a new machine and waits until systemd reports `running` (or `degraded`).
     /// `shared` directories (and the workspace's executables) appear inside at the same
@@ -541,7 +521,7 @@ impl Machine {
     /// time since the boot began.
     pub fn wait_ready(&self, limit: Duration) -> Result<Duration, String> {
         let mut last = String::new();
-        let ready = poll(
+        let ready = wait_every(
             limit,
             Duration::from_millis(20),
             "systemd to finish booting",
