@@ -473,9 +473,11 @@ fn keepalive_clients_that_never_retry_see_no_error_across_swaps() {
         site.deploy_ok("d-1");
         site.run_until("d-2", "health");
         let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let clients: Vec<_> = (0..8)
             .map(|_| {
                 let (stop, port) = (stop.clone(), site.nginx.port());
+                let answered = answered.clone();
                 std::thread::spawn(move || {
                     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
                     stream
@@ -491,6 +493,8 @@ fn keepalive_clients_that_never_retry_see_no_error_across_swaps() {
                         if failed {
                             break; // no retry: the connection is gone
                         }
+                        answered.fetch_add(1, Ordering::SeqCst);
+                        // Pacing: the kept connections sit idle across part of each swap.
                         std::thread::sleep(Duration::from_millis(5));
                     }
                     answers
@@ -500,12 +504,20 @@ fn keepalive_clients_that_never_retry_see_no_error_across_swaps() {
         let versions = ["d-2", "d-1"];
         let mut returned = Vec::new();
         for i in 0..6 {
+            // Pacing: swaps 100 ms apart, with requests on every kept connection between.
             std::thread::sleep(Duration::from_millis(100));
             let args: &[&str] = if i % 2 == 0 { &[] } else { &["--rollback"] };
             site.hook("switch", args, None).ok();
             returned.push((std::time::Instant::now(), versions[i % 2]));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        // Every client gets requests answered after the last swap before the clients stop.
+        let after_last = answered.load(Ordering::SeqCst);
+        portswap_testkit::wait_until(
+            Duration::from_secs(5),
+            "requests after the last swap",
+            || answered.load(Ordering::SeqCst) >= after_last + 8 * 10,
+        )
+        .unwrap();
         stop.store(true, Ordering::SeqCst);
         let mut total = 0;
         for client in clients {

@@ -162,13 +162,17 @@ fn pids(processes: &[ProcId]) -> String {
 /// [`KILL_WAIT`] more. Only processes `targets()` names are ever signalled.
 pub fn terminate(port: u16, grace: Duration, targets: impl Fn() -> Vec<ProcId>) -> Result<Stopped> {
     let started = Instant::now();
+    // Until `limit`: signal whoever of the app is new since the last poll; done once none
+    // is left and the port is free.
+    let phase = |limit: Duration, signal: Signal, sent: &mut Vec<ProcId>| {
+        wait_for(limit, || {
+            let left = targets();
+            signal_new(&left, signal, sent);
+            left.is_empty() && !procfs::port_in_use(port)
+        })
+    };
     let mut termed = Vec::new();
-    let finished = |left: &[ProcId]| left.is_empty() && !procfs::port_in_use(port);
-    let done = wait_for(grace, || {
-        let left = targets();
-        signal_new(&left, Signal::SIGTERM, &mut termed);
-        finished(&left)
-    });
+    let done = phase(grace, Signal::SIGTERM, &mut termed);
     if done {
         return Ok(Stopped {
             took: started.elapsed(),
@@ -191,11 +195,7 @@ pub fn terminate(port: u16, grace: Duration, targets: impl Fn() -> Vec<ProcId>) 
         pids(&left)
     );
     let mut killed = Vec::new();
-    let done = wait_for(KILL_WAIT, || {
-        let left = targets();
-        signal_new(&left, Signal::SIGKILL, &mut killed);
-        finished(&left)
-    });
+    let done = phase(KILL_WAIT, Signal::SIGKILL, &mut killed);
     if done {
         return Ok(Stopped {
             took: started.elapsed(),
