@@ -242,27 +242,14 @@ fn health_and_switch_refuse_an_answer_that_is_not_from_the_app_start_launched() 
     site.deploy_ok("d-2");
 }
 
-/// Writes `revision/<name>`, a shell script staged with the app.
-fn script(site: &Site, name: &str, text: &str) {
+/// Runs the app through `revision/<name>`, a shell script (`text`) staged with it:
+/// `app.command` becomes `bash {release_dir}/<name> <fixture app> <fixture_args>`.
+fn through_script(site: &Site, name: &str, text: &str, fixture_args: &[&str]) {
     fs::write(site.root().join("revision").join(name), text).unwrap();
-}
-
-#[test]
-fn a_wrapper_that_does_not_exec_is_stopped_whole_and_sigkill_is_really_sent() {
-    let mut site = Site::new();
-    let [a, _] = site.ports;
-    // `bash run.sh APP...` keeps bash as the parent of the app (no exec); the app ignores
-    // SIGTERM, so killing the shell alone would leave it holding the port.
-    script(
-        &site,
-        "run.sh",
-        "#!/bin/bash\n\"$@\"\necho \"wrapper: the app exited with $?\"\n",
-    );
-    site.set(|s| s.grace = "300ms");
-    let mut command = vec!["bash".to_string(), "{release_dir}/run.sh".to_string()];
+    let mut command = vec!["bash".to_string(), format!("{{release_dir}}/{name}")];
     command.extend(portswap_testkit::hooks::fixture_command(
         "{deployment_id}",
-        &["--ignore-sigterm"],
+        fixture_args,
     ));
     site.set_key(
         "app",
@@ -272,7 +259,22 @@ fn a_wrapper_that_does_not_exec_is_stopped_whole_and_sigkill_is_really_sent() {
     site.set_key(
         "app",
         "artifacts",
-        r#"["revision/fixture-app", "revision/run.sh"]"#,
+        &format!(r#"["revision/fixture-app", "revision/{name}"]"#),
+    );
+}
+
+#[test]
+fn a_wrapper_that_does_not_exec_is_stopped_whole_and_sigkill_is_really_sent() {
+    let mut site = Site::new();
+    let [a, _] = site.ports;
+    // `bash run.sh APP...` keeps bash as the parent of the app (no exec); the app ignores
+    // SIGTERM, so killing the shell alone would leave it holding the port.
+    site.set(|s| s.grace = "300ms");
+    through_script(
+        &site,
+        "run.sh",
+        "#!/bin/bash\n\"$@\"\necho \"wrapper: the app exited with $?\"\n",
+        &["--ignore-sigterm"],
     );
     site.deploy_ok("d-1");
     site.deploy_ok("d-2");
@@ -331,26 +333,12 @@ fn an_app_that_daemonizes_fails_start_and_leaves_nothing_running() {
     site.deploy_ok("d-1");
     let [_, b] = site.ports;
     // The parent exits 0 at once; its child, in a session of its own, keeps the port.
-    script(
+    let good = fs::read_to_string(site.config_path()).unwrap();
+    through_script(
         &site,
         "daemon.sh",
         "#!/bin/bash\nsetsid \"$@\" </dev/null >/dev/null 2>&1 &\nexit 0\n",
-    );
-    let good = fs::read_to_string(site.config_path()).unwrap();
-    let mut command = vec!["bash".to_string(), "{release_dir}/daemon.sh".to_string()];
-    command.extend(portswap_testkit::hooks::fixture_command::<&str>(
-        "{deployment_id}",
         &[],
-    ));
-    site.set_key(
-        "app",
-        "command",
-        &portswap_testkit::hooks::yaml_list(&command),
-    );
-    site.set_key(
-        "app",
-        "artifacts",
-        r#"["revision/fixture-app", "revision/daemon.sh"]"#,
     );
     site.hook("stop", &[], Some("d-2")).ok();
     let traffic = site.traffic();
