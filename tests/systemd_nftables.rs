@@ -152,3 +152,73 @@ fn after_a_power_cut_the_boot_unit_redirects_to_the_live_slot_before_nginx_start
         );
     }
 }
+
+/// Issue 15: Debian's nftables.service starts (and reloads) its ruleset with `flush ruleset`;
+/// a restart or reload of it at run time must not leave nginx proxying to a service port
+/// nothing redirects. And a state directory whose path needs quoting in a unit (a space, a
+/// `%`) still gets its rule back at boot.
+#[test]
+fn the_redirect_survives_a_restart_and_reload_of_nftables_service_and_odd_state_paths() {
+    let test = "the_redirect_survives_a_restart_and_reload_of_nftables_service_and_odd_state_paths";
+    let mut site = match SupervisedSite::with_private_net() {
+        Ok(site) => site,
+        Err(why) => return refused(test, &why),
+    };
+    let firewall = site.root().join("nftables.conf");
+    fs::write(&firewall, FIREWALL).unwrap();
+    site.machine
+        .run_ok(&["cp", &firewall.to_string_lossy(), "/etc/nftables.conf"]);
+    site.machine
+        .run_ok(&["systemctl", "enable", "--now", "nftables.service"]);
+    site.configure(&[] as &[&str], "switch:\n  by: nftables\n");
+    let odd = site.root().join("my state 100%");
+    let text = fs::read_to_string(site.config()).unwrap().replace(
+        "  dir: state\n",
+        &format!("  dir: {:?}\n", odd.display().to_string()),
+    );
+    fs::write(site.config(), text).unwrap();
+    for id in ["r-1", "r-2"] {
+        site.deploy(id).iter().for_each(succeeded);
+    }
+    let live = site.ports[1];
+    let service = rule(&site)
+        .expect("no redirect rule after two deployments")
+        .0;
+    let journal = |site: &SupervisedSite| {
+        let out = site
+            .machine
+            .run(&["journalctl", "-b", "--no-pager", "-q", "-n", "40"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for action in ["restart", "reload"] {
+        site.machine
+            .run_ok(&["systemctl", action, "nftables.service"]);
+        net::wait_until(
+            Duration::from_secs(5),
+            &format!("the rule back after `systemctl {action} nftables.service`"),
+            || rule(&site) == Some((service, live)),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", journal(&site)));
+        assert_eq!(
+            site.live_version().as_deref(),
+            Some("r-2"),
+            "after `systemctl {action} nftables.service`"
+        );
+    }
+    assert_eq!(
+        site.machine.unit_property(REDIRECT_UNIT, "Result"),
+        "success",
+        "{}",
+        journal(&site)
+    );
+    // The unit's quoted paths work at boot too.
+    site.machine.power_cut().unwrap();
+    site.machine.boot_again().unwrap();
+    net::wait_until(
+        Duration::from_secs(10),
+        "the live version through nginx after the reboot",
+        || site.live_version().as_deref() == Some("r-2"),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", journal(&site)));
+    assert_eq!(rule(&site), Some((service, live)));
+}

@@ -23,6 +23,7 @@ pub mod supervisor;
 pub mod switcher;
 pub mod systemctl;
 pub mod template;
+pub mod unitfile;
 pub mod users;
 
 pub use error::{Error, Result};

@@ -20,7 +20,8 @@ use crate::error::{Error, Result};
 use crate::ownership::{self, Holder};
 use crate::procfs::{self, ProcId};
 use crate::state::{AppRecord, StateDir};
-use crate::systemctl::{self, environment_file, plain_value, quote_assignment, quote_word};
+use crate::systemctl;
+use crate::unitfile::{environment_file, plain_value, quote_assignment, quote_word};
 use crate::{applog, fsio, process};
 
 /// First line of every unit file portswap writes; `stop` and `start` manage only units

@@ -395,11 +395,21 @@ impl NftablesSwitcher {
             return;
         }
         match boot_unit::install(&self.boot_unit_dir, nft.path(), &self.rules_file) {
-            Ok(true) => log::info!(
-                "installed {} in {}: it re-applies the rule at boot, before nginx",
-                boot_unit::NAME,
-                self.boot_unit_dir.display()
-            ),
+            Ok(true) => {
+                log::info!(
+                    "installed {} in {}: it re-applies the rule at boot, before nginx, and \
+                     after a restart or reload of nftables.service",
+                    boot_unit::NAME,
+                    self.boot_unit_dir.display()
+                );
+                if let Err(e) = boot_unit::activate(&self.boot_unit_dir) {
+                    log::warn!(
+                        "could not start {} ({e}): until the next boot, a restart of \
+                         nftables.service drops the rule; run `switch --restore` then",
+                        boot_unit::NAME
+                    );
+                }
+            }
             Ok(false) if !self.boot_unit_dir.is_dir() => log::debug!(
                 "no {}: run `switch --restore` at boot before nginx starts",
                 self.boot_unit_dir.display()
