@@ -2,17 +2,25 @@
 //! signalling anything, and before believing that the app answering on a port is the one
 //! `start` launched.
 //!
-//! A process is ours for slot P only with proof, never because it runs the same interpreter
-//! (`java`, `python3`) as the configured command:
-//! - it is the process `start` recorded for P (pid and start time), or in its process group;
+//! A process is ours for slot P only with proof resting on facts a local user cannot set,
+//! never because it runs the same interpreter (`java`, `python3`) as the configured command.
+//! Every proof first needs the process's uids (real, effective, saved, filesystem) to be
+//! root's or the app's (the recorded app's, or `app.user`'s / the hook user's): another user's
+//! process is never ours, whatever it carries. Then one of:
+//! - it is the process `start` recorded for P (pid and start time);
+//! - it is in the recorded process group, while that group's leader still runs as recorded,
+//!   or, once the leader is gone, while it also carries the slot's marker (a pid freed by the
+//!   dead leader may lead an unrelated group by now);
 //! - its environment carries the marker `start` puts there (`PORTSWAP_SLOT=P:<state dir>`,
 //!   read from `/proc/PID/environ`; inherited by wrapper children and daemonized children);
-//! - it runs from our release directory (its executable or working directory lies under
-//!   `<state dir>/releases/`);
+//! - it runs from this slot's own release (its executable or working directory lies under
+//!   the recorded release directory, or, without a record, a `<state>/releases/*-P`
+//!   directory);
 //! - under systemd: its cgroup is slot P's unit (see [`Proof::Unit`]).
 //!
-//! A port whose holder cannot be read (another user's `/proc/PID/fd` without root) is
-//! [`Holder::Unidentified`]: refused, never taken for free.
+//! No pid ≤ 1 is ever ours (a record never holds one). A port whose holder cannot be read
+//! (another user's `/proc/PID/fd` without root) is [`Holder::Unidentified`]: refused, never
+//! taken for free.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -96,6 +104,9 @@ pub struct Slot<'a> {
     pub record: Option<&'a AppRecord>,
     /// The systemd unit of this slot, when the app is supervised by systemd.
     pub unit: Option<&'a str>,
+    /// The uid the app is configured to run as (`app.user` for a root hook, else the hook's
+    /// own), when known; root's and the recorded app's are accepted too.
+    pub app_uid: Option<u32>,
 }
 
 impl Slot<'_> {
@@ -104,20 +115,53 @@ impl Slot<'_> {
         fs::canonicalize(&dir).unwrap_or(dir)
     }
 
+    /// True when every uid of `pid` is root's or the app's.
+    fn uid_ok(&self, pid: i32) -> bool {
+        let recorded = self.record.and_then(|r| r.uid);
+        procfs::uids(pid).is_some_and(|ids| {
+            ids.iter()
+                .all(|id| *id == 0 || Some(*id) == self.app_uid || Some(*id) == recorded)
+        })
+    }
+
+    /// True when `path` lies in this slot's own release: the recorded one, or without a
+    /// record any `<releases>/<deployment>-<port>` directory.
+    fn in_own_release(&self, path: &Path) -> bool {
+        let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        if let Some(record) = self.record {
+            let dir = fs::canonicalize(&record.release_dir).unwrap_or(record.release_dir.clone());
+            return path.starts_with(dir);
+        }
+        let suffix = format!("-{}", self.port);
+        path.strip_prefix(self.releases())
+            .ok()
+            .and_then(|rest| rest.components().next())
+            .is_some_and(|first| first.as_os_str().to_string_lossy().ends_with(&suffix))
+    }
+
+    fn carries_marker(&self, pid: i32) -> bool {
+        let marker = marker_value(self.state_dir, self.port);
+        procfs::environ_var(pid, MARKER_VAR).is_some_and(|v| v == marker)
+    }
+
     /// The proof that `pid` is this slot's app, if there is one.
     pub fn proof(&self, pid: i32) -> Option<Proof> {
-        if let Some(record) = self.record {
+        if pid <= 1 || !self.uid_ok(pid) {
+            return None;
+        }
+        if let Some(record) = self.record.filter(|r| r.pid > 1) {
             let recorded = record.process();
             if recorded.pid == pid && recorded.is_alive() {
                 return Some(Proof::Recorded);
             }
-            // The group outlives its leader (a wrapper shell killed first): while any member
-            // is left, the kernel never hands the leader's pid to another process, so the
-            // group is ours unless that pid now names a process started at another time.
-            let leader_ours = procfs::start_time(record.pid).is_none_or(|t| t == record.start_time);
-            let in_group = leader_ours
-                && procfs::parent_and_group(pid).is_some_and(|(_, group)| group == record.pid);
-            if in_group {
+            // The group outlives its leader (a wrapper shell killed first). While the leader
+            // runs as recorded, its group is ours; once it is gone, its pid may lead an
+            // unrelated group (a daemon that forked and called setsid), so a member then
+            // needs the marker as well.
+            let in_group =
+                procfs::parent_and_group(pid).is_some_and(|(_, group)| group == record.pid);
+            let leader_runs = procfs::start_time(record.pid) == Some(record.start_time);
+            if in_group && (leader_runs || self.carries_marker(pid)) {
                 return Some(Proof::Recorded);
             }
         }
@@ -126,19 +170,20 @@ impl Slot<'_> {
                 return Some(Proof::Unit(unit.to_string()));
             }
         }
-        let marker = marker_value(self.state_dir, self.port);
-        if procfs::environ_var(pid, MARKER_VAR).is_some_and(|v| v == marker) {
+        if self.carries_marker(pid) {
             return Some(Proof::Marker);
         }
-        let releases = self.releases();
-        let under = |p: Option<PathBuf>| {
-            p.map(|p| fs::canonicalize(&p).unwrap_or(p))
-                .is_some_and(|p| p.starts_with(&releases))
-        };
-        if under(procfs::exe(pid)) || under(procfs::cwd(pid)) {
+        let runs_from_release = |p: Option<PathBuf>| p.is_some_and(|p| self.in_own_release(&p));
+        if runs_from_release(procfs::exe(pid)) || runs_from_release(procfs::cwd(pid)) {
             return Some(Proof::Release);
         }
         None
+    }
+
+    /// The recorded app, when it runs as recorded (and passes [`Slot::proof`]).
+    fn recorded_running(&self) -> Option<ProcId> {
+        let process = self.record?.process();
+        (process.is_alive() && self.proof(process.pid) == Some(Proof::Recorded)).then_some(process)
     }
 
     /// Who holds the port now.
@@ -151,8 +196,8 @@ impl Slot<'_> {
         if inodes.is_empty() {
             // Nothing listens: the recorded app, or whatever of ours is left (a wrapper's
             // child, a daemonized child that has not bound yet), still counts.
-            return match self.record.map(AppRecord::process) {
-                Some(process) if process.is_alive() => Holder::Ours {
+            return match self.recorded_running() {
+                Some(process) => Holder::Ours {
                     process,
                     proof: Proof::Recorded,
                 },
@@ -168,9 +213,9 @@ impl Slot<'_> {
         }
         // The usual case, without looking through every process: the recorded app itself
         // holds every listening socket.
-        if let Some(process) = self.record.map(AppRecord::process) {
+        if let Some(process) = self.recorded_running() {
             let held = procfs::socket_inodes(process.pid);
-            if inodes.iter().all(|i| held.contains(i)) && process.is_alive() {
+            if inodes.iter().all(|i| held.contains(i)) {
                 return Holder::Ours {
                     process,
                     proof: Proof::Recorded,
@@ -218,21 +263,43 @@ impl Slot<'_> {
             .collect()
     }
 
-    /// True when every process listening on the port is ours (and at least one listens):
-    /// what `health` and `switch` require before trusting an answer on the port.
+    /// `Ok` when every socket listening on the port is held by a process of ours (and at
+    /// least one listens): what `health` and `switch` require before trusting an answer on
+    /// the port. A co-listener (SO_REUSEPORT) that is not ours, or a listening socket no
+    /// visible process holds, refuses: the kernel would split the traffic.
     pub fn serves(&self) -> Result<(), String> {
         let inodes = procfs::listening_inodes(self.port);
         if inodes.is_empty() {
             return Err(format!("nothing listens on port {}", self.port));
         }
-        match self.holder_of(&inodes) {
-            Holder::Ours { .. } => Ok(()),
-            Holder::Free => Err(format!("nothing listens on port {}", self.port)),
-            Holder::Foreign { pid, command } => Err(format!(
-                "port {} is answered by pid {pid} (`{command}`), not by the app start launched",
-                self.port
-            )),
-            Holder::Unidentified { reason } => Err(reason),
+        if let Some(process) = self.recorded_running() {
+            let held = procfs::socket_inodes(process.pid);
+            if inodes.iter().all(|i| held.contains(i)) {
+                return Ok(());
+            }
         }
+        let mut held = Vec::new();
+        for pid in procfs::listeners(self.port) {
+            if self.proof(pid).is_none() {
+                return Err(format!(
+                    "port {} is answered by pid {pid} (`{}`), not by the app start launched",
+                    self.port,
+                    procfs::describe(pid)
+                ));
+            }
+            held.extend(procfs::socket_inodes(pid));
+        }
+        if held.is_empty() || !inodes.iter().all(|i| held.contains(i)) {
+            return Err(match self.holder_of(&inodes) {
+                Holder::Unidentified { reason } => reason,
+                _ => format!(
+                    "port {} is listened on by a socket no process visible to uid {} holds \
+                     (another user's process); an answer there may not be the app's",
+                    self.port,
+                    nix::unistd::geteuid()
+                ),
+            });
+        }
+        Ok(())
     }
 }

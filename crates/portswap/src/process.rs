@@ -7,6 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use nix::errno::Errno;
 use nix::libc;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -137,16 +140,60 @@ pub struct Stopped {
 /// How long [`terminate`] waits for the processes to vanish and the port to free after SIGKILL.
 pub const KILL_WAIT: Duration = Duration::from_secs(5);
 
-/// Sends `signal` to each process of `targets` not in `sent` yet (checked against its start
-/// time, so a reused pid is never hit); records who got it.
-fn signal_new(targets: &[ProcId], signal: Signal, sent: &mut Vec<ProcId>) {
+/// Sends `signal` to `process` and no other: through a pidfd (`pidfd_open`, then
+/// `pidfd_send_signal`), so the start time checked once the descriptor is open names the
+/// process the signal reaches, even if the pid is freed and reused in between. `Ok(false)`:
+/// the process is gone (nothing was sent). Pid 0 and 1 are never signalled. On kernels
+/// without pidfds (before 5.3) it falls back to `kill` right after the same check.
+pub fn signal(process: ProcId, signal: Signal) -> nix::Result<bool> {
+    if process.pid <= 1 {
+        return Ok(false);
+    }
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, process.pid, 0) };
+    if fd < 0 {
+        return match Errno::last() {
+            Errno::ESRCH => Ok(false),
+            Errno::ENOSYS if process.is_alive() => {
+                kill(Pid::from_raw(process.pid), signal).map(|()| true)
+            }
+            Errno::ENOSYS => Ok(false),
+            e => Err(e),
+        };
+    }
+    // SAFETY: the syscall just returned this descriptor, owned by nothing else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    if !process.is_alive() {
+        return Ok(false);
+    }
+    // SAFETY: a valid pidfd, a signal number, no siginfo (as kill(2) would), no flags.
+    let sent = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    match sent {
+        0 => Ok(true),
+        _ if Errno::last() == Errno::ESRCH => Ok(false),
+        _ => Err(Errno::last()),
+    }
+}
+
+/// Sends `signal` to each process of `targets` not in `sent` yet (see [`signal`]); records
+/// who got it.
+fn signal_new(targets: &[ProcId], sig: Signal, sent: &mut Vec<ProcId>) {
     for process in targets {
-        if sent.contains(process) || !process.is_alive() {
+        if sent.contains(process) {
             continue;
         }
-        match kill(Pid::from_raw(process.pid), signal) {
-            Ok(()) => sent.push(*process),
-            Err(e) => log::warn!("cannot send {signal} to pid {}: {e}", process.pid),
+        match signal(*process, sig) {
+            Ok(true) => sent.push(*process),
+            Ok(false) => {}
+            Err(e) => log::warn!("cannot send {sig} to pid {}: {e}", process.pid),
         }
     }
 }
@@ -247,5 +294,32 @@ pub fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
         }
         thread::sleep(pause.min(deadline - now));
         pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_reach_only_the_process_named_by_pid_and_start_time() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let me = ProcId::of(child.id() as i32).unwrap();
+        let reused = ProcId {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert_eq!(signal(reused, Signal::SIGKILL), Ok(false));
+        for never in [0, 1] {
+            let process = ProcId {
+                pid: never,
+                start_time: 0,
+            };
+            assert_eq!(signal(process, Signal::SIGCONT), Ok(false));
+        }
+        assert!(child.try_wait().unwrap().is_none(), "not signalled");
+        assert_eq!(signal(me, Signal::SIGKILL), Ok(true));
+        child.wait().unwrap();
+        assert_eq!(signal(me, Signal::SIGKILL), Ok(false), "gone");
     }
 }

@@ -52,6 +52,19 @@ pub fn parent_and_group(pid: i32) -> Option<(i32, i32)> {
     Some((fields.get(1)?.parse().ok()?, fields.get(2)?.parse().ok()?))
 }
 
+/// The real, effective, saved and filesystem uids of `pid` (the `Uid:` line of
+/// /proc/PID/status), when readable.
+pub fn uids(pid: i32) -> Option<[u32; 4]> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let ids: Vec<u32> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<std::result::Result<_, _>>()
+        .ok()?;
+    ids.try_into().ok()
+}
+
 /// The argv of `pid` (for nginx: its process title), empty when unreadable.
 pub fn cmdline(pid: i32) -> Vec<String> {
     fs::read(format!("/proc/{pid}/cmdline"))

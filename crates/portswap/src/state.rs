@@ -44,6 +44,9 @@ pub struct AppRecord {
     pub log_offset: u64,
     /// When it was started, seconds since the Unix epoch.
     pub started_at: u64,
+    /// The uid it runs as (absent in records of older versions).
+    #[serde(default)]
+    pub uid: Option<u32>,
 }
 
 impl AppRecord {
@@ -206,12 +209,30 @@ impl StateDir {
 
     /// The record of the app on `port`. A record that cannot be read is reported as a
     /// warning and treated as missing: the port itself is then the source of truth.
+    /// A record naming pid 0 or 1 (never an app `start` launched) is ignored the same way.
     pub fn app_record(&self, port: u16) -> Option<AppRecord> {
-        self.read_record(&self.app_record_path(port))
+        let path = self.app_record_path(port);
+        let record: AppRecord = self.read_record(&path)?;
+        if record.pid <= 1 {
+            log::warn!(
+                "ignoring {}: it names pid {}, which is never an app portswap started",
+                path.display(),
+                record.pid
+            );
+            return None;
+        }
+        Some(record)
     }
 
-    /// Saves the record of the app `start` just started (mode 0600).
+    /// Saves the record of the app `start` just started (mode 0600); a pid ≤ 1 is refused.
     pub fn save_app_record(&self, record: &AppRecord) -> Result<()> {
+        if record.pid <= 1 {
+            return Err(Error::Failed(format!(
+                "the app on port {} has no process of its own to record (pid {}); nothing \
+                 was recorded",
+                record.port, record.pid
+            )));
+        }
         self.write_record(&self.app_record_path(record.port), record)
     }
 
@@ -277,7 +298,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("portswap-state-{}", std::process::id()));
         let state = StateDir::open(&dir).unwrap();
         let record = AppRecord {
-            pid: 1,
+            pid: 2,
             start_time: 2,
             port: 8081,
             profile: "real1".into(),
@@ -287,6 +308,7 @@ mod tests {
             log_file: "/l".into(),
             log_offset: 0,
             started_at: 3,
+            uid: Some(0),
         };
         state.save_app_record(&record).unwrap();
         assert_eq!(state.app_record(8081), Some(record));

@@ -38,6 +38,13 @@ pub struct Launch {
 }
 
 impl Launch {
+    /// The uid the app runs as: `app.user`'s for a root hook, else the hook's own.
+    pub fn uid(&self) -> u32 {
+        self.account
+            .as_ref()
+            .map_or_else(|| nix::unistd::geteuid().as_raw(), |a| a.uid)
+    }
+
     /// What `start` records about this launch once the app runs as `pid` (started at
     /// `start_time`, in clock ticks since boot).
     pub fn record(&self, pid: i32, start_time: u64) -> AppRecord {
@@ -52,6 +59,7 @@ impl Launch {
             log_file: self.log_file.clone(),
             log_offset: self.log_offset,
             started_at: crate::state::now_secs(),
+            uid: Some(self.uid()),
         }
     }
 }
@@ -85,6 +93,16 @@ pub trait Supervisor {
     /// knows nothing more (process).
     fn describe(&self, _port: u16) -> Option<String> {
         None
+    }
+}
+
+/// The uid the configured app runs as (`app.user` for a root hook, else the hook's own),
+/// when it can be known; [`crate::ownership::Slot::app_uid`].
+pub fn app_uid(config: &Config) -> Option<u32> {
+    let me = nix::unistd::geteuid();
+    match &config.app.user {
+        Some(user) if me.is_root() => crate::users::lookup(user).ok().map(|a| a.uid),
+        _ => Some(me.as_raw()),
     }
 }
 

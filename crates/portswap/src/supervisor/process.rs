@@ -18,6 +18,8 @@ use crate::state::{AppRecord, StateDir};
 pub struct ProcessSupervisor {
     state: StateDir,
     stop_grace: std::time::Duration,
+    /// [`ownership::Slot::app_uid`].
+    app_uid: Option<u32>,
     /// The child `start` launched in this run, to report its exit status.
     child: RefCell<Option<Child>>,
 }
@@ -28,6 +30,7 @@ impl ProcessSupervisor {
         ProcessSupervisor {
             state: state.clone(),
             stop_grace: config.stop_grace,
+            app_uid: super::app_uid(config),
             child: RefCell::new(None),
         }
     }
@@ -38,6 +41,7 @@ impl ProcessSupervisor {
             state_dir: self.state.path(),
             record,
             unit: None,
+            app_uid: self.app_uid,
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct SystemdSupervisor {
     state: StateDir,
     systemd: config::Systemd,
     stop_grace: Duration,
+    /// [`ownership::Slot::app_uid`].
+    app_uid: Option<u32>,
     /// Today's rules, for a slot still run the process way.
     process: ProcessSupervisor,
 }
@@ -55,6 +57,7 @@ impl SystemdSupervisor {
             state: state.clone(),
             systemd: config.systemd.clone(),
             stop_grace: config.stop_grace,
+            app_uid: super::app_uid(config),
             process: ProcessSupervisor::new(config, state),
         }
     }
@@ -83,6 +86,7 @@ impl SystemdSupervisor {
             state_dir: self.state.path(),
             record: record.as_ref(),
             unit: Some(unit),
+            app_uid: self.app_uid,
         }
         .holder()
     }
@@ -174,6 +178,15 @@ impl SystemdSupervisor {
                 systemctl::journal_tail(&unit, record.started_at, lines)
             }
         }
+    }
+
+    /// The process of the unit's cgroup that started first.
+    fn oldest_member(unit: &str) -> Option<ProcId> {
+        procfs::all_pids()
+            .into_iter()
+            .filter(|pid| *pid > 1 && procfs::in_unit(*pid, unit))
+            .filter_map(ProcId::of)
+            .min_by_key(|p| p.start_time)
     }
 
     /// Processes in the unit's cgroup.
@@ -288,8 +301,21 @@ impl Supervisor for SystemdSupervisor {
             Error::Failed(format!("{e}{}", last.unwrap_or_default()))
         })?;
         let props = systemctl::show(&unit, WATCHED)?;
-        record.pid = props.get("MainPID").parse().unwrap_or(0);
-        record.start_time = ProcId::of(record.pid).map_or(0, |p| p.start_time);
+        // A daemonizing app's main process has exited (MainPID 0): record the oldest process
+        // left in the unit instead. A record never holds pid 0 or 1.
+        let main = props
+            .get("MainPID")
+            .parse::<i32>()
+            .ok()
+            .and_then(ProcId::of)
+            .filter(|p| p.pid > 1);
+        let Some(process) = main.or_else(|| SystemdSupervisor::oldest_member(&unit)) else {
+            return Err(Error::Failed(self.gone(&record).unwrap_or_else(|| {
+                format!("{unit} started, but no process of it runs (MainPID 0, empty cgroup)")
+            })));
+        };
+        record.pid = process.pid;
+        record.start_time = process.start_time;
         Ok(record)
     }
 
@@ -354,6 +380,7 @@ impl Supervisor for SystemdSupervisor {
             state_dir: self.state.path(),
             record: record.as_ref(),
             unit: Some(&unit),
+            app_uid: self.app_uid,
         };
         slot.serves()?;
         let outside: Vec<i32> = procfs::listeners(port)
