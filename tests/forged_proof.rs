@@ -101,7 +101,10 @@ fn a_marker_or_a_release_directory_forged_by_another_process_gets_no_traffic_and
     );
     traffic.assert_all("d-2");
     assert_eq!(site.include_text(), before, "nginx never pointed at it");
-    assert!(forged.running(), "the other user's process was never signalled");
+    assert!(
+        forged.running(),
+        "the other user's process was never signalled"
+    );
     drop(forged);
 
     // A process of the app's own uid (root here) without the marker, working in the *other*
@@ -183,14 +186,20 @@ fn stale_records_naming_a_reused_group_or_pid_0_signal_nothing() {
     let group = leader.id() as i32;
     let out = leader.wait_with_output().unwrap();
     let member: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    let member_alive = || Path::new(&format!("/proc/{member}")).exists() && {
-        let stat = fs::read_to_string(format!("/proc/{member}/stat")).unwrap_or_default();
-        !stat.contains(") Z ")
+    let member_alive = || {
+        Path::new(&format!("/proc/{member}")).exists() && {
+            let stat = fs::read_to_string(format!("/proc/{member}/stat")).unwrap_or_default();
+            !stat.contains(") Z ")
+        }
     };
     assert!(member_alive());
     plant_record(&site.state(), idle, group, 4242);
     let out = site.hook("stop", &[], Some("d-2")).ok();
-    assert!(out.last_line().contains("nothing runs"), "{}", out.last_line());
+    assert!(
+        out.last_line().contains("nothing runs"),
+        "{}",
+        out.last_line()
+    );
     assert!(member_alive(), "the unrelated process was signalled");
 
     // A record naming pid 0: every process whose group reads as 0 (kernel threads, processes
@@ -198,7 +207,11 @@ fn stale_records_naming_a_reused_group_or_pid_0_signal_nothing() {
     plant_record(&site.state(), idle, 0, 0);
     let started = Instant::now();
     let out = site.hook("stop", &[], Some("d-2")).ok();
-    assert!(out.last_line().contains("nothing runs"), "{}", out.last_line());
+    assert!(
+        out.last_line().contains("nothing runs"),
+        "{}",
+        out.last_line()
+    );
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "stop took {:?}",
