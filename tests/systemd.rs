@@ -7,11 +7,10 @@ mod support;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use portswap_testkit::hooks::fixture_command;
+use portswap_testkit::net::Load;
 use portswap_testkit::supervised::{HookRun, SupervisedSite, SECRET};
 use portswap_testkit::systemd::refused;
 use portswap_testkit::{bins, net};
@@ -71,47 +70,6 @@ impl Host {
 
     fn status(&self) -> String {
         self.hook("switch", &["--status"], None).ok().stdout
-    }
-}
-
-/// Requests through nginx, each on a new connection, until stopped: (version or error).
-struct Load {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<Vec<String>>>,
-}
-
-impl Load {
-    fn start(port: u16, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..clients)
-            .map(|_| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    let mut seen = Vec::new();
-                    while !stop.load(Ordering::SeqCst) {
-                        seen.push(match net::http_get(port, "/") {
-                            Ok(r) if r.status == 200 => {
-                                r.header("X-App-Version").unwrap_or("?").to_string()
-                            }
-                            Ok(r) => format!("error: status {}", r.status),
-                            Err(e) => format!("error: {e}"),
-                        });
-                        // A pause, so the clients do not starve the deploy of CPU.
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                    seen
-                })
-            })
-            .collect();
-        Load { stop, threads }
-    }
-
-    fn finish(self) -> Vec<String> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.threads
-            .into_iter()
-            .flat_map(|t| t.join().expect("load thread"))
-            .collect()
     }
 }
 

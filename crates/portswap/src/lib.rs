@@ -4,6 +4,7 @@
 
 pub mod applog;
 pub mod budget;
+pub mod cgroups;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -16,7 +16,10 @@
 //! - it runs from this slot's own release (its executable or working directory lies under
 //!   the recorded release directory, or, without a record, a `<state>/releases/*-P`
 //!   directory);
-//! - under systemd: its cgroup is slot P's unit (see [`Proof::Unit`]).
+//! - under systemd: its cgroup is, in full, the cgroup systemd reports for slot P's unit
+//!   (`ControlGroup`, from the manager that runs the unit; see [`Proof::Unit`]). A cgroup
+//!   that merely ends with the unit's name (a user unit of that name, a cgroup delegated to
+//!   a user) proves nothing.
 //!
 //! No pid ≤ 1 is ever ours (a record never holds one). A port whose holder cannot be read
 //! (another user's `/proc/PID/fd` without root) is [`Holder::Unidentified`]: refused, never
@@ -47,6 +50,24 @@ pub enum Proof {
     Release,
     /// Its cgroup is the slot's systemd unit (named here).
     Unit(String),
+}
+
+/// A slot's systemd unit and the cgroup its manager runs it in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitCgroup {
+    /// The unit's name, e.g. `portswap-8081.service`.
+    pub name: String,
+    /// Its `ControlGroup` (`None` while it is not running: then nothing is in it).
+    pub cgroup: Option<String>,
+}
+
+impl UnitCgroup {
+    /// True when `pid` runs in exactly this unit's cgroup.
+    pub fn holds(&self, pid: i32) -> bool {
+        self.cgroup
+            .as_deref()
+            .is_some_and(|group| procfs::cgroup(pid).as_deref() == Some(group))
+    }
 }
 
 /// Who holds a slot's port (or, with nothing listening, a recorded app that still runs).
@@ -102,8 +123,8 @@ pub struct Slot<'a> {
     pub state_dir: &'a Path,
     /// What `start` recorded for this slot, if anything.
     pub record: Option<&'a AppRecord>,
-    /// The systemd unit of this slot, when the app is supervised by systemd.
-    pub unit: Option<&'a str>,
+    /// The systemd unit of this slot (with its cgroup), when the app runs in one.
+    pub unit: Option<&'a UnitCgroup>,
     /// The uid the app is configured to run as (`app.user` for a root hook, else the hook's
     /// own), when known; root's and the recorded app's are accepted too.
     pub app_uid: Option<u32>,
@@ -165,10 +186,8 @@ impl Slot<'_> {
                 return Some(Proof::Recorded);
             }
         }
-        if let Some(unit) = self.unit {
-            if procfs::in_unit(pid, unit) {
-                return Some(Proof::Unit(unit.to_string()));
-            }
+        if let Some(unit) = self.unit.filter(|u| u.holds(pid)) {
+            return Some(Proof::Unit(unit.name.clone()));
         }
         if self.carries_marker(pid) {
             return Some(Proof::Marker);

@@ -32,6 +32,10 @@ pub struct LaunchSpec {
     pub log_file: PathBuf,
     /// Account to drop to (only when running as root).
     pub account: Option<Account>,
+    /// A transient scope to start the app in (`systemd-run --scope --unit=NAME`, hooks as
+    /// root on a host systemd runs), so it leaves the cgroup of the service that ran the
+    /// hook; `None`: the app stays in the hook's cgroup.
+    pub scope: Option<String>,
 }
 
 /// Resolves a program name through PATH plus the usual system directories (hooks run with
@@ -93,9 +97,39 @@ pub fn launch(spec: &LaunchSpec) -> Result<Child> {
         .try_clone()
         .map_err(|e| Error::io("cannot open app log", &spec.log_file, e))?;
     close_inherited_descriptors();
-    let mut command = Command::new(&program);
+    let mut command = match &spec.scope {
+        None => {
+            let mut command = Command::new(&program);
+            command.args(&spec.argv[1..]);
+            if let Some(account) = &spec.account {
+                command.uid(account.uid).gid(account.gid);
+            }
+            command
+        }
+        // systemd-run registers its own pid as the scope, then drops to the account and
+        // execs the app: the recorded pid is the app's.
+        Some(scope) => {
+            let mut command = Command::new(resolve_program("systemd-run")?);
+            command.args(["--scope", "--quiet", "--collect"]);
+            command.arg(format!("--unit={scope}"));
+            if let Some(account) = &spec.account {
+                command.arg(format!("--uid={}", account.uid));
+                command.arg(format!("--gid={}", account.gid));
+                // SAFETY: setgroups is async-signal-safe; root's supplementary groups are
+                // dropped before systemd-run drops the uid, as `Command::uid` does.
+                unsafe {
+                    command.pre_exec(|| {
+                        nix::unistd::setgroups(&[])
+                            .map(|_| ())
+                            .map_err(std::io::Error::from)
+                    });
+                }
+            }
+            command.arg("--").arg(&program).args(&spec.argv[1..]);
+            command
+        }
+    };
     command
-        .args(&spec.argv[1..])
         .current_dir(&spec.workdir)
         .stdin(Stdio::null())
         .stdout(log)
@@ -103,8 +137,6 @@ pub fn launch(spec: &LaunchSpec) -> Result<Child> {
         .envs(spec.env.iter().map(|(k, v)| (k, v)));
     if let Some(account) = &spec.account {
         command
-            .uid(account.uid)
-            .gid(account.gid)
             .env("HOME", &account.home)
             .env("USER", &account.name)
             .env("LOGNAME", &account.name);

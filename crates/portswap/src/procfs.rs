@@ -97,19 +97,18 @@ pub fn environ_var(pid: i32, name: &str) -> Option<String> {
     })
 }
 
-/// True when `pid` belongs to the systemd unit `unit` (e.g. `portswap-8081.service`): its
-/// cgroup path (v2 line `0::`, or v1 `name=systemd`) ends with that unit.
-pub fn in_unit(pid: i32, unit: &str) -> bool {
-    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
-        return false;
-    };
-    text.lines()
-        .filter_map(|line| {
+/// `pid`'s cgroup in systemd's hierarchy: the v1 `name=systemd` line when there is one
+/// (legacy and hybrid hosts), else the v2 `0::` line; e.g. `/system.slice/nginx.service`.
+pub fn cgroup(pid: i32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = |wanted: &dyn Fn(&str, &str) -> bool| {
+        text.lines().find_map(|line| {
             let mut parts = line.splitn(3, ':');
             let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            (id == "0" || controllers == "name=systemd").then_some(path)
+            wanted(id, controllers).then(|| path.to_string())
         })
-        .any(|path| path.rsplit('/').next() == Some(unit))
+    };
+    path(&|_, c| c == "name=systemd").or_else(|| path(&|id, c| id == "0" && c.is_empty()))
 }
 
 /// All pids in /proc.

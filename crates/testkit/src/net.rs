@@ -3,7 +3,8 @@
 use std::collections::HashSet;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Default connect/read/write timeout of [`http_get`].
@@ -218,6 +219,66 @@ pub fn read_response(r: &mut impl BufRead) -> io::Result<Response> {
     }
     resp.body = String::from_utf8_lossy(&body).into_owned();
     Ok(resp)
+}
+
+/// Clients that send requests to `port` (nginx), each on a new connection, until stopped;
+/// each answer is recorded as the `X-App-Version` that answered, or `error: ...`.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    /// Starts `clients` client threads.
+    pub fn start(port: u16, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let threads = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                let answered = answered.clone();
+                std::thread::spawn(move || {
+                    let mut seen = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        answered.fetch_add(1, Ordering::SeqCst);
+                        seen.push(match http_get(port, "/") {
+                            Ok(r) if r.status == 200 => {
+                                r.header("X-App-Version").unwrap_or("?").to_string()
+                            }
+                            Ok(r) => format!("error: status {}", r.status),
+                            Err(e) => format!("error: {e}"),
+                        });
+                        // Pacing, so the clients do not starve the deployment of CPU.
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            answered,
+            threads,
+        }
+    }
+
+    /// Waits until `more` requests have been sent after this call (at most `limit`).
+    pub fn wait_for_more(&self, more: usize, limit: Duration) -> Result<Duration, String> {
+        let target = self.answered.load(Ordering::SeqCst) + more;
+        wait_until(limit, "more requests through the load", || {
+            self.answered.load(Ordering::SeqCst) >= target
+        })
+    }
+
+    /// Stops the clients; every answer, in no particular order across clients.
+    pub fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("testkit: load thread"))
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -5,8 +5,11 @@
 //! the demo and the bench.
 
 use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::hooks::{fixture_command, yaml_list};
 use crate::nginx::{nginx_binary, render_conf};
@@ -47,7 +50,25 @@ pub struct SupervisedSite {
     pub nginx_port: u16,
     /// nginx's unit: `site-nginx.service`, or `nginx.service` in a private network.
     pub nginx_unit: &'static str,
+    /// The user hooks run as (`su USER -c`, set-up (b)); `None`: root.
+    runas: Option<String>,
     dir: tempfile::TempDir,
+}
+
+/// One deployment the stand-in agent ran ([`SupervisedSite::agent_deploy`]).
+#[derive(Debug, Clone)]
+pub struct AgentRun {
+    /// Each hook it ran and its exit code, in order, up to the first failure.
+    pub hooks: Vec<(String, i32)>,
+    /// Everything the hooks wrote (stdout and stderr).
+    pub output: String,
+}
+
+impl AgentRun {
+    /// True when all four hooks ran and succeeded.
+    pub fn success(&self) -> bool {
+        self.hooks.len() == 4 && self.hooks.iter().all(|(_, code)| *code == 0)
+    }
 }
 
 impl SupervisedSite {
@@ -88,13 +109,15 @@ impl SupervisedSite {
             ports: [free_port(), free_port()],
             nginx_port,
             nginx_unit,
+            runas: None,
             dir,
         };
         site.machine.install_unit(
             nginx_unit,
             &format!(
                 "[Service]\nType=forking\nPIDFile={d}/nginx.pid\n\
-                 ExecStart={n} {args}\n[Install]\nWantedBy=multi-user.target\n",
+                 ExecStart={n} {args}\nExecReload=/bin/kill -HUP $MAINPID\n\
+                 [Install]\nWantedBy=multi-user.target\n",
                 d = nginx_dir.display(),
                 n = nginx_binary().display(),
                 args = site.nginx_args().join(" ")
@@ -149,17 +172,60 @@ impl SupervisedSite {
         );
     }
 
+    /// Set-up (b) of README's "Running without root": from now on every hook runs as
+    /// `user` (created with [`Machine::add_user`]) through `su USER -c`, as the agent does
+    /// with `runas`. The user gets the site's directory (state, include, revision), and
+    /// nginx's config test and reload through sudo rules for exactly those commands;
+    /// portswap.yml is written again with them.
+    pub fn run_hooks_as(&mut self, user: &str) {
+        let root = self.root().display().to_string();
+        self.machine.run_ok(&["chmod", "0755", &root]);
+        self.machine.run_ok(&["chown", user, &root]);
+        self.machine
+            .run_ok(&["chown", "-R", user, &format!("{root}/revision")]);
+        self.machine.write_file(
+            "/etc/sudoers.d/portswap",
+            &format!(
+                "{user} ALL=(root) NOPASSWD: {}, /usr/bin/systemctl reload {}\n",
+                nginx_binary().display(),
+                self.nginx_unit
+            ),
+        );
+        self.machine
+            .run_ok(&["chmod", "0440", "/etc/sudoers.d/portswap"]);
+        self.runas = Some(user.to_string());
+        self.configure(&[] as &[&str], "");
+    }
+
+    /// The user hooks run as (`None`: root).
+    pub fn runas(&self) -> Option<&str> {
+        self.runas.as_deref()
+    }
+
     /// Writes portswap.yml with this `app.command` and `app.supervisor`.
     pub fn configure_command(&self, command: Vec<String>, supervisor: &str, extra: &str) {
-        let mut test = vec![nginx_binary().display().to_string()];
+        let sudo = self.runas.is_some();
+        let mut test: Vec<String> = Vec::new();
+        if sudo {
+            test.extend(["sudo".into(), "-n".into()]);
+        }
+        test.push(nginx_binary().display().to_string());
         test.extend(self.nginx_args());
         test.extend(["-t".into(), "-q".into()]);
+        let reload = if sudo {
+            format!(
+                "  reload_command: [\"sudo\", \"-n\", \"/usr/bin/systemctl\", \"reload\", \"{}\"]\n",
+                self.nginx_unit
+            )
+        } else {
+            String::new()
+        };
         let text = format!(
             "slots:\n  - {{ port: {p0}, profile: real1 }}\n  - {{ port: {p1}, profile: real2 }}\n\
              app:\n  artifacts: [\"revision/fixture-app\"]\n  command: {cmd}\n  supervisor: {supervisor}\n\
              \x20 env: {{ SECRET_TOKEN: {secret:?} }}\n\
              health:\n  path: /health\n  timeout: 10s\n\
-             nginx:\n  include: service-url.inc\n  test_command: {test}\n  pid_file: {pid}\n\
+             nginx:\n  include: service-url.inc\n  test_command: {test}\n  pid_file: {pid}\n{reload}\
              stop:\n  grace: 5s\n\
              state:\n  dir: state\n  lock_wait: 5s\n{extra}",
             p0 = self.ports[0],
@@ -172,19 +238,33 @@ impl SupervisedSite {
         fs::write(self.config(), text).expect("testkit: write portswap.yml");
     }
 
-    /// Runs a hook inside the machine as the agent would.
-    pub fn hook(&self, name: &str, args: &[&str], deployment: Option<&str>) -> HookRun {
+    /// A hook run inside the machine as the agent would run it (as root, or through
+    /// `su USER -c` after [`run_hooks_as`](Self::run_hooks_as)), not started yet.
+    pub fn hook_command(&self, name: &str, args: &[&str], deployment: Option<&str>) -> Command {
         let bin = bins::bin(name).display().to_string();
-        let mut argv = vec![bin.as_str()];
-        argv.extend(args);
+        let line = std::iter::once(bin.clone())
+            .chain(args.iter().map(|a| a.to_string()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let argv: Vec<&str> = match &self.runas {
+            // `su USER -c` keeps the environment (but HOME, SHELL, USER, LOGNAME).
+            Some(user) => vec!["su", user.as_str(), "-c", line.as_str()],
+            None => std::iter::once(bin.as_str())
+                .chain(args.iter().copied())
+                .collect(),
+        };
         let config = self.config().display().to_string();
         let mut env = vec![("PORTSWAP_CONFIG", config.as_str())];
         if let Some(id) = deployment {
             env.push(("DEPLOYMENT_ID", id));
         }
+        self.machine.command_env(&argv, &env)
+    }
+
+    /// Runs a hook inside the machine as the agent would.
+    pub fn hook(&self, name: &str, args: &[&str], deployment: Option<&str>) -> HookRun {
         let out = self
-            .machine
-            .command_env(&argv, &env)
+            .hook_command(name, args, deployment)
             .output()
             .expect("testkit: run hook");
         HookRun {
@@ -240,5 +320,118 @@ impl SupervisedSite {
     /// The live port the include names.
     pub fn live_port(&self) -> Option<u16> {
         crate::hooks::included_port(&self.root().join("service-url.inc"))
+    }
+}
+
+/// The stand-in agent's main program: reads deployment ids from the queue (a FIFO) and runs
+/// the four hooks of each, in order, up to the first failure, the way the CodeDeploy agent's
+/// main process does: as root, or `su USER -c PATH` for `runas`; with agent 2.x's umask 0027
+/// and a large inherited environment.
+const AGENT_SCRIPT: &str = r#"#!/bin/sh
+dir=$(dirname "$0")
+umask 0027
+i=0
+while [ $i -lt 300 ]; do export "AGENT_INHERITED_$i=value $i of the unit's environment"; i=$((i+1)); done
+while :; do
+  read -r id < "$dir/queue" || continue
+  [ -n "$id" ] || continue
+  export DEPLOYMENT_ID="$id"
+  : > "$dir/$id.log"
+  : > "$dir/$id.tmp"
+  for hook in stop start health switch; do
+    if [ -n "$RUNAS" ]; then
+      su "$RUNAS" -c "$BIN/$hook" >> "$dir/$id.log" 2>&1
+    else
+      "$BIN/$hook" >> "$dir/$id.log" 2>&1
+    fi
+    rc=$?
+    echo "$hook $rc" >> "$dir/$id.tmp"
+    [ $rc -eq 0 ] || break
+  done
+  mv "$dir/$id.tmp" "$dir/$id.done"
+done
+"#;
+
+/// The stand-in agent's unit: the lines of `codedeploy-agent.service` that decide what
+/// happens to the hooks' children: no `KillMode=` (so `control-group`), `Restart=on-failure`.
+pub const AGENT_UNIT: &str = "codedeploy-agent.service";
+
+impl SupervisedSite {
+    fn agent_dir(&self) -> PathBuf {
+        self.root().join("agent")
+    }
+
+    /// Installs and starts the stand-in CodeDeploy agent service (see [`AGENT_UNIT`]): its
+    /// main process runs the hooks of every deployment [`agent_deploy`](Self::agent_deploy)
+    /// queues, so their children start in its cgroup, as under the real agent.
+    pub fn install_agent(&self) {
+        let dir = self.agent_dir();
+        fs::create_dir_all(&dir).expect("testkit: agent dir");
+        fs::write(dir.join("agent.sh"), AGENT_SCRIPT).expect("testkit: agent script");
+        let queue = dir.join("queue");
+        if !queue.exists() {
+            nix::unistd::mkfifo(&queue, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .expect("testkit: agent queue");
+        }
+        let runas = self.runas.clone().unwrap_or_default();
+        self.machine.install_unit(
+            AGENT_UNIT,
+            &format!(
+                "[Unit]\nDescription=stand-in for the CodeDeploy agent\n\
+                 [Service]\nExecStart=/bin/sh {script}\nRestart=on-failure\n\
+                 Environment=\"RUNAS={runas}\" \"BIN={bin}\" \"PORTSWAP_CONFIG={config}\"\n\
+                 [Install]\nWantedBy=multi-user.target\n",
+                script = dir.join("agent.sh").display(),
+                bin = bins::bin_dir().display(),
+                config = self.config().display(),
+            ),
+        );
+    }
+
+    /// Has the stand-in agent run deployment `id` (stop, start, health, switch) and waits
+    /// for it (60 s at most; panics when the agent does not take it).
+    pub fn agent_deploy(&self, id: &str) -> AgentRun {
+        let dir = self.agent_dir();
+        let done = dir.join(format!("{id}.done"));
+        let _ = fs::remove_file(&done);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // Opening the FIFO without blocking fails (ENXIO) until the agent reads from it.
+        loop {
+            match fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(nix::libc::O_NONBLOCK)
+                .open(dir.join("queue"))
+            {
+                Ok(mut queue) => {
+                    queue
+                        .write_all(format!("{id}\n").as_bytes())
+                        .expect("testkit: queue a deployment");
+                    break;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("testkit: the stand-in agent does not read its queue: {e}"),
+            }
+        }
+        net::wait_until(
+            deadline.saturating_duration_since(Instant::now()),
+            "the stand-in agent to finish the deployment",
+            || done.exists(),
+        )
+        .unwrap_or_else(|e| panic!("testkit: {e}"));
+        let hooks = fs::read_to_string(&done)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (hook, code) = l.split_once(' ')?;
+                Some((hook.to_string(), code.parse().ok()?))
+            })
+            .collect();
+        AgentRun {
+            hooks,
+            output: fs::read_to_string(dir.join(format!("{id}.log"))).unwrap_or_default(),
+        }
     }
 }

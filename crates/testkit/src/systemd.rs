@@ -634,8 +634,48 @@ impl Machine {
         // Written through the overlay, not into its upper directory behind the kernel's back
         // (a cached mask would hide the new file); a mask is a link to /dev/null: unlinked.
         self.run_ok(&["rm", "-f", &path]);
+        self.write_file(&path, text);
+        self.run_ok(&["systemctl", "daemon-reload"]);
+        self.run_ok(&["systemctl", "enable", "--now", name]);
+    }
+
+    /// Creates the user `name` inside the machine (its own `/etc/passwd` on the overlay, a
+    /// home directory) and returns its uid.
+    pub fn add_user(&self, name: &str) -> u32 {
+        self.run_ok(&["useradd", "--create-home", "--shell", "/bin/sh", name]);
+        self.run_ok(&["id", "-u", name])
+            .parse()
+            .expect("testkit: numeric uid")
+    }
+
+    /// `loginctl enable-linger USER` as logind would carry it out, since logind does not run
+    /// in the machine: marks the user lingering (`/var/lib/systemd/linger/USER`), makes
+    /// `user@UID.service` start at every boot (logind starts lingering users' managers when
+    /// it starts), creates `/run/user/UID` for it the way logind's `user-runtime-dir@UID`
+    /// does (without asking logind over D-Bus for the size), and starts the manager now.
+    pub fn enable_linger(&self, user: &str) {
+        let uid = self.run_ok(&["id", "-u", user]);
+        let dropin = "/etc/systemd/system/user-runtime-dir@.service.d";
+        self.write_file(
+            &format!("{dropin}/testkit-no-logind.conf"),
+            "[Service]\nExecStart=\nExecStart=/usr/bin/install -d -m 0700 -o %i /run/user/%i\n\
+             ExecStop=\nExecStop=/usr/bin/rm -rf /run/user/%i\n",
+        );
+        self.write_file(&format!("/var/lib/systemd/linger/{user}"), "");
+        self.run_ok(&["systemctl", "daemon-reload"]);
+        let manager = format!("user@{uid}.service");
+        self.run_ok(&["systemctl", "add-wants", "multi-user.target", &manager]);
+        self.run_ok(&["systemctl", "start", &manager]);
+    }
+
+    /// Writes `text` to `path` inside the machine (through the overlay), creating its
+    /// directory.
+    pub fn write_file(&self, path: &str, text: &str) {
+        if let Some(dir) = Path::new(path).parent() {
+            self.run_ok(&["mkdir", "-p", &dir.to_string_lossy()]);
+        }
         let mut tee = self
-            .command(&["tee", &path])
+            .command(&["tee", path])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -646,8 +686,6 @@ impl Machine {
             status.success() && matches!(written, Some(Ok(()))),
             "testkit: write {path} in the machine: {status}, {written:?}"
         );
-        self.run_ok(&["systemctl", "daemon-reload"]);
-        self.run_ok(&["systemctl", "enable", "--now", name]);
     }
 
     /// A file of the machine's disk as it reads inside (overlay upper first, then the host).

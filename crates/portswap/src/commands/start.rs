@@ -56,14 +56,19 @@ pub fn run(args: &Args) -> Result<String> {
     ) {
         log::info!("pruned old release {}", dir.display());
     }
+    let caveat = ctx.supervisor.caveat(&record).map(|c| {
+        log::warn!("{c}");
+        format!("; WARNING: {c}")
+    });
     Ok(format!(
-        "started pid {} on port {} (profile {}, deployment {}, {} supervisor); log {}",
+        "started pid {} on port {} (profile {}, deployment {}, {} supervisor); log {}{}",
         record.pid,
         record.port,
         record.profile,
         record.deployment_id,
         ctx.supervisor.kind(),
-        record.log_file.display()
+        record.log_file.display(),
+        caveat.unwrap_or_default()
     ))
 }
 

@@ -5,9 +5,9 @@ use std::fmt::Write;
 use super::Context;
 use crate::config::By;
 use crate::error::Result;
-use crate::procfs;
 use crate::state;
 use crate::switcher::{keepalive, Live};
+use crate::{cgroups, procfs};
 
 fn uptime(seconds: u64) -> String {
     match seconds {
@@ -15,6 +15,37 @@ fn uptime(seconds: u64) -> String {
         s if s < 7200 => format!("{}m", s / 60),
         s => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
     }
+}
+
+/// Where the app of the slot on `port` lives: `cgroup <path>`, with a warning when that is
+/// not a unit of its own (the CodeDeploy agent's service, a login session), whose stop kills
+/// it; `None` when nothing of the slot runs or its cgroup cannot be read.
+fn cgroup_line(ctx: &Context, port: u16) -> Option<String> {
+    let pid = procfs::listeners(port).into_iter().next().or_else(|| {
+        let record = ctx.state.app_record(port)?;
+        record.process().is_alive().then_some(record.pid)
+    })?;
+    let cgroup = procfs::cgroup(pid)?;
+    let own_unit = [
+        ctx.config.systemd.unit_name(port),
+        format!("portswap-{port}.scope"),
+    ];
+    let unit = cgroups::unit_of(&cgroup);
+    if unit.is_some_and(|u| own_unit.iter().any(|o| o == u)) || !crate::systemctl::booted() {
+        return Some(format!("cgroup {cgroup}"));
+    }
+    let whose = if cgroups::own().as_deref() == Some(cgroup.as_str()) {
+        ", the cgroup this command runs in"
+    } else {
+        ""
+    };
+    Some(format!(
+        "cgroup {cgroup}: WARNING: pid {pid} lives in the cgroup of {}{whose}, not in a unit of \
+         its own: it dies when that stops or restarts (the CodeDeploy agent's service: at \
+         every agent restart); the next deployment of this slot moves it (README: the app and \
+         the agent's cgroup)",
+        unit.unwrap_or(&cgroup)
+    ))
 }
 
 /// The status as text: the live port and one line per slot.
@@ -93,6 +124,9 @@ pub fn render(ctx: &Context) -> Result<String> {
         let _ = writeln!(out, "slot {} {:<8} {role}  {app}", slot.port, slot.profile);
         if let Some(unit) = unit {
             let _ = writeln!(out, "     {unit}");
+        }
+        if let Some(line) = cgroup_line(ctx, slot.port) {
+            let _ = writeln!(out, "     {line}");
         }
     }
     Ok(out.trim_end().to_string())

@@ -12,6 +12,7 @@ use crate::config::{Config, Slot, SupervisorChoice};
 use crate::error::{Error, Result};
 use crate::ownership::Holder;
 use crate::state::{AppRecord, StateDir};
+use crate::systemctl::Manager;
 use crate::users::Account;
 
 /// Everything needed to start the app on a slot, placeholders already expanded.
@@ -94,6 +95,13 @@ pub trait Supervisor {
     fn describe(&self, _port: u16) -> Option<String> {
         None
     }
+
+    /// What the verdict of `start` must add about the app `record` names, in one line: that
+    /// it stays in the cgroup of the unit that ran the hook (the CodeDeploy agent's) and dies
+    /// when that unit stops; `None` when it lives in a cgroup of its own.
+    fn caveat(&self, record: &AppRecord) -> Option<String> {
+        crate::cgroups::shared_with_hook(record.pid)
+    }
 }
 
 /// The uid the configured app runs as (`app.user` for a root hook, else the hook's own),
@@ -106,15 +114,24 @@ pub fn app_uid(config: &Config) -> Option<u32> {
     }
 }
 
-/// The supervisor the configuration asks for. `auto` is systemd when systemd runs the host
-/// and the hook can manage system units (root, unit directory present), else process.
+/// The supervisor the configuration asks for.
+///
+/// `auto`: on a host that systemd runs, system units when the hook runs as root (and the
+/// unit directory exists); user units of the hook's user when it runs as a user whose own
+/// manager answers (`loginctl enable-linger USER` keeps it running, also after a reboot);
+/// else process, whose verdict then says, every time, that the app stays in the hook's
+/// cgroup (see [`Supervisor::caveat`]). `systemd` as a user whose manager does not answer is
+/// refused (exit 2) naming the fix.
 pub fn for_config(config: &Config, state: &StateDir) -> Result<Box<dyn Supervisor>> {
-    let systemd = match config.app.supervisor {
-        SupervisorChoice::Process => false,
+    let root = nix::unistd::geteuid().is_root();
+    let manager = match config.app.supervisor {
+        SupervisorChoice::Process => None,
+        SupervisorChoice::Auto if !crate::systemctl::booted() => None,
+        SupervisorChoice::Auto if root => {
+            config.systemd.unit_dir.is_dir().then_some(Manager::System)
+        }
         SupervisorChoice::Auto => {
-            crate::systemctl::booted()
-                && nix::unistd::geteuid().is_root()
-                && config.systemd.unit_dir.is_dir()
+            crate::systemctl::user_manager_reachable().then_some(Manager::User)
         }
         SupervisorChoice::Systemd if !crate::systemctl::booted() => {
             return Err(Error::Config(format!(
@@ -123,11 +140,30 @@ pub fn for_config(config: &Config, state: &StateDir) -> Result<Box<dyn Superviso
                 config.path.display()
             )));
         }
-        SupervisorChoice::Systemd => true,
+        SupervisorChoice::Systemd if root => Some(Manager::System),
+        SupervisorChoice::Systemd if crate::systemctl::user_manager_reachable() => {
+            Some(Manager::User)
+        }
+        SupervisorChoice::Systemd => {
+            return Err(Error::Config(format!(
+                "{}: app.supervisor: systemd, but the hook runs as {} and that user's systemd \
+                 manager does not answer ({}/systemd/private); run `sudo loginctl enable-linger \
+                 {}` once, so it runs (also after a reboot)",
+                config.path.display(),
+                user_name(),
+                format_args!("/run/user/{}", nix::unistd::geteuid()),
+                user_name()
+            )));
+        }
     };
-    Ok(if systemd {
-        Box::new(systemd::SystemdSupervisor::new(config, state))
-    } else {
-        Box::new(process::ProcessSupervisor::new(config, state))
+    Ok(match manager {
+        Some(manager) => Box::new(systemd::SystemdSupervisor::new(config, state, manager)?),
+        None => Box::new(process::ProcessSupervisor::new(config, state)),
     })
+}
+
+/// The hook's user, by name when /etc/passwd has it.
+pub fn user_name() -> String {
+    let uid = nix::unistd::geteuid().to_string();
+    crate::users::lookup(&uid).map(|a| a.name).unwrap_or(uid)
 }

@@ -1,5 +1,11 @@
 //! The `process` supervisor: the app runs detached in its own session, its pid recorded;
 //! nothing restarts it. Stopping signals its process group, never a foreign process.
+//!
+//! Hooks as root on a host systemd runs start the app in a transient scope of its own
+//! (`systemd-run --scope --unit=portswap-PORT.scope`): it leaves the cgroup of the service
+//! that ran the hook (the CodeDeploy agent's), so stopping that service does not kill it,
+//! and the scope's cgroup is one more proof of identity. Otherwise (hooks as a user) it
+//! stays in the hook's cgroup, and `start`'s verdict says so every time.
 
 use std::cell::RefCell;
 use std::process::Child;
@@ -9,10 +15,11 @@ use crate::applog;
 use crate::config::Config;
 use crate::duration::show;
 use crate::error::{Error, Result};
-use crate::ownership::{self, Holder};
+use crate::ownership::{self, Holder, UnitCgroup};
 use crate::process::{self, LaunchSpec};
 use crate::procfs::{self, ProcId};
 use crate::state::{AppRecord, StateDir};
+use crate::systemctl::{self, Manager};
 
 /// Runs the app as a detached child of the hook.
 pub struct ProcessSupervisor {
@@ -20,6 +27,8 @@ pub struct ProcessSupervisor {
     stop_grace: std::time::Duration,
     /// [`ownership::Slot::app_uid`].
     app_uid: Option<u32>,
+    /// Hooks as root on a host systemd runs: each app gets a transient scope of its own.
+    scopes: bool,
     /// The child `start` launched in this run, to report its exit status.
     child: RefCell<Option<Child>>,
 }
@@ -31,16 +40,38 @@ impl ProcessSupervisor {
             state: state.clone(),
             stop_grace: config.stop_grace,
             app_uid: super::app_uid(config),
+            scopes: systemctl::booted()
+                && nix::unistd::geteuid().is_root()
+                && process::resolve_program("systemd-run").is_ok(),
             child: RefCell::new(None),
         }
     }
 
-    fn slot<'a>(&'a self, port: u16, record: Option<&'a AppRecord>) -> ownership::Slot<'a> {
+    /// The transient scope of the slot on `port` (`portswap-PORT.scope`), when apps get one.
+    fn scope_name(&self, port: u16) -> Option<String> {
+        self.scopes.then(|| format!("portswap-{port}.scope"))
+    }
+
+    /// The slot's scope and its cgroup now (`None` without scopes).
+    fn scope(&self, port: u16) -> Option<UnitCgroup> {
+        let name = self.scope_name(port)?;
+        Some(UnitCgroup {
+            cgroup: Manager::System.control_group(&name),
+            name,
+        })
+    }
+
+    fn slot<'a>(
+        &'a self,
+        port: u16,
+        record: Option<&'a AppRecord>,
+        scope: Option<&'a UnitCgroup>,
+    ) -> ownership::Slot<'a> {
         ownership::Slot {
             port,
             state_dir: self.state.path(),
             record,
-            unit: None,
+            unit: scope,
             app_uid: self.app_uid,
         }
     }
@@ -53,7 +84,8 @@ impl Supervisor for ProcessSupervisor {
 
     fn holder(&self, port: u16) -> Holder {
         let record = self.state.app_record(port);
-        self.slot(port, record.as_ref()).holder()
+        let scope = self.scope(port);
+        self.slot(port, record.as_ref(), scope.as_ref()).holder()
     }
 
     fn stop(&self, port: u16, force: bool) -> Result<String> {
@@ -64,7 +96,8 @@ impl Supervisor for ProcessSupervisor {
                 r.pid
             );
         }
-        let slot = self.slot(port, record.as_ref());
+        let scope = self.scope(port);
+        let slot = self.slot(port, record.as_ref(), scope.as_ref());
         let (process, targets): (ProcId, Box<dyn Fn() -> Vec<ProcId>>) = match slot.holder() {
             Holder::Free => {
                 self.state.clear_app_record(port)?;
@@ -143,6 +176,7 @@ impl Supervisor for ProcessSupervisor {
             env,
             log_file: launch.log_file.clone(),
             account: launch.account.clone(),
+            scope: self.scope_name(launch.slot.port),
         };
         let child = process::launch(&spec)?;
         let pid = child.id() as i32;
@@ -162,7 +196,8 @@ impl Supervisor for ProcessSupervisor {
 
     fn serves(&self, port: u16) -> std::result::Result<(), String> {
         let record = self.state.app_record(port);
-        self.slot(port, record.as_ref()).serves()
+        let scope = self.scope(port);
+        self.slot(port, record.as_ref(), scope.as_ref()).serves()
     }
 }
 

@@ -1,8 +1,15 @@
 //! The `systemd` supervisor: slot P is the unit `portswap-P.service` (name configurable),
 //! written by `start`, enabled (so it comes back after a reboot) and restarted by systemd
-//! when it crashes. Identity is the unit's cgroup; `stop` is `systemctl disable --now`, which
-//! takes the whole cgroup (wrapper and daemonized children included), and touches only
-//! units whose file carries [`MARKER`].
+//! when it crashes. Identity is the unit's full cgroup path (`ControlGroup`); `stop` is
+//! `systemctl disable --now`, which takes the whole cgroup (wrapper and daemonized children
+//! included), and touches only units whose file carries [`MARKER`].
+//!
+//! Hooks as root use system units (PID 1, `/etc/systemd/system`); hooks as a user use user
+//! units of that user's own manager ([`Manager::User`]: `systemctl --user`,
+//! `~/.config/systemd/user`, `WantedBy=default.target`), which a lingering user's
+//! `user@UID.service` starts at boot. Either way the app lives in a cgroup of its own, never
+//! in the cgroup of the service that ran the hook (the CodeDeploy agent's), so stopping or
+//! restarting that service leaves it running.
 //!
 //! A slot still run the `process` way (or by the legacy scripts) is stopped by the process
 //! supervisor's rules before the unit starts: the move to systemd needs no manual step.
@@ -17,12 +24,12 @@ use super::{Launch, Supervisor};
 use crate::config::{self, Config, Output};
 use crate::duration::show;
 use crate::error::{Error, Result};
-use crate::ownership::{self, Holder};
+use crate::ownership::{self, Holder, UnitCgroup};
 use crate::procfs::{self, ProcId};
 use crate::state::{AppRecord, StateDir};
-use crate::systemctl;
+use crate::systemctl::{self, Manager};
 use crate::unitfile::{environment_file, plain_value, quote_assignment, quote_word};
-use crate::{applog, fsio, process};
+use crate::{applog, fsio, process, users};
 
 /// First line of every unit file portswap writes; `stop` and `start` manage only units
 /// whose file starts with it.
@@ -43,6 +50,7 @@ const WATCHED: &[&str] = &[
 pub struct SystemdSupervisor {
     state: StateDir,
     systemd: config::Systemd,
+    manager: Manager,
     stop_grace: Duration,
     /// [`ownership::Slot::app_uid`].
     app_uid: Option<u32>,
@@ -51,14 +59,31 @@ pub struct SystemdSupervisor {
 }
 
 impl SystemdSupervisor {
-    /// The supervisor for this host.
-    pub fn new(config: &Config, state: &StateDir) -> SystemdSupervisor {
-        SystemdSupervisor {
+    /// The supervisor for this host, with units of `manager`. User units live in the
+    /// hook user's `~/.config/systemd/user` (home from /etc/passwd), where that user's
+    /// manager looks for them; `systemd.unit_dir` names the system units' directory.
+    pub fn new(config: &Config, state: &StateDir, manager: Manager) -> Result<SystemdSupervisor> {
+        let mut systemd = config.systemd.clone();
+        if manager == Manager::User {
+            let uid = nix::unistd::geteuid().to_string();
+            systemd.unit_dir = users::lookup(&uid)?.home.join(".config/systemd/user");
+        }
+        Ok(SystemdSupervisor {
             state: state.clone(),
-            systemd: config.systemd.clone(),
+            systemd,
+            manager,
             stop_grace: config.stop_grace,
             app_uid: super::app_uid(config),
             process: ProcessSupervisor::new(config, state),
+        })
+    }
+
+    /// The slot's unit and the cgroup its manager runs it in now.
+    fn unit_cgroup(&self, port: u16) -> UnitCgroup {
+        let name = self.systemd.unit_name(port);
+        UnitCgroup {
+            cgroup: self.manager.control_group(&name),
+            name,
         }
     }
 
@@ -79,7 +104,7 @@ impl SystemdSupervisor {
         Some(text.starts_with(MARKER.as_bytes()))
     }
 
-    fn holder_of(&self, port: u16, unit: &str) -> Holder {
+    fn holder_of(&self, port: u16, unit: &UnitCgroup) -> Holder {
         let record = self.state.app_record(port);
         ownership::Slot {
             port,
@@ -126,11 +151,17 @@ impl SystemdSupervisor {
             .as_ref()
             .map(|a| format!("User={}\nGroup={}\n", a.name, a.gid))
             .unwrap_or_default();
+        // A user manager has no network.target and no multi-user.target: its boot target is
+        // default.target, reached when the (lingering) user's manager starts.
+        let (after, target) = match self.manager {
+            Manager::System => ("After=network.target\n", "multi-user.target"),
+            Manager::User => ("", "default.target"),
+        };
         Ok(format!(
             "{MARKER} for slot {port}: `stop` and `start` manage this unit; edits are overwritten.\n\
              [Unit]\n\
              Description={description}\n\
-             After=network.target\n\
+             {after}\
              StartLimitIntervalSec=60\n\
              StartLimitBurst={burst}\n\
              \n\
@@ -150,7 +181,7 @@ impl SystemdSupervisor {
              RemainAfterExit=yes\n\
              \n\
              [Install]\n\
-             WantedBy=multi-user.target\n",
+             WantedBy={target}\n",
             burst = self.systemd.start_limit,
             exec = exec.join(" "),
             marker = quote_assignment(&marker),
@@ -175,41 +206,43 @@ impl SystemdSupervisor {
             Output::File => applog::tail_since(&record.log_file, record.log_offset, lines),
             Output::Journal => {
                 let unit = self.systemd.unit_name(record.port);
-                systemctl::journal_tail(&unit, record.started_at, lines)
+                systemctl::journal_tail(self.manager, &unit, record.started_at, lines)
             }
         }
     }
 
-    /// The process of the unit's cgroup that started first.
-    fn oldest_member(unit: &str) -> Option<ProcId> {
+    /// The processes in the unit's cgroup (none while it has no cgroup).
+    fn members(unit: &UnitCgroup) -> Vec<ProcId> {
+        if unit.cgroup.is_none() {
+            return Vec::new();
+        }
         procfs::all_pids()
             .into_iter()
-            .filter(|pid| *pid > 1 && procfs::in_unit(*pid, unit))
+            .filter(|pid| *pid > 1 && unit.holds(*pid))
             .filter_map(ProcId::of)
-            .min_by_key(|p| p.start_time)
+            .collect()
     }
 
-    /// Processes in the unit's cgroup.
-    fn members(unit: &str) -> usize {
-        procfs::all_pids()
+    /// The process of the unit's cgroup that started first.
+    fn oldest_member(unit: &UnitCgroup) -> Option<ProcId> {
+        SystemdSupervisor::members(unit)
             .into_iter()
-            .filter(|pid| procfs::in_unit(*pid, unit))
-            .count()
+            .min_by_key(|p| p.start_time)
     }
 }
 
 impl Supervisor for SystemdSupervisor {
     fn kind(&self) -> &'static str {
-        "systemd"
+        self.manager.name()
     }
 
     fn holder(&self, port: u16) -> Holder {
-        self.holder_of(port, &self.systemd.unit_name(port))
+        self.holder_of(port, &self.unit_cgroup(port))
     }
 
     fn stop(&self, port: u16, force: bool) -> Result<String> {
         let unit = self.systemd.unit_name(port);
-        match self.holder_of(port, &unit) {
+        match self.holder_of(port, &self.unit_cgroup(port)) {
             Holder::Unidentified { reason } => {
                 return Err(Error::Refused(format!("{reason}; nothing was stopped")));
             }
@@ -223,12 +256,12 @@ impl Supervisor for SystemdSupervisor {
         }
         let mut done = Vec::new();
         if self.unit_file_is_ours(&unit) == Some(true) {
-            let before = systemctl::show(&unit, WATCHED)?;
+            let before = self.manager.show(&unit, WATCHED)?;
             let get = |k: &str| before.get(k);
             let running = !matches!(get("ActiveState"), "inactive" | "failed" | "?");
             if running || get("UnitFileState") == "enabled" {
                 let started = std::time::Instant::now();
-                systemctl::systemctl(
+                self.manager.systemctl(
                     &["disable", "--now", "--", &unit],
                     self.stop_grace + crate::process::KILL_WAIT,
                 )?;
@@ -238,7 +271,9 @@ impl Supervisor for SystemdSupervisor {
                     show(started.elapsed())
                 ));
             }
-            let _ = systemctl::systemctl(&["reset-failed", "--", &unit], systemctl::CALL_LIMIT);
+            let _ = self
+                .manager
+                .systemctl(&["reset-failed", "--", &unit], systemctl::CALL_LIMIT);
         }
         // What the unit did not hold: an app started the process way or by the legacy
         // scripts, or (with --force) a foreign process. Today's rules.
@@ -282,25 +317,28 @@ impl Supervisor for SystemdSupervisor {
         fsio::ensure_dir(&self.systemd.unit_dir, 0o755)?;
         fsio::write_atomic(&unit_path, text.as_bytes(), 0o644)?;
         log::info!("wrote {}", unit_path.display());
-        systemctl::systemctl(&["daemon-reload"], systemctl::CALL_LIMIT)?;
-        systemctl::systemctl(
+        let manager = self.manager;
+        manager.systemctl(&["daemon-reload"], systemctl::CALL_LIMIT)?;
+        manager.systemctl(
             &["enable", "--no-reload", "--", &unit],
             systemctl::CALL_LIMIT,
         )?;
         // A crash loop of an earlier version may have used up the start limit.
-        let _ = systemctl::systemctl(&["reset-failed", "--", &unit], systemctl::CALL_LIMIT);
+        let _ = manager.systemctl(&["reset-failed", "--", &unit], systemctl::CALL_LIMIT);
         let mut record = launch.record(0, 0);
-        systemctl::systemctl(&["restart", "--", &unit], systemctl::CALL_LIMIT).map_err(|e| {
-            // The app may have crashed before the start job returned: say so as `gone` does
-            // (its output and where to read more), not only that systemctl failed.
-            if let Some(why) = self.gone(&record) {
-                return Error::Failed(why);
-            }
-            let tail = self.output_tail(&record, 1);
-            let last = tail.last().map(|l| format!("; last output: {l}"));
-            Error::Failed(format!("{e}{}", last.unwrap_or_default()))
-        })?;
-        let props = systemctl::show(&unit, WATCHED)?;
+        manager
+            .systemctl(&["restart", "--", &unit], systemctl::CALL_LIMIT)
+            .map_err(|e| {
+                // The app may have crashed before the start job returned: say so as `gone` does
+                // (its output and where to read more), not only that systemctl failed.
+                if let Some(why) = self.gone(&record) {
+                    return Error::Failed(why);
+                }
+                let tail = self.output_tail(&record, 1);
+                let last = tail.last().map(|l| format!("; last output: {l}"));
+                Error::Failed(format!("{e}{}", last.unwrap_or_default()))
+            })?;
+        let props = manager.show(&unit, WATCHED)?;
         // A daemonizing app's main process has exited (MainPID 0): record the oldest process
         // left in the unit instead. A record never holds pid 0 or 1.
         let main = props
@@ -309,7 +347,9 @@ impl Supervisor for SystemdSupervisor {
             .ok()
             .and_then(ProcId::of)
             .filter(|p| p.pid > 1);
-        let Some(process) = main.or_else(|| SystemdSupervisor::oldest_member(&unit)) else {
+        let Some(process) =
+            main.or_else(|| SystemdSupervisor::oldest_member(&self.unit_cgroup(port)))
+        else {
             return Err(Error::Failed(self.gone(&record).unwrap_or_else(|| {
                 format!("{unit} started, but no process of it runs (MainPID 0, empty cgroup)")
             })));
@@ -324,11 +364,15 @@ impl Supervisor for SystemdSupervisor {
             return None;
         }
         let unit = self.systemd.unit_name(record.port);
-        let props = systemctl::show(&unit, WATCHED).unwrap_or_default();
+        let props = self.manager.show(&unit, WATCHED).unwrap_or_default();
         let get = |k: &str| props.get(k);
         let how = match (get("ActiveState"), get("SubState")) {
             // The main process exited 0 and left the app behind (a daemonizing app).
-            ("active", "exited") if SystemdSupervisor::members(&unit) > 0 => return None,
+            ("active", "exited")
+                if !SystemdSupervisor::members(&self.unit_cgroup(record.port)).is_empty() =>
+            {
+                return None
+            }
             ("failed", _) => format!(
                 "failed ({}, exit status {}, NRestarts={})",
                 get("Result"),
@@ -360,6 +404,9 @@ impl Supervisor for SystemdSupervisor {
             .unwrap_or_else(|| "; no output".into());
         let source = match self.systemd.output {
             Output::File => format!("log {}", record.log_file.display()),
+            Output::Journal if self.manager == Manager::User => {
+                format!("journalctl --user -u {unit}")
+            }
             Output::Journal => format!("journalctl -u {unit}"),
         };
         let pid = match record.pid {
@@ -373,7 +420,7 @@ impl Supervisor for SystemdSupervisor {
     }
 
     fn serves(&self, port: u16) -> std::result::Result<(), String> {
-        let unit = self.systemd.unit_name(port);
+        let unit = self.unit_cgroup(port);
         let record = self.state.app_record(port);
         let slot = ownership::Slot {
             port,
@@ -385,23 +432,31 @@ impl Supervisor for SystemdSupervisor {
         slot.serves()?;
         let outside: Vec<i32> = procfs::listeners(port)
             .into_iter()
-            .filter(|pid| !procfs::in_unit(*pid, &unit))
+            .filter(|pid| !unit.holds(*pid))
             .collect();
         match outside.first() {
             None => Ok(()),
             Some(pid) => Err(format!(
-                "port {port} is answered by pid {pid} (`{}`), which is not in {unit}",
-                procfs::describe(*pid)
+                "port {port} is answered by pid {pid} (`{}`), which is not in {} (cgroup {})",
+                procfs::describe(*pid),
+                unit.name,
+                unit.cgroup
+                    .as_deref()
+                    .unwrap_or("none: the unit is not running")
             )),
         }
     }
 
     fn describe(&self, port: u16) -> Option<String> {
         let unit = self.systemd.unit_name(port);
-        let props = systemctl::show(&unit, WATCHED).ok()?;
+        let props = self.manager.show(&unit, WATCHED).ok()?;
         let get = |k: &str| props.get(k);
+        let kind = match self.manager {
+            Manager::System => "unit",
+            Manager::User => "user unit",
+        };
         Some(format!(
-            "unit {unit} {}/{} ({}), main pid {}, restarts {}",
+            "{kind} {unit} {}/{} ({}), main pid {}, restarts {}",
             get("ActiveState"),
             get("SubState"),
             get("UnitFileState"),
@@ -427,7 +482,7 @@ mod tests {
             &dir.join("portswap.yml"),
         )
         .unwrap();
-        let supervisor = SystemdSupervisor::new(&config, &state);
+        let supervisor = SystemdSupervisor::new(&config, &state, Manager::System).unwrap();
         let launch = Launch {
             slot: Slot {
                 port: 8081,

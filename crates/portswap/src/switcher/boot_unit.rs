@@ -8,6 +8,7 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::systemctl::Manager;
 use crate::{fsio, systemctl, unitfile};
 
 /// File name of the unit.
@@ -99,8 +100,8 @@ pub fn activate(dir: &Path) -> Result<bool> {
     if !read_by_systemd || !systemctl::booted() {
         return Ok(false);
     }
-    systemctl::systemctl(&["daemon-reload"], systemctl::CALL_LIMIT)?;
-    systemctl::systemctl(&["restart", "--", NAME], systemctl::CALL_LIMIT)?;
+    Manager::System.systemctl(&["daemon-reload"], systemctl::CALL_LIMIT)?;
+    Manager::System.systemctl(&["restart", "--", NAME], systemctl::CALL_LIMIT)?;
     Ok(true)
 }
 

@@ -1,0 +1,262 @@
+//! Apps outlive the CodeDeploy agent (issue 16). A stand-in agent service with the real
+//! unit's relevant lines (no `KillMode=`, so systemd kills its whole cgroup when it stops;
+//! `Restart=on-failure`) runs the four hooks of each deployment from its main process, as
+//! root or through `su USER -c`, in a real systemd machine. A restart or a stop of that
+//! service never takes the site down, in every set-up: the apps never live in its cgroup.
+
+use std::time::Duration;
+
+use portswap_testkit::hooks::fixture_command;
+use portswap_testkit::net::{self, Load};
+use portswap_testkit::supervised::{SupervisedSite, AGENT_UNIT};
+use portswap_testkit::systemd::refused;
+
+/// The book's hook user (`runas: ec2-user`).
+const HOOK_USER: &str = "ec2-user";
+
+/// A site under systemd whose deployments the stand-in agent runs, with `app.supervisor`
+/// `supervisor`, hooks as `runas` (set-up (b)) or root.
+fn site(test: &str, supervisor: &str, runas: Option<&str>) -> Option<SupervisedSite> {
+    let mut site = match SupervisedSite::new() {
+        Ok(site) => site,
+        Err(why) => {
+            refused(test, &why);
+            return None;
+        }
+    };
+    if let Some(user) = runas {
+        site.machine.add_user(user);
+        site.run_hooks_as(user);
+    }
+    configure(&site, supervisor);
+    site.install_agent();
+    Some(site)
+}
+
+fn configure(site: &SupervisedSite, supervisor: &str) {
+    site.configure_command(
+        fixture_command("{deployment_id}", &[] as &[&str]),
+        supervisor,
+        "",
+    );
+}
+
+/// One deployment through the stand-in agent; panics with its output unless it succeeds.
+fn deploy(site: &SupervisedSite, id: &str) -> String {
+    let run = site.agent_deploy(id);
+    assert!(
+        run.success(),
+        "deployment {id}: {:?}\n{}",
+        run.hooks,
+        run.output
+    );
+    run.output
+}
+
+/// The version answering directly on `port`.
+fn version_on(port: u16) -> Option<String> {
+    let r = net::http_get_timeout(port, "/", Duration::from_millis(500)).ok()?;
+    (r.status == 200).then(|| r.header("X-App-Version").map(str::to_string))?
+}
+
+fn status(site: &SupervisedSite) -> String {
+    let run = site.hook("switch", &["--status"], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.stdout
+}
+
+/// Each slot's app lives in the cgroup `expect(port)` names, and `--status` says so
+/// without a warning.
+fn assert_own_cgroups(site: &SupervisedSite, expect: impl Fn(u16) -> String) {
+    let status = status(site);
+    assert!(!status.contains("WARNING"), "{status}");
+    for port in site.ports {
+        let wanted = expect(port);
+        assert!(
+            status
+                .lines()
+                .any(|l| l.trim().starts_with("cgroup ") && l.ends_with(&wanted)),
+            "slot {port} not in {wanted}:\n{status}"
+        );
+    }
+}
+
+/// `systemctl <how> codedeploy-agent` while clients poll nginx on new connections: no
+/// request fails, the live version answers every one, the previous version still answers
+/// on its slot.
+fn agent_goes_away(site: &SupervisedSite, how: &str, live: &str, previous: (u16, &str)) {
+    let load = Load::start(site.nginx_port, 3);
+    load.wait_for_more(30, Duration::from_secs(10)).unwrap();
+    let agent_pid = site.machine.unit_property(AGENT_UNIT, "MainPID");
+    site.machine.run_ok(&["systemctl", how, AGENT_UNIT]);
+    if how == "restart" {
+        assert_ne!(site.machine.unit_property(AGENT_UNIT, "MainPID"), agent_pid);
+    } else {
+        assert_eq!(
+            site.machine.unit_property(AGENT_UNIT, "ActiveState"),
+            "inactive"
+        );
+    }
+    load.wait_for_more(60, Duration::from_secs(10)).unwrap();
+    let seen = load.finish();
+    let failed: Vec<&String> = seen.iter().filter(|s| s.starts_with("error")).collect();
+    let other: Vec<&String> = seen.iter().filter(|s| s.as_str() != live).collect();
+    println!(
+        "systemctl {how} {AGENT_UNIT}: {} requests through nginx, {} failed",
+        seen.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{:?}", &failed[..failed.len().min(5)]);
+    assert!(
+        other.is_empty(),
+        "not the live version: {:?}",
+        &other[..other.len().min(5)]
+    );
+    assert_eq!(version_on(previous.0).as_deref(), Some(previous.1));
+}
+
+/// The idle slot's port (the previous version's).
+fn previous_port(site: &SupervisedSite) -> u16 {
+    let [a, b] = site.ports;
+    if site.live_port() == Some(a) {
+        b
+    } else {
+        a
+    }
+}
+
+/// A deployment, agent restart, another, agent stop, agent start, a third; deployment ids
+/// follow `first` (the last one deployed).
+fn survives_restart_and_stop(site: &SupervisedSite, first: usize) {
+    let id = |n: usize| format!("d-{n}");
+    deploy(site, &id(first + 1));
+    agent_goes_away(
+        site,
+        "restart",
+        &id(first + 1),
+        (previous_port(site), &id(first)),
+    );
+    deploy(site, &id(first + 2));
+    agent_goes_away(
+        site,
+        "stop",
+        &id(first + 2),
+        (previous_port(site), &id(first + 1)),
+    );
+    site.machine.run_ok(&["systemctl", "start", AGENT_UNIT]);
+    deploy(site, &id(first + 3));
+    assert_eq!(site.live_version(), Some(id(first + 3)));
+}
+
+#[test]
+fn hooks_as_root_with_units_survive_agent_restart_and_stop() {
+    let Some(site) = site(
+        "hooks_as_root_with_units_survive_agent_restart_and_stop",
+        "auto",
+        None,
+    ) else {
+        return;
+    };
+    deploy(&site, "d-1");
+    deploy(&site, "d-2");
+    assert_own_cgroups(&site, |port| {
+        format!("/system.slice/portswap-{port}.service")
+    });
+    survives_restart_and_stop(&site, 2);
+}
+
+#[test]
+fn hooks_as_root_in_process_mode_start_apps_in_scopes_that_survive_the_agent() {
+    let Some(site) = site(
+        "hooks_as_root_in_process_mode_start_apps_in_scopes_that_survive_the_agent",
+        "process",
+        None,
+    ) else {
+        return;
+    };
+    for id in ["d-1", "d-2"] {
+        let output = deploy(&site, id);
+        assert!(output.contains("process supervisor"), "{output}");
+        assert!(!output.contains("WARNING"), "{output}");
+    }
+    assert_own_cgroups(&site, |port| format!("/system.slice/portswap-{port}.scope"));
+    survives_restart_and_stop(&site, 2);
+}
+
+/// Set-up (b) on a host where the apps already run in the agent's cgroup (hooks as a user
+/// without a lingering manager: process mode, a loud verdict), then `loginctl enable-linger`:
+/// the next deployments move the apps into user units without a failed request; then the
+/// agent restarts and stops, and the machine reboots: both versions come back.
+#[test]
+fn hooks_as_a_user_move_to_user_units_that_survive_the_agent_and_a_reboot() {
+    let test = "hooks_as_a_user_move_to_user_units_that_survive_the_agent_and_a_reboot";
+    let Some(mut site) = site(test, "auto", Some(HOOK_USER)) else {
+        return;
+    };
+    let output = deploy(&site, "d-1");
+    let verdict = output
+        .lines()
+        .rfind(|l| l.starts_with("portswap start:"))
+        .unwrap();
+    assert!(
+        verdict.contains(&format!(
+            "WARNING: the app stays in the cgroup of {AGENT_UNIT}"
+        )) && verdict.contains(&format!("loginctl enable-linger {HOOK_USER}")),
+        "{verdict}"
+    );
+    let before = status(&site);
+    assert!(
+        before.contains(&format!("lives in the cgroup of {AGENT_UNIT}")),
+        "{before}"
+    );
+
+    // `sudo loginctl enable-linger ec2-user`, then deployments as usual.
+    site.machine.enable_linger(HOOK_USER);
+    let uid = site.machine.run_ok(&["id", "-u", HOOK_USER]);
+    let load = Load::start(site.nginx_port, 3);
+    for id in ["d-2", "d-3"] {
+        let output = deploy(&site, id);
+        assert!(output.contains("systemd --user supervisor"), "{output}");
+    }
+    let seen = load.finish();
+    let failed = seen.iter().filter(|s| s.starts_with("error")).count();
+    println!(
+        "migration to user units: {} requests, {failed} failed",
+        seen.len()
+    );
+    assert_eq!(failed, 0);
+    assert_own_cgroups(&site, |port| {
+        format!("/user.slice/user-{uid}.slice/user@{uid}.service/app.slice/portswap-{port}.service")
+    });
+
+    survives_restart_and_stop(&site, 3);
+    let live = site.live_version().unwrap();
+    let previous = previous_port(&site);
+    let previous_version = version_on(previous).unwrap();
+
+    site.machine.poweroff().unwrap();
+    site.machine.boot_again().unwrap();
+    let boot = site.machine.booted_at();
+    net::wait_until(
+        Duration::from_secs(10),
+        "the live version after reboot",
+        || site.live_version().as_deref() == Some(live.as_str()),
+    )
+    .unwrap();
+    println!(
+        "set-up (b) reboot: live version served {:?} after boot began",
+        boot.elapsed()
+    );
+    net::wait_until(
+        Duration::from_secs(10),
+        "the previous version after reboot",
+        || version_on(previous).as_deref() == Some(previous_version.as_str()),
+    )
+    .unwrap();
+    let after = status(&site);
+    assert!(after.contains("user unit"), "{after}");
+    // The agent is enabled too: the next deployment runs as usual.
+    deploy(&site, "d-7");
+    assert_eq!(site.live_version().as_deref(), Some("d-7"));
+    let _ = &mut site;
+}
