@@ -1,4 +1,4 @@
-//! Set-up (a) of README's "Running without root": the hooks run as root and the app is
+//! Set-up (a) of docs/non-root.md: the hooks run as root and the app is
 //! dropped to an unprivileged user created for the test.
 
 mod support;

@@ -1,5 +1,5 @@
 //! `xtask dist`: the release tarball, `portswap-<version>-x86_64-linux.tar.gz`, with the four
-//! static hooks and `portswap-bundle` under `bin/`, the examples and the README, and a
+//! static hooks and `portswap-bundle` under `bin/`, the examples, the README and `docs/`, and a
 //! `SHA256SUMS` beside it (the format `sha256sum -c` reads).
 
 use std::fs;
@@ -51,6 +51,7 @@ pub fn run(out: &Path) -> Result<Dist, String> {
     }
     let root = build::workspace_root();
     copy(&root.join("README.md"), &top.join("README.md"), 0o644)?;
+    copy_markdown(&root.join("docs"), &top.join("docs"))?;
     copy_tree(&root.join("examples"), &top.join("examples"))?;
 
     let tarball = out.join(format!("{name}.tar.gz"));
@@ -105,6 +106,20 @@ fn copy(from: &Path, to: &Path, mode: u32) -> Result<(), String> {
 }
 
 /// Copies the files under `from` to `to`, readable by all.
+/// The `.md` files of a directory (not its subdirectories): the documentation README links to.
+fn copy_markdown(from: &Path, to: &Path) -> Result<(), String> {
+    let entries = fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| format!("{}: {e}", from.display()))?
+            .path();
+        if path.is_file() && path.extension().is_some_and(|e| e == "md") {
+            copy(&path, &to.join(path.file_name().unwrap()), 0o644)?;
+        }
+    }
+    Ok(())
+}
+
 fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
     let entries = fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))?;
     for entry in entries {

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 const USAGE: &str = "usage:
   cargo run -p xtask -- dist [--out DIR]
       Builds the static release binaries and packs DIR/portswap-<version>-x86_64-linux.tar.gz
-      (bin/{stop,start,health,switch,portswap-bundle}, examples/, README.md) and DIR/SHA256SUMS
+      (bin/{stop,start,health,switch,portswap-bundle}, examples/, README.md, docs/) and DIR/SHA256SUMS
       (default DIR: target/dist).
   cargo run -p xtask -- demo [--debug]
       Deploys fixture app v1, v2, v3 through the hooks and an agent emulation behind a

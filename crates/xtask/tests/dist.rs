@@ -59,6 +59,7 @@ fn dist_builds_a_release_whose_binaries_run_alone() {
     let top = unpacked.join(&name);
     for file in [
         "README.md",
+        "docs/configuration.md",
         "examples/spring-boot/appspec.yml",
         "examples/spring-boot/portswap.yml",
         "examples/github-actions/deploy.yml",

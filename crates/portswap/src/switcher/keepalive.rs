@@ -54,9 +54,15 @@ impl NginxInfo {
             ),
             None => {
                 let (what, fix) = if self.version.is_some_and(|v| v >= MIN_TIMEOUT_SINCE) {
-                    ("without", "; set `keepalive_min_timeout` (README)")
+                    (
+                        "without",
+                        "; set `keepalive_min_timeout` (docs/switch-mechanisms.md)",
+                    )
                 } else {
-                    ("(before 1.27.4) without", " (README: keep-alive clients)")
+                    (
+                        "(before 1.27.4) without",
+                        " (docs/switch-mechanisms.md: keep-alive clients)",
+                    )
                 };
                 format!(
                     "nginx {version} {what} keepalive_min_timeout: each reload closes idle \

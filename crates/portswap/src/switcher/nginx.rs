@@ -166,7 +166,7 @@ impl NginxSwitcher {
             || detail.contains("not permitted")
             || detail.contains("Permission denied")
         {
-            "; allow it for this user in sudoers (see README, non-root operation)"
+            "; allow it for this user in sudoers (see docs/non-root.md)"
         } else {
             ""
         };
@@ -182,7 +182,7 @@ impl NginxSwitcher {
             Some(argv) => self.run("nginx reload", argv),
             None => kill(Pid::from_raw(master), Signal::SIGHUP).map_err(|e| {
                 let hint = if e == nix::errno::Errno::EPERM {
-                    "; run as the nginx user or set nginx.reload_command with a sudoers rule (see README)"
+                    "; run as the nginx user or set nginx.reload_command with a sudoers rule (see docs/non-root.md)"
                 } else {
                     ""
                 };
