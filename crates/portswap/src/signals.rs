@@ -124,16 +124,15 @@ pub fn critical_then<T>(work: impl FnOnce() -> T, outcome: impl FnOnce(&T) -> St
             "{} arrived during a step that must not be cut short; that step ran to its end",
             name(signal)
         );
-        crate::cli::say(
-            std::io::stderr(),
-            &format!(
-                "portswap {hook}: FAILED (exit {}): stopped by {}{} once its current step ended: {}",
-                exit_code(signal),
-                name(signal),
-                cause(signal),
-                outcome(&result)
-            ),
+        // The verdict line, written as the handler writes its own (stderr may be closed).
+        let line = format!(
+            "portswap {hook}: FAILED (exit {}): stopped by {}{} once its current step ended: {}\n",
+            exit_code(signal),
+            name(signal),
+            cause(signal),
+            outcome(&result)
         );
+        write_raw(line.as_bytes());
         std::process::exit(exit_code(signal));
     }
     result
