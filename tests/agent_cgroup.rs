@@ -4,6 +4,8 @@
 //! root or through `su USER -c`, in a real systemd machine. A restart or a stop of that
 //! service never takes the site down, in every set-up: the apps never live in its cgroup.
 
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use portswap_testkit::hooks::fixture_command;
@@ -39,6 +41,40 @@ fn configure(site: &SupervisedSite, supervisor: &str) {
         supervisor,
         "",
     );
+}
+
+/// Hooks as root, the app as `user` (set-up (a)), created in the machine.
+fn run_app_as(site: &SupervisedSite, user: &str) {
+    site.machine.add_user(user);
+    let text = fs::read_to_string(site.config()).unwrap();
+    fs::write(
+        site.config(),
+        text.replacen("app:\n", &format!("app:\n  user: {user}\n"), 1),
+    )
+    .unwrap();
+    fs::set_permissions(site.root(), fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Under the agent's umask 0027 everything portswap made has its own explicit mode: the
+/// include readable by nginx, directories on the app's way open, unit files 0644.
+fn assert_modes(site: &SupervisedSite, unit_files: &[String]) {
+    let state = site.state();
+    for (path, want) in [
+        (site.root().join("service-url.inc"), 0o644),
+        (state.clone(), 0o755),
+        (state.join("releases"), 0o755),
+        (state.join("logs"), 0o755),
+    ] {
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, want, "{}: {mode:o}", path.display());
+    }
+    for unit in unit_files {
+        assert_eq!(
+            site.machine.run_ok(&["stat", "-c", "%a", unit]),
+            "644",
+            "{unit}"
+        );
+    }
 }
 
 /// One deployment through the stand-in agent; panics with its output unless it succeeds.
@@ -157,11 +193,18 @@ fn hooks_as_root_with_units_survive_agent_restart_and_stop() {
     ) else {
         return;
     };
+    run_app_as(&site, "app-user");
     deploy(&site, "d-1");
     deploy(&site, "d-2");
     assert_own_cgroups(&site, |port| {
         format!("/system.slice/portswap-{port}.service")
     });
+    let units: Vec<String> = site
+        .ports
+        .iter()
+        .map(|p| format!("/etc/systemd/system/portswap-{p}.service"))
+        .collect();
+    assert_modes(&site, &units);
     survives_restart_and_stop(&site, 2);
 }
 
@@ -174,12 +217,14 @@ fn hooks_as_root_in_process_mode_start_apps_in_scopes_that_survive_the_agent() {
     ) else {
         return;
     };
+    run_app_as(&site, "app-user");
     for id in ["d-1", "d-2"] {
         let output = deploy(&site, id);
         assert!(output.contains("process supervisor"), "{output}");
         assert!(!output.contains("WARNING"), "{output}");
     }
     assert_own_cgroups(&site, |port| format!("/system.slice/portswap-{port}.scope"));
+    assert_modes(&site, &[]);
     survives_restart_and_stop(&site, 2);
 }
 

@@ -111,13 +111,22 @@ pub fn read_small(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
     Ok(Some(bytes))
 }
 
-/// Creates `dir` (and parents) with `mode` when missing.
+/// Creates `dir` (and missing parents) with exactly `mode`, whatever the umask (the
+/// CodeDeploy agent 2.x runs hooks with umask 0027, which would leave a root-made
+/// `releases/` closed to `app.user`). Existing directories are left as they are.
 pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(dir)
-        .map_err(|e| Error::io("cannot create directory", dir, e))
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        ensure_dir(parent, mode)?;
+    }
+    match fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("cannot chmod directory", dir, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(Error::io("cannot create directory", dir, e)),
+    }
 }
 
 /// Opens `dir/name` for appending (created with `mode` when missing) without following a

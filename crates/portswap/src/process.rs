@@ -141,9 +141,11 @@ pub fn launch(spec: &LaunchSpec) -> Result<Child> {
             .env("USER", &account.name)
             .env("LOGNAME", &account.name);
     }
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    // SAFETY: setsid and umask are async-signal-safe and touch no memory of the parent.
     unsafe {
         command.pre_exec(|| {
+            // The umask a systemd unit gets (UMask=0022), not the hook's (agent 2.x: 0027).
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
             nix::unistd::setsid()
                 .map(|_| ())
                 .map_err(std::io::Error::from)

@@ -2,6 +2,7 @@
 //! overwrite them under a running app.
 
 use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -126,6 +127,12 @@ fn copy_artifacts(dir: &Path, patterns: &[PathBuf]) -> Result<Vec<PathBuf>> {
             let target = dir.join(source.file_name().unwrap_or_default());
             fs::copy(&source, &target)
                 .map_err(|e| Error::io("cannot copy artifact", &source, e))?;
+            // Readable by `app.user` whatever the revision's modes (an agent with umask 0027
+            // unpacks it 0640, root's): 0644, or 0755 for an executable.
+            let executable = fs::metadata(&source).is_ok_and(|m| m.mode() & 0o111 != 0);
+            let mode = if executable { 0o755 } else { 0o644 };
+            fs::set_permissions(&target, fs::Permissions::from_mode(mode))
+                .map_err(|e| Error::io("cannot chmod artifact", &target, e))?;
             artifacts.push(target);
         }
     }
