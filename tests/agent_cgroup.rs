@@ -305,3 +305,116 @@ fn hooks_as_a_user_move_to_user_units_that_survive_the_agent_and_a_reboot() {
     assert_eq!(site.live_version().as_deref(), Some("d-7"));
     let _ = &mut site;
 }
+
+/// A pseudo-random number below `below` (no generator crate: the clock's nanoseconds, mixed).
+fn random_below(below: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    (nanos.wrapping_mul(6_364_136_223_846_793_005) >> 33) % below.max(1)
+}
+
+/// Runs `hook` of deployment `id` the way the agent times it out: SIGTERM to its process
+/// group after `after`, SIGKILL to the group 5 s later if anything of it still runs.
+/// Returns its exit status in words.
+fn timed_out(site: &SupervisedSite, hook: &str, id: &str, after: Duration) -> String {
+    use nix::sys::signal::{killpg, Signal};
+    use std::os::unix::process::CommandExt;
+    let mut child = site
+        .hook_command(hook, &[], Some(id))
+        .process_group(0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    // The fault's moment (not synchronisation): somewhere inside the hook's run.
+    std::thread::sleep(after);
+    let _ = killpg(group, Signal::SIGTERM);
+    let exited = net::wait_until(
+        Duration::from_secs(5),
+        "the hook to exit on SIGTERM",
+        || child.try_wait().ok().flatten().is_some(),
+    );
+    // The agent 2.x SIGKILLs the group 5 s after the SIGTERM, whatever is left in it.
+    let _ = killpg(group, Signal::SIGKILL);
+    let status = child.wait().unwrap();
+    match exited {
+        Ok(_) => format!("{status}"),
+        Err(_) => format!("{status} after SIGKILL"),
+    }
+}
+
+/// The first deployment after a cut-short hook: it succeeds, or a hook refuses (exit 4)
+/// naming the fix (re-run `switch`), which then lets it succeed.
+fn next_deployment_completes(site: &SupervisedSite, id: &str) {
+    let runs = site.deploy(id);
+    let last = runs.last().unwrap();
+    if last.code == 0 && runs.len() == 4 {
+        return;
+    }
+    assert_eq!(last.code, 4, "{} failed:\n{}", last.hook, last.stderr);
+    let verdict = last.verdict();
+    assert!(verdict.contains("fix: re-run `switch`"), "{verdict}");
+    let intent = verdict
+        .split("DEPLOYMENT_ID=")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap()
+        .to_string();
+    let fix = site.hook("switch", &[], Some(&intent));
+    assert_eq!(fix.code, 0, "{}", fix.stderr);
+    let runs = site.deploy(id);
+    let last = runs.last().unwrap();
+    assert!(
+        last.code == 0 && runs.len() == 4,
+        "{}:\n{}",
+        last.hook,
+        last.stderr
+    );
+}
+
+/// The agent's timeout (SIGTERM to the hook's group, SIGKILL 5 s later) at random points of
+/// each hook, in set-up (b) with user units: nginx serves a running app after every kill,
+/// and the next deployment completes (or refuses naming the fix, which then works).
+#[test]
+fn agent_timeouts_at_random_points_of_each_hook_leave_a_host_the_next_deployment_completes() {
+    let test =
+        "agent_timeouts_at_random_points_of_each_hook_leave_a_host_the_next_deployment_completes";
+    let Some(site) = site(test, "auto", Some(HOOK_USER)) else {
+        return;
+    };
+    site.machine.enable_linger(HOOK_USER);
+    for id in ["t-1", "t-2"] {
+        let runs = site.deploy(id);
+        assert!(runs.iter().all(|r| r.code == 0), "{:?}", runs.last());
+    }
+    let hooks = ["stop", "start", "health", "switch"];
+    let mut n = 2;
+    for round in 0..2 {
+        for (i, hook) in hooks.iter().enumerate() {
+            n += 1;
+            let id = format!("t-{n}");
+            for before in &hooks[..i] {
+                let run = site.hook(before, &[], Some(&id));
+                assert_eq!(run.code, 0, "{before}: {}", run.stderr);
+            }
+            // Up to 400 ms in: hook runs here take 20-400 ms, so some kills land before
+            // the hook starts its work, some inside it, some after it finished.
+            let after = Duration::from_millis(random_below(400));
+            let how = timed_out(&site, hook, &id, after);
+            println!("round {round}: {hook} of {id} timed out after {after:?}: {how}");
+            let live = site.live_version();
+            assert!(
+                live.is_some(),
+                "nginx serves no running app after {hook} was killed"
+            );
+            n += 1;
+            let started = std::time::Instant::now();
+            next_deployment_completes(&site, &format!("t-{n}"));
+            println!("  next deployment t-{n} took {:?}", started.elapsed());
+            assert_eq!(site.live_version(), Some(format!("t-{n}")));
+        }
+    }
+}
