@@ -11,7 +11,7 @@ use nix::fcntl::OFlag;
 use nix::libc;
 use nix::sys::stat::Mode;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, FileError, Result};
 
 /// Replaces `path` with `bytes` atomically: a new temp file in the same directory
 /// (created exclusively, so no symlink is followed), fsync, rename over, fsync the directory.
@@ -90,11 +90,10 @@ pub fn read_small(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(Error::State(format!(
-                "{} is a symbolic link, which portswap never follows; fix: replace it with the \
-                 file itself",
-                path.display()
-            )))
+            return Err(FileError::Symlink {
+                path: path.to_path_buf(),
+            }
+            .into())
         }
         Err(e) => return Err(Error::io("cannot read", path, e)),
     };
@@ -103,10 +102,11 @@ pub fn read_small(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
         .read_to_end(&mut bytes)
         .map_err(|e| Error::io("cannot read", path, e))?;
     if bytes.len() as u64 > limit {
-        return Err(Error::State(format!(
-            "{}: larger than {limit} bytes; not a portswap file",
-            path.display()
-        )));
+        return Err(FileError::TooLarge {
+            path: path.to_path_buf(),
+            limit,
+        }
+        .into());
     }
     Ok(Some(bytes))
 }
@@ -162,10 +162,7 @@ pub fn open_append_in(
         .metadata()
         .map_err(|e| Error::io("cannot stat", &path, e))?;
     if !meta.is_file() {
-        return Err(Error::State(format!(
-            "{} is not a regular file; fix: remove it",
-            path.display()
-        )));
+        return Err(FileError::NotRegular { path }.into());
     }
     // Back to blocking writes (O_NONBLOCK only kept a planted FIFO from blocking the open).
     nix::fcntl::fcntl(

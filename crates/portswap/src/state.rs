@@ -11,7 +11,7 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::libc;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StateError};
 use crate::fsio;
 use crate::procfs::ProcId;
 
@@ -186,12 +186,12 @@ impl StateDir {
                     let owner = std::fs::read_to_string(&path).unwrap_or_default();
                     let owner = owner.trim();
                     if Instant::now() >= deadline {
-                        return Err(Error::Busy(format!(
-                            "another portswap hook ({}) holds {} after waiting {}; retry when it has finished",
-                            if owner.is_empty() { "unknown" } else { owner },
-                            path.display(),
-                            crate::duration::show(wait)
-                        )));
+                        return Err(StateError::Busy {
+                            holder: if owner.is_empty() { "unknown" } else { owner }.to_string(),
+                            path,
+                            waited: wait,
+                        }
+                        .into());
                     }
                     if !announced {
                         log::info!(
@@ -227,11 +227,11 @@ impl StateDir {
     /// Saves the record of the app `start` just started (mode 0600); a pid ≤ 1 is refused.
     pub fn save_app_record(&self, record: &AppRecord) -> Result<()> {
         if record.pid <= 1 {
-            return Err(Error::Failed(format!(
-                "the app on port {} has no process of its own to record (pid {}); nothing \
-                 was recorded",
-                record.port, record.pid
-            )));
+            return Err(StateError::NoProcess {
+                port: record.port,
+                pid: record.pid,
+            }
+            .into());
         }
         self.write_record(&self.app_record_path(record.port), record)
     }
@@ -272,9 +272,13 @@ impl StateDir {
     fn read_record<T: for<'de> Deserialize<'de>>(&self, path: &Path) -> Option<T> {
         let parsed = fsio::read_small(path, 64 * 1024).and_then(|bytes| match bytes {
             None => Ok(None),
-            Some(bytes) => serde_yaml::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| Error::State(format!("{}: {e}", path.display()))),
+            Some(bytes) => serde_yaml::from_slice(&bytes).map(Some).map_err(|source| {
+                StateError::Record {
+                    path: path.to_path_buf(),
+                    source,
+                }
+                .into()
+            }),
         });
         parsed.unwrap_or_else(|e| {
             log::warn!("ignoring unreadable state file: {e}");
@@ -283,8 +287,10 @@ impl StateDir {
     }
 
     fn write_record<T: Serialize>(&self, path: &Path, record: &T) -> Result<()> {
-        let text = serde_yaml::to_string(record)
-            .map_err(|e| Error::State(format!("{}: {e}", path.display())))?;
+        let text = serde_yaml::to_string(record).map_err(|source| StateError::Record {
+            path: path.to_path_buf(),
+            source,
+        })?;
         fsio::write_atomic(path, text.as_bytes(), 0o600)
     }
 }
@@ -320,7 +326,7 @@ mod tests {
         let held = state.lock("test", Duration::ZERO).unwrap();
         assert!(matches!(
             state.lock("second", Duration::from_millis(50)),
-            Err(Error::Busy(_))
+            Err(Error::StateDir(StateError::Busy { .. }))
         ));
         drop(held);
         state.lock("third", Duration::ZERO).unwrap();

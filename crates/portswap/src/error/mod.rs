@@ -1,0 +1,99 @@
+//! The one error type of portswap: a type per area (what failed, with the data a message and
+//! a test need), and the one mapping from an error to the documented exit code.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+mod state;
+
+pub use state::{FileError, StateError};
+
+/// What the operator must do about an error; it decides the hook's exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The operation was carried out and failed (unhealthy app, rejected nginx config, ...).
+    Failed,
+    /// Bad flags, configuration or state on disk: fix the input named in the message.
+    BadInput,
+    /// Another hook holds the lock: retry.
+    Busy,
+    /// Refused to act because acting could harm the live app or a foreign process.
+    Refused,
+}
+
+impl Kind {
+    /// The exit code documented in README: 1 failed, 2 bad input, 3 busy, 4 refused.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Kind::Failed => 1,
+            Kind::BadInput => 2,
+            Kind::Busy => 3,
+            Kind::Refused => 4,
+        }
+    }
+}
+
+/// Everything that can go wrong in a hook.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad command-line flags.
+    #[error("{0}")]
+    Usage(String),
+    /// A configuration file that cannot be used: names the file, the key and the fix.
+    #[error("{0}")]
+    Config(String),
+    /// State on disk (include file, records) that cannot be trusted.
+    #[error("{0}")]
+    State(String),
+    /// Refused to act because acting could harm the live app or a foreign process.
+    #[error("{0}")]
+    Refused(String),
+    /// The operation was carried out and failed (unhealthy app, rejected nginx config, ...).
+    #[error("{0}")]
+    Failed(String),
+    /// A file portswap reads or writes that is not what it must be.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// The state directory: the lock and the records.
+    #[error(transparent)]
+    StateDir(#[from] StateError),
+    /// A system call on a file failed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done, e.g. `cannot read`.
+        action: String,
+        /// On which file or directory.
+        path: PathBuf,
+        /// The system's error.
+        source: io::Error,
+    },
+}
+
+/// Shorthand for results of portswap operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps an I/O error with the action and the path it concerns.
+    pub fn io(action: &str, path: &Path, source: io::Error) -> Error {
+        Error::Io {
+            action: action.to_string(),
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// What the operator must do about it.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Error::Failed(_) | Error::Io { .. } => Kind::Failed,
+            Error::Usage(_) | Error::Config(_) | Error::State(_) | Error::File(_) => Kind::BadInput,
+            Error::StateDir(e) => e.kind(),
+            Error::Refused(_) => Kind::Refused,
+        }
+    }
+
+    /// The process exit code documented in README: 1 failed, 2 bad input, 3 busy, 4 refused.
+    pub fn exit_code(&self) -> u8 {
+        self.kind().exit_code()
+    }
+}
