@@ -10,6 +10,7 @@ use crate::duration::show;
 use crate::health::{probe_limit, MIN_PROBE_TIMEOUT};
 use crate::process::KILL_WAIT;
 use crate::systemctl::CALL_LIMIT;
+use crate::watch;
 
 /// The hook binaries, as named in a revision's `hooks/` directory.
 pub const HOOKS: [&str; 4] = ["stop", "start", "health", "switch"];
@@ -77,6 +78,23 @@ impl Budget {
                 }
                 waits.push(wait("nginx.reload_timeout", reload));
                 waits.push(wait("undoing a reload that timed out", reload * 2));
+                let watch = &config.watch;
+                if !watch.duration.is_zero() {
+                    // The watch, its last probe, then a rollback: the previous version's
+                    // health and the same nginx waits once more.
+                    waits.push(wait("watch.duration", watch.duration));
+                    waits.push(wait("the last watch probe", watch::PROBE_LIMIT));
+                    waits.push(wait(
+                        "the rollback's health probe of the previous version",
+                        config.health.timeout.min(watch::ROLLBACK_PATIENCE),
+                    ));
+                    let nginx = if config.nginx.reload_command.is_some() {
+                        5
+                    } else {
+                        4
+                    };
+                    waits.push(wait("the rollback's nginx waits", reload * nginx));
+                }
             }
             _ => {}
         }
@@ -153,5 +171,16 @@ mod tests {
         let auto = config("app: { command: [x] }\n");
         let start = Budget::of("start", &auto).unwrap().to_string();
         assert!(start.contains("systemctl calls (3s each) 21s"), "{start}");
+    }
+
+    #[test]
+    fn the_watch_and_its_rollback_count_in_switch() {
+        let base = "app: { command: [x], supervisor: process }\nnginx: { reload_timeout: 5s }\n";
+        let without = Budget::of("switch", &config(base)).unwrap().total();
+        let watched = config(&format!("{base}watch: {{ duration: 60s }}\n"));
+        let with = Budget::of("switch", &watched).unwrap();
+        // 60 s watch + 1 s last probe + 3 s health of the previous + 4 × 5 s nginx waits.
+        assert_eq!(with.total() - without, Duration::from_secs(84));
+        assert!(with.to_string().contains("watch.duration 60s"), "{with}");
     }
 }

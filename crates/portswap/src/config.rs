@@ -157,6 +157,32 @@ pub struct Switch {
     pub boot_unit_dir: PathBuf,
 }
 
+/// The watch after a switch (`watch:` section): the new version is checked for a while and
+/// traffic goes back to the previous one by itself when it fails.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    /// How long `switch` keeps watching after it made a version live; zero: no watch.
+    pub duration: Duration,
+    /// The pause between two checks.
+    pub interval: Duration,
+    /// The 5xx check on nginx's answers, when a dedicated access log is configured.
+    pub errors: Option<ErrorWatch>,
+}
+
+/// `watch.access_log` and its threshold: the share of 5xx answers among the requests nginx
+/// sent to the new version.
+#[derive(Debug, Clone)]
+pub struct ErrorWatch {
+    /// An access log nginx writes with `log_format portswap_watch '$upstream_addr $status'`.
+    pub access_log: PathBuf,
+    /// Fails the new version when more than this percentage of answers were 5xx...
+    pub max_5xx_percent: f64,
+    /// ... among at least this many requests...
+    pub min_requests: u32,
+    /// ... within this window.
+    pub window: Duration,
+}
+
 /// The whole, checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -180,6 +206,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// How long a hook waits for the lock.
     pub lock_wait: Duration,
+    /// The watch after a switch.
+    pub watch: Watch,
 }
 
 #[derive(Deserialize, Default)]
@@ -199,6 +227,22 @@ struct RawConfig {
     state: RawState,
     #[serde(default)]
     systemd: RawSystemd,
+    #[serde(default)]
+    watch: RawWatch,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    duration: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    interval: Option<Duration>,
+    access_log: Option<String>,
+    max_5xx_percent: Option<f64>,
+    min_requests: Option<u32>,
+    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    window: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -446,6 +490,7 @@ impl Checker<'_> {
         let nginx = self.nginx(raw.nginx)?;
         let switch = self.switch(raw.switch, &slots)?;
         let systemd = self.systemd(raw.systemd)?;
+        let watch = self.watch(raw.watch)?;
         Ok(Config {
             path: self.path.to_path_buf(),
             slots,
@@ -457,6 +502,51 @@ impl Checker<'_> {
             stop_grace: raw.stop.grace.unwrap_or(Duration::from_secs(10)),
             state_dir,
             lock_wait: raw.state.lock_wait.unwrap_or(Duration::from_secs(30)),
+            watch,
+        })
+    }
+
+    fn watch(&self, raw: RawWatch) -> Result<Watch> {
+        let duration = raw.duration.unwrap_or(Duration::ZERO);
+        let interval = raw.interval.unwrap_or(Duration::from_millis(250));
+        if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&interval) {
+            return Err(self.err("watch.interval", "must be 10ms to 60s"));
+        }
+        let threshold_given =
+            raw.max_5xx_percent.is_some() || raw.min_requests.is_some() || raw.window.is_some();
+        let errors = match raw.access_log {
+            None if threshold_given => {
+                return Err(self.err(
+                    "watch",
+                    "max_5xx_percent, min_requests and window need watch.access_log (the log \
+                     nginx writes for the 5xx check)",
+                ))
+            }
+            None => None,
+            Some(log) => {
+                let max_5xx_percent = raw.max_5xx_percent.unwrap_or(10.0);
+                if !(0.0..100.0).contains(&max_5xx_percent) {
+                    return Err(self.err(
+                        "watch.max_5xx_percent",
+                        format!("{max_5xx_percent} must be at least 0 and below 100"),
+                    ));
+                }
+                let window = raw.window.unwrap_or(Duration::from_secs(5));
+                if window < interval {
+                    return Err(self.err("watch.window", "must be at least watch.interval"));
+                }
+                Some(ErrorWatch {
+                    access_log: self.path_of("watch.access_log", &log)?,
+                    max_5xx_percent,
+                    min_requests: raw.min_requests.unwrap_or(20).max(1),
+                    window,
+                })
+            }
+        };
+        Ok(Watch {
+            duration,
+            interval,
+            errors,
         })
     }
 
@@ -778,6 +868,40 @@ mod tests {
             ),
         ] {
             let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn watch_section() {
+        let c = parse("app: { command: [app] }").unwrap();
+        assert!(c.watch.duration.is_zero());
+        assert_eq!(c.watch.interval, Duration::from_millis(250));
+        assert!(c.watch.errors.is_none());
+        let c = parse(
+            "app: { command: [app] }\n\
+             watch: { duration: 30s, interval: 100ms, access_log: watch.log, max_5xx_percent: 2.5 }",
+        )
+        .unwrap();
+        assert_eq!(c.watch.duration, Duration::from_secs(30));
+        let errors = c.watch.errors.unwrap();
+        assert_eq!(errors.access_log, Path::new("/etc/portswap/watch.log"));
+        assert_eq!((errors.max_5xx_percent, errors.min_requests), (2.5, 20));
+        for (text, key) in [
+            ("watch: { interval: 0 }", "watch.interval"),
+            ("watch: { max_5xx_percent: 5 }", "watch.access_log"),
+            (
+                "watch: { access_log: a.log, max_5xx_percent: 100 }",
+                "watch.max_5xx_percent",
+            ),
+            (
+                "watch: { access_log: a.log, window: 1ms, interval: 10ms }",
+                "watch.window",
+            ),
+            ("watch: { durations: 1s }", "durations"),
+        ] {
+            let text = format!("app: {{ command: [app] }}\n{text}");
+            let e = parse(&text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
         }
     }

@@ -26,5 +26,6 @@ pub mod systemctl;
 pub mod template;
 pub mod unitfile;
 pub mod users;
+pub mod watch;
 
 pub use error::{Error, Result};

@@ -98,6 +98,16 @@ pub fn install(hook: &'static str) {
     }
 }
 
+/// The name of the stopping signal that arrived inside the current critical section, if one
+/// did: a long critical step (the watch after a switch) asks between its checks and ends
+/// early in a consistent state.
+pub fn pending() -> Option<&'static str> {
+    match PENDING.load(Ordering::SeqCst) {
+        0 => None,
+        signal => Some(name(signal)),
+    }
+}
+
 /// Runs `work` with SIGTERM, SIGINT and SIGHUP deferred; one that arrived meanwhile ends the
 /// process right after, its verdict saying what the completed step did (`outcome`).
 pub fn critical_then<T>(work: impl FnOnce() -> T, outcome: impl FnOnce(&T) -> String) -> T {

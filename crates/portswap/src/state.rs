@@ -71,6 +71,10 @@ pub struct SwitchRecord {
     pub deployment_id: String,
     /// When, seconds since the Unix epoch.
     pub at: u64,
+    /// Set when the watch after a switch sent traffic back: why the version on `previous`
+    /// failed it, in one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<String>,
 }
 
 /// The state directory of one host.
@@ -259,6 +263,14 @@ impl StateDir {
             record.live,
             record.deployment_id
         );
+        let line = match &record.rolled_back {
+            None => line,
+            Some(why) => format!(
+                "{} rolled back by the watch: {}\n",
+                line.trim_end(),
+                why.replace(|c: char| c.is_control(), " ")
+            ),
+        };
         OpenOptions::new()
             .create(true)
             .append(true)

@@ -84,8 +84,13 @@ pub fn render(ctx: &Context) -> Result<String> {
         let ago = uptime(state::now_secs().saturating_sub(last.at));
         let _ = writeln!(
             out,
-            "last switch: {previous} -> {} {ago} ago (deployment {})",
-            last.live, last.deployment_id
+            "last switch: {previous} -> {} {ago} ago (deployment {}){}",
+            last.live,
+            last.deployment_id,
+            last.rolled_back
+                .as_ref()
+                .map(|why| format!(", rolled back by the watch: {why}"))
+                .unwrap_or_default()
         );
     }
     for slot in &ctx.config.slots {

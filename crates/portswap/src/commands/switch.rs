@@ -12,6 +12,7 @@ use crate::health;
 use crate::signals;
 use crate::state::{self, SwitchRecord};
 use crate::switcher::{Live, Switched};
+use crate::watch;
 
 /// The `switch` binary.
 pub const HOOK: Hook = Hook {
@@ -110,24 +111,24 @@ pub fn run(args: &Args) -> Result<String> {
             )));
         }
     }
+    if !rollback && !args.force && !ctx.manual {
+        watch::refuse_rolled_back_again(&ctx, target)?;
+    }
     if args.force {
         log::warn!("--force: not checking the health of port {target}");
     } else {
         let probed = std::time::Instant::now();
         check_target(&ctx, target, rollback)?;
         log::debug!("port {target} is healthy ({})", show(probed.elapsed()));
-        // An answer proves nothing unless our app is what listens there.
-        ctx.supervisor.serves(target).map_err(|why| {
-            Error::Refused(format!(
-                "refusing to switch to port {target}: {why}; nginx unchanged"
-            ))
-        })?;
+        ours(&ctx, target)?;
     }
     let intent = SwitchRecord {
         live: target,
         previous,
         deployment_id: ctx.deployment_id.clone(),
         at: state::now_secs(),
+        // Completing the watch's own rollback, cut short: still that rollback.
+        rolled_back: resumed.as_ref().and_then(|i| i.rolled_back.clone()),
     };
     let switched = signals::critical_then(
         || switch_recorded(&ctx, &intent),
@@ -146,7 +147,7 @@ pub fn run(args: &Args) -> Result<String> {
         ),
         (Live::Nothing, None) => "nothing live".to_string(),
     };
-    Ok(format!(
+    let verdict = format!(
         "all new requests now go to port {target} ({was}{}{}, by {}); switch took {} ({} supervisor)",
         if rollback { ", rollback" } else { "" },
         if resumed.is_some() {
@@ -157,7 +158,43 @@ pub fn run(args: &Args) -> Result<String> {
         ctx.config.switch.by.name(),
         show(switched.elapsed),
         ctx.supervisor.kind()
-    ))
+    );
+    if rollback || intent.rolled_back.is_some() || ctx.config.watch.duration.is_zero() {
+        return Ok(verdict);
+    }
+    watch::after_switch(&ctx, target, previous, verdict, |back, why| {
+        watch_rollback(&ctx, target, back, why)
+    })
+}
+
+/// The watch's way back to the previous version `to`: the rollback's checks (it answers its
+/// health check, within [`watch::ROLLBACK_PATIENCE`], and is ours), then the recorded
+/// switch, marked as rolled back for `why`.
+fn watch_rollback(ctx: &Context, from: u16, to: u16, why: &str) -> Result<Switched> {
+    let patience = Health {
+        timeout: ctx.config.health.timeout.min(watch::ROLLBACK_PATIENCE),
+        ..ctx.config.health.clone()
+    };
+    health::wait_healthy(to, &patience, || None)
+        .map_err(|e| Error::Failed(format!("it is not healthy: {e}")))?;
+    ours(ctx, to)?;
+    let intent = SwitchRecord {
+        live: to,
+        previous: Some(from),
+        deployment_id: ctx.deployment_id.clone(),
+        at: state::now_secs(),
+        rolled_back: Some(why.to_string()),
+    };
+    switch_recorded(ctx, &intent)
+}
+
+/// An answer proves nothing unless our app is what listens on `port`.
+fn ours(ctx: &Context, port: u16) -> Result<()> {
+    ctx.supervisor.serves(port).map_err(|why| {
+        Error::Refused(format!(
+            "refusing to switch to port {port}: {why}; nginx unchanged"
+        ))
+    })
 }
 
 /// `--restore`: the last recorded switch, put back where the system lost it.
