@@ -162,6 +162,21 @@ mod tests {
         );
     }
 
+    /// Issue 19: the watch runs inside `switch`, so ValidateService's timeout must hold it.
+    #[test]
+    fn the_watch_counts_in_validate_service() {
+        let base = "app: { command: [x], supervisor: process }\nstate: { lock_wait: 5s }\n";
+        let check = |text: &str| check_timeouts(&spec(60, 90), &config(text), Path::new(APPSPEC));
+        assert!(check(&format!("{base}watch: {{ duration: 1s }}\n")).is_ok());
+        let err = check(&format!("{base}watch: {{ duration: 60s }}\n")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("hooks/switch in ValidateService")
+                && text.contains("watch.duration 60s"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn references_and_unused_hooks() {
         let dir = tempfile::tempdir().unwrap();
