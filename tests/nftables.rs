@@ -603,3 +603,56 @@ fn a_rejected_first_reload_removes_the_new_rule_and_restores_the_include() {
         assert_eq!(site.include_text(), None, "no include, as before");
     });
 }
+
+/// Issue 15 item 2: the first switch into nftables mode killed after the include names the
+/// service port and before nginx's reload. The file then says "behind the redirect" while
+/// nginx still proxies to the old slot directly: the re-run must reload nginx (decide from
+/// what nginx loaded, not from the file), or the next `stop` would cut nginx off.
+#[test]
+fn a_first_nftables_switch_killed_before_the_reload_is_completed_by_a_rerun_that_reloads() {
+    isolated("nftables first switch cut short", || {
+        let mut site = Site::with(Settings {
+            switch_by: Some("nginx-reload"),
+            ..Settings::default()
+        });
+        let [a, b] = site.ports;
+        let service = site.service_port;
+        site.deploy_ok("d-1");
+        site.set(|s| s.switch_by = Some("nftables"));
+        site.run_until("d-2", "health");
+        // A slow config test holds the switch between the include write and the reload.
+        site.set_key("nginx", "test_command", "[\"sleep\", \"2\"]");
+        let mut child = portswap_testkit::hooks::command("switch", &site.config_path())
+            .env("DEPLOYMENT_ID", "d-2")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        support::wait(
+            Duration::from_secs(10),
+            "the include names the service port",
+            || site.included_port() == Some(service),
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        site.write_config();
+        assert_eq!(rule(), Some((service, b)));
+        assert_eq!(
+            site.live_version().as_deref(),
+            Some("d-1"),
+            "nginx not reloaded"
+        );
+
+        let out = site.hook("switch", &[], Some("d-2")).ok();
+        assert!(out.last_line().contains("cut short"), "{}", out.last_line());
+        support::wait(Duration::from_secs(5), "nginx serves d-2", || {
+            site.live_version().as_deref() == Some("d-2")
+        });
+        // nginx goes through the redirect now: the next deployment moves it by rule alone.
+        site.deploy_ok("d-3");
+        assert_eq!(rule(), Some((service, a)));
+        for _ in 0..10 {
+            assert_eq!(site.live_version().as_deref(), Some("d-3"));
+        }
+    });
+}

@@ -275,10 +275,177 @@ fn nothing_is_switched_when_the_intent_cannot_be_recorded_first() {
     fs::create_dir(site.state().join("switch-intent.yml")).unwrap();
     let traffic = site.traffic();
     site.hook("switch", &[], Some("d-2"))
-        .fails(1, "cannot record the switch before making it");
+        .fails(2, "switch-intent.yml is a directory");
     traffic.assert_all("d-1");
     assert_eq!(site.include_text(), before);
     fs::remove_dir(site.state().join("switch-intent.yml")).unwrap();
     site.hook("switch", &[], Some("d-2")).ok();
     assert_nginx_serves(&site, "d-2");
+}
+
+/// `switch` for `id` killed (SIGKILL) while its config test runs: the include names the
+/// target, nginx was not reloaded, the intent is recorded. Leaves the config as it was.
+fn cut_short_after_the_include(site: &Site, id: &str, target: u16) {
+    site.set_key("nginx", "test_command", "[\"sleep\", \"2\"]");
+    let mut child = spawn_switch(site, id);
+    wait(
+        Duration::from_secs(10),
+        "the include names the new port",
+        || site.include_text().as_deref() == Some(render(target).as_str()),
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    site.write_config();
+    assert!(site.state().join("switch-intent.yml").exists());
+}
+
+#[test]
+fn a_resumed_switch_whose_config_test_fails_puts_the_previous_include_back_and_keeps_the_intent() {
+    let site = ready_to_switch();
+    let [a, b] = site.ports;
+    cut_short_after_the_include(&site, "d-2", b);
+    // The re-run meets an operator's half-finished edit elsewhere: the config test fails.
+    site.set_key(
+        "nginx",
+        "test_command",
+        "[\"sh\", \"-c\", \"echo '[emerg] half-finished edit' >&2; exit 1\"]",
+    );
+    let traffic = site.traffic();
+    let out = site
+        .hook("switch", &[], Some("d-2"))
+        .fails(1, "half-finished edit");
+    assert!(
+        out.last_line().contains("switch intent stays"),
+        "{}",
+        out.last_line()
+    );
+    // The include names what nginx served before the cut-short switch, not its target.
+    assert_eq!(site.included_port(), Some(a), "{}", out.stderr);
+    traffic.assert_all("d-1");
+    assert!(site.state().join("switch-intent.yml").exists());
+    // So the next deployment's stop cannot take d-1's port for the idle one.
+    site.hook("stop", &[], Some("d-3"))
+        .fails(4, "was cut short");
+    assert_eq!(site.version_on(a).as_deref(), Some("d-1"));
+    // Once the config is fixed, the re-run completes the switch.
+    site.write_config();
+    site.hook("switch", &[], Some("d-2")).ok();
+    assert_nginx_serves(&site, "d-2");
+    site.deploy_ok("d-3");
+    assert_nginx_serves(&site, "d-3");
+    site.assert_nothing_half_written();
+}
+
+#[test]
+fn a_cut_short_switch_whose_target_died_goes_back_to_the_previous_version_without_force() {
+    let site = ready_to_switch();
+    let [a, b] = site.ports;
+    cut_short_after_the_include(&site, "d-2", b);
+    // The target crashes before the re-run.
+    let pid = site.recorded_pid(b).unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    wait(Duration::from_secs(5), "the target is gone", || {
+        site.version_on(b).is_none()
+    });
+    let out = site
+        .hook("switch", &[], Some("d-2"))
+        .fails(1, &format!("nginx is back on port {a}"));
+    assert!(!out.last_line().contains("--force"), "{}", out.last_line());
+    assert_eq!(site.included_port(), Some(a));
+    assert_nginx_serves(&site, "d-1");
+    assert!(!site.state().join("switch-intent.yml").exists());
+    // Resolved: the next deployment runs.
+    site.deploy_ok("d-3");
+    assert_nginx_serves(&site, "d-3");
+}
+
+#[test]
+fn a_repeated_deployment_id_is_a_new_deployment_not_a_switch_already_done() {
+    // Agent 2.x names local deployments `local-<agent pid>`: the same id twice in a row.
+    let site = Site::new();
+    site.deploy_ok("d-1");
+    site.deploy_ok("local-7");
+    let first = site.included_port();
+    let out = site.deploy("local-7").pop().unwrap().ok();
+    assert!(
+        !out.last_line().contains("nothing to do"),
+        "{}",
+        out.last_line()
+    );
+    assert_ne!(site.included_port(), first, "the second local-7 went live");
+    assert_nginx_serves(&site, "local-7");
+}
+
+/// Runs `hook` and gives its outcome, or panics (killing it) when it is still running after
+/// `limit`: a hook must never block on a file someone planted.
+fn hook_within(site: &Site, name: &str, args: &[&str], limit: Duration) -> Outcome {
+    let mut child = hooks::command(name, &site.config_path())
+        .args(args)
+        .env("DEPLOYMENT_ID", "d-9")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`{name} {}` still running after {limit:?}", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Outcome {
+        hook: name.into(),
+        ..outcome(child)
+    }
+}
+
+#[test]
+fn a_fifo_or_directory_at_the_include_or_a_record_is_refused_at_once() {
+    let site = Site::new();
+    site.deploy_ok("d-1");
+    let [a, _] = site.ports;
+    let include = site.include();
+    let saved = fs::read(&include).unwrap();
+    let record = site.state().join(format!("slot-{a}.yml"));
+    let saved_record = fs::read(&record).unwrap();
+    let fifo = |path: &std::path::Path| {
+        fs::remove_file(path).unwrap();
+        nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    };
+    let limit = Duration::from_secs(5);
+    fifo(&include);
+    for (hook, args) in [
+        ("switch", &["--status"][..]),
+        ("stop", &[]),
+        ("switch", &[]),
+    ] {
+        let out = hook_within(&site, hook, args, limit);
+        assert_eq!(out.code, 2, "{hook} {args:?}: {}", out.stderr);
+        assert!(out.last_line().contains("is a FIFO"), "{}", out.last_line());
+        assert!(
+            out.last_line().contains("fix: remove it"),
+            "{}",
+            out.last_line()
+        );
+    }
+    fs::remove_file(&include).unwrap();
+    fs::create_dir(&include).unwrap();
+    let out = hook_within(&site, "switch", &["--status"], limit);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.last_line().contains("is a directory"),
+        "{}",
+        out.last_line()
+    );
+    fs::remove_dir(&include).unwrap();
+    fs::write(&include, saved).unwrap();
+    fifo(&record);
+    let out = hook_within(&site, "stop", &[], limit);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.last_line().contains("is a FIFO"), "{}", out.last_line());
+    fs::remove_file(&record).unwrap();
+    fs::write(&record, saved_record).unwrap();
+    assert_nginx_serves(&site, "d-1");
 }

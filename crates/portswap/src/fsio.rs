@@ -81,10 +81,12 @@ fn remove_stale_temps(dir: &Path, name: &str) {
 }
 
 /// Reads a small text file without following a symlink; `Ok(None)` when it does not exist.
+/// Anything but a regular file (a FIFO, which would block the read; a directory; a device)
+/// is refused at once as a state error naming the fix.
 pub fn read_small(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
     let file = match OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
     {
         Ok(file) => file,
@@ -97,6 +99,7 @@ pub fn read_small(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
         }
         Err(e) => return Err(Error::io("cannot read", path, e)),
     };
+    refuse_irregular(path, &file)?;
     let mut bytes = Vec::new();
     file.take(limit + 1)
         .read_to_end(&mut bytes)
@@ -109,6 +112,47 @@ pub fn read_small(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
         .into());
     }
     Ok(Some(bytes))
+}
+
+/// A state error unless the opened `file` is a regular file.
+fn refuse_irregular(path: &Path, file: &File) -> Result<()> {
+    let kind = file
+        .metadata()
+        .map_err(|e| Error::io("cannot stat", path, e))?
+        .file_type();
+    match kind.is_file() {
+        true => Ok(()),
+        false => Err(not_regular(path, kind)),
+    }
+}
+
+/// The one wording for a FIFO, a directory or a device where portswap expects one of its
+/// files (exit 2, with the fix).
+fn not_regular(path: &Path, kind: fs::FileType) -> Error {
+    use std::os::unix::fs::FileTypeExt;
+    let what = if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else {
+        "a socket or device"
+    };
+    FileError::NotRegular {
+        path: path.to_path_buf(),
+        what,
+    }
+    .into()
+}
+
+/// Refuses a FIFO, directory or device at `path` without opening it (a symlink or a missing
+/// file is left to the reader): for files whose reader only warns about what it cannot read.
+pub fn refuse_special(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.is_file() && !meta.file_type().is_symlink() => {
+            Err(not_regular(path, meta.file_type()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Creates `dir` (and missing parents) with exactly `mode`, whatever the umask (the
@@ -162,7 +206,7 @@ pub fn open_append_in(
         .metadata()
         .map_err(|e| Error::io("cannot stat", &path, e))?;
     if !meta.is_file() {
-        return Err(FileError::NotRegular { path }.into());
+        return Err(not_regular(&path, meta.file_type()));
     }
     // Back to blocking writes (O_NONBLOCK only kept a planted FIFO from blocking the open).
     nix::fcntl::fcntl(

@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::sockdiag;
 
@@ -44,6 +45,22 @@ impl ProcId {
 /// The start time of `pid` (zombies included), when it exists.
 pub fn start_time(pid: i32) -> Option<u64> {
     stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// Clock ticks per second of /proc's start times (USER_HZ: 100 on every Linux ABI).
+const TICKS_PER_SECOND: u64 = 100;
+
+/// When `pid` started, on the wall clock (to within a clock tick, never later than the
+/// truth): its start time since boot plus when the machine booted.
+pub fn started_at(pid: i32) -> Option<std::time::SystemTime> {
+    use nix::time::{clock_gettime, ClockId};
+    let ticks = start_time(pid)?;
+    let since_boot =
+        |t: nix::sys::time::TimeSpec| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32);
+    let boot_age = since_boot(clock_gettime(ClockId::CLOCK_BOOTTIME).ok()?);
+    let booted = std::time::SystemTime::now().checked_sub(boot_age)?;
+    let age_at_start = Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND);
+    booted.checked_add(age_at_start)
 }
 
 /// The parent pid and process group of `pid`.

@@ -75,6 +75,46 @@ pub struct SwitchRecord {
     /// failed it, in one line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back: Option<String>,
+    /// The app on `live` when the switch began (from its slot record): in an intent, what
+    /// tells the resumption of this switch from a later deployment that reuses the id
+    /// (agent 2.x names local deployments `local-<pid>`). Absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppStamp>,
+    /// In an intent: the include as it was before the switch touched anything, so a failed
+    /// completion puts that back rather than what the cut-short run left. Absent in older
+    /// records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Before>,
+}
+
+/// The routing files before a switch began.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Before {
+    /// The include's text (`None`: there was no include).
+    pub include: Option<String>,
+}
+
+/// Which app process a record speaks of: the slot record's pid, its start time and when
+/// `start` launched it. Two apps never share all three.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppStamp {
+    /// Process id.
+    pub pid: i32,
+    /// Start time of that pid in clock ticks since boot.
+    pub start_time: u64,
+    /// When `start` launched it, seconds since the Unix epoch.
+    pub started_at: u64,
+}
+
+impl AppRecord {
+    /// The stamp of this app, for a switch record.
+    pub fn stamp(&self) -> AppStamp {
+        AppStamp {
+            pid: self.pid,
+            start_time: self.start_time,
+            started_at: self.started_at,
+        }
+    }
 }
 
 /// The state directory of one host.
@@ -163,6 +203,19 @@ impl StateDir {
     /// Forgets the switch intent: the switch ended (completed, or nginx left as it was).
     pub fn clear_switch_intent(&self) -> Result<()> {
         remove_if_present(&self.intent_path())
+    }
+
+    /// Refuses a FIFO, directory or device where a record of `ports` (or the switch
+    /// records) belongs: reading one would block every hook or fail late (exit 2 at once).
+    pub fn refuse_special_files(&self, ports: [u16; 2]) -> Result<()> {
+        for path in ports
+            .map(|p| self.app_record_path(p))
+            .into_iter()
+            .chain([self.switch_record_path(), self.intent_path()])
+        {
+            fsio::refuse_special(&path)?;
+        }
+        Ok(())
     }
 
     /// Takes the exclusive lock, waiting up to `wait` for another hook to release it.

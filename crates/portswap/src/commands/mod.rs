@@ -10,6 +10,7 @@ use crate::cli::Args;
 use crate::config::{self, Config, Slot};
 use crate::deployment;
 use crate::error::{Error, Result};
+use crate::fsio;
 use crate::state::{LockGuard, StateDir};
 use crate::supervisor::{self, Supervisor};
 use crate::switcher::{self, Live, Switcher};
@@ -50,6 +51,8 @@ impl Context {
         } else {
             StateDir::at(&config.state_dir)
         };
+        state.refuse_special_files([config.slots[0].port, config.slots[1].port])?;
+        fsio::refuse_special(&config.nginx.include)?;
         let deployment = deployment::current();
         let switcher = switcher::for_config(&config, &state);
         let supervisor = supervisor::for_config(&config, &state)?;

@@ -10,8 +10,9 @@ use crate::duration::show;
 use crate::error::{Error, Result};
 use crate::health;
 use crate::signals;
-use crate::state::{self, SwitchRecord};
-use crate::switcher::{Live, Switched};
+use crate::state::{self, Before, SwitchRecord};
+use crate::switcher::nginx::NginxSwitcher;
+use crate::switcher::{Fallback, Live, Switched};
 use crate::watch;
 
 /// The `switch` binary.
@@ -51,8 +52,10 @@ pub fn run(args: &Args) -> Result<String> {
     let (live, idle) = ctx.sides_of(now);
     let live_port = live.map(|s| s.port);
     let rollback = args.rollback;
-    // A switch of this deployment (or any, by hand) that was cut short: complete it.
-    let resumed = ctx.state.switch_intent().filter(|i| {
+    // A switch cut short (SIGKILL, power loss): its intent says what nginx served before it.
+    let pending = ctx.state.switch_intent();
+    // ... and this run completes it when it is the same deployment's (or one by hand).
+    let resumed = pending.clone().filter(|i| {
         !rollback
             && (ctx.manual || i.deployment_id == ctx.deployment_id)
             && ctx.config.slot(i.live).is_some()
@@ -88,12 +91,12 @@ pub fn run(args: &Args) -> Result<String> {
     } else {
         idle.port
     };
-    let previous = match &resumed {
+    let previous = match &pending {
         Some(intent) => intent.previous,
         None => now.port(),
     };
-    if !rollback && resumed.is_none() {
-        if let Some(done) = already_live(&ctx, live_port) {
+    if !rollback && pending.is_none() {
+        if let Some(done) = already_live(&ctx, live_port, idle.port) {
             return Ok(done);
         }
     }
@@ -118,7 +121,14 @@ pub fn run(args: &Args) -> Result<String> {
         log::warn!("--force: not checking the health of port {target}");
     } else {
         let probed = std::time::Instant::now();
-        check_target(&ctx, target, rollback)?;
+        if let Some(intent) = &resumed {
+            let usable = same_app(&ctx, intent).and_then(|()| target_health(&ctx, target, false));
+            if let Err(why) = usable {
+                return Err(back_from_gone_target(&ctx, intent, &why));
+            }
+        } else {
+            check_target(&ctx, target, rollback)?;
+        }
         log::debug!("port {target} is healthy ({})", show(probed.elapsed()));
         ours(&ctx, target)?;
     }
@@ -129,12 +139,18 @@ pub fn run(args: &Args) -> Result<String> {
         at: state::now_secs(),
         // Completing the watch's own rollback, cut short: still that rollback.
         rolled_back: resumed.as_ref().and_then(|i| i.rolled_back.clone()),
+        app: ctx.state.app_record(target).map(|r| r.stamp()),
+        before: match &pending {
+            Some(p) => p.before.clone(),
+            None => Some(before_now(&ctx)?),
+        },
     };
+    let fallback = fallback_for(&ctx, pending.as_ref());
     let switched = signals::critical_then(
-        || switch_recorded(&ctx, &intent),
+        || switch_recorded(&ctx, &intent, &fallback),
         |result| match result {
             Ok(_) => format!("the switch had completed: nginx sends new requests to port {target}"),
-            Err(e) => format!("the switch had failed, nginx unchanged: {e}"),
+            Err(e) => format!("the switch had failed: {e}"),
         },
     )?;
     log::info!("{}", switched.detail);
@@ -184,8 +200,10 @@ fn watch_rollback(ctx: &Context, from: u16, to: u16, why: &str) -> Result<Switch
         deployment_id: ctx.deployment_id.clone(),
         at: state::now_secs(),
         rolled_back: Some(why.to_string()),
+        app: ctx.state.app_record(to).map(|r| r.stamp()),
+        before: Some(before_now(ctx)?),
     };
-    switch_recorded(ctx, &intent)
+    switch_recorded(ctx, &intent, &Fallback::AsFound)
 }
 
 /// An answer proves nothing unless our app is what listens on `port`.
@@ -195,6 +213,122 @@ fn ours(ctx: &Context, port: u16) -> Result<()> {
             "refusing to switch to port {port}: {why}; nginx unchanged"
         ))
     })
+}
+
+/// The routing files as they are now, for a new intent.
+fn before_now(ctx: &Context) -> Result<Before> {
+    let include = NginxSwitcher::new(&ctx.config).read_include()?;
+    let include = include
+        .map(|bytes| {
+            String::from_utf8(bytes).map_err(|_| {
+                Error::State(format!(
+                    "include {} is not UTF-8; fix: write a valid include and retry",
+                    ctx.config.nginx.include.display()
+                ))
+            })
+        })
+        .transpose()?;
+    Ok(Before { include })
+}
+
+/// What a failed switch goes back to: with a cut-short switch pending, what its intent
+/// recorded from before it (the files now may already name its target); else what is found.
+fn fallback_for(ctx: &Context, pending: Option<&SwitchRecord>) -> Fallback {
+    let Some(intent) = pending else {
+        return Fallback::AsFound;
+    };
+    let include = match &intent.before {
+        Some(before) => before.include.clone().map(String::into_bytes),
+        // An intent of an older version: the include its previous port renders.
+        None => intent
+            .previous
+            .map(|p| ctx.config.nginx.template.render(p).into_bytes()),
+    };
+    Fallback::Recorded {
+        include,
+        live: intent.previous,
+    }
+}
+
+/// A cut-short switch is completed only for the app it was started for: a crash and
+/// restart since, or a new app of a deployment that reuses the id, is not that app.
+fn same_app(ctx: &Context, intent: &SwitchRecord) -> Result<()> {
+    let now = ctx.state.app_record(intent.live).map(|r| r.stamp());
+    match intent.app {
+        Some(app) if now != Some(app) => Err(Error::Failed(format!(
+            "port {} no longer runs the app that switch was for (pid {}{})",
+            intent.live,
+            app.pid,
+            now.map_or(", no record now".to_string(), |n| format!(
+                ", now pid {}",
+                n.pid
+            ))
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A cut-short switch whose target is gone or unhealthy: put nginx back on the port it
+/// served before that switch when it still runs (all the normal checks), clear the intent,
+/// and fail with a verdict that says so. When the previous version does not run either,
+/// the intent stays and the error names the way out.
+fn back_from_gone_target(ctx: &Context, intent: &SwitchRecord, why: &Error) -> Error {
+    let target = intent.live;
+    let cut_short = format!(
+        "the switch to port {target} (deployment {}) was cut short and its target is not \
+         healthy now ({why})",
+        intent.deployment_id
+    );
+    let Some(back) = intent.previous.filter(|p| *p != target) else {
+        return Error::Failed(format!(
+            "{cut_short}; nothing was live before it, so there is nothing to go back to; fix: \
+             start the app on port {target} again and re-run `switch`, or remove {} and {}",
+            ctx.config.nginx.include.display(),
+            ctx.state.path().join("switch-intent.yml").display()
+        ));
+    };
+    let usable = health::probe(
+        back,
+        &ctx.config.health,
+        health::probe_limit(ctx.config.health.timeout),
+    )
+    .map_err(Error::Failed)
+    .and_then(|_| match ctx.config.slot(back) {
+        Some(_) => ctx.supervisor.serves(back).map_err(Error::Refused),
+        None => Ok(()),
+    });
+    if let Err(e) = usable {
+        return Error::Failed(format!(
+            "{cut_short}; port {back}, which nginx served before, is not usable either ({e}); \
+             the switch intent stays, so stop and start refuse; fix: get one of the two apps \
+             healthy and re-run `switch`"
+        ));
+    }
+    let record = SwitchRecord {
+        live: back,
+        previous: Some(target),
+        deployment_id: ctx.deployment_id.clone(),
+        at: state::now_secs(),
+        app: ctx.state.app_record(back).map(|r| r.stamp()),
+        before: intent.before.clone(),
+        rolled_back: None,
+    };
+    let fallback = fallback_for(ctx, Some(intent));
+    let outcome = signals::critical_then(
+        || switch_recorded(ctx, &record, &fallback),
+        |result| match result {
+            Ok(_) => format!("nginx is back on port {back}"),
+            Err(e) => format!("going back to port {back} failed: {e}"),
+        },
+    );
+    match outcome {
+        Ok(_) => Error::Failed(format!(
+            "{cut_short}; nginx is back on port {back}, which nginx served before and still \
+             runs; the switch intent is cleared, so the next deployment can go on; the new \
+             version is not live"
+        )),
+        Err(e) => Error::Failed(format!("{cut_short}; {e}")),
+    }
 }
 
 /// `--restore`: the last recorded switch, put back where the system lost it.
@@ -217,15 +351,19 @@ fn restore(ctx: &Context) -> Result<String> {
 }
 
 /// "Nothing to do" when a switch to the live port was recorded as complete and the live
-/// slot runs this deployment's app (a run by hand never counts: its id is made up).
-fn already_live(ctx: &Context, live_port: Option<u16>) -> Option<String> {
+/// slot runs this deployment's app (a run by hand never counts: its id is made up), unless
+/// the idle slot holds an app of the same id started no earlier: then the id was reused
+/// (agent 2.x's `local-<pid>`) and this is a new deployment.
+fn already_live(ctx: &Context, live_port: Option<u16>, idle_port: u16) -> Option<String> {
     let last = ctx.state.switch_record()?;
+    let live_app = ctx.state.app_record(last.live)?;
+    let newer_on_idle = ctx.state.app_record(idle_port).is_some_and(|r| {
+        r.deployment_id == ctx.deployment_id && r.started_at >= live_app.started_at
+    });
     let done = !ctx.manual
         && Some(last.live) == live_port
-        && ctx
-            .state
-            .app_record(last.live)
-            .is_some_and(|r| r.deployment_id == ctx.deployment_id);
+        && live_app.deployment_id == ctx.deployment_id
+        && !newer_on_idle;
     done.then(|| {
         format!(
             "port {} already serves deployment {} (switch completed); nothing to do",
@@ -236,25 +374,34 @@ fn already_live(ctx: &Context, live_port: Option<u16>) -> Option<String> {
 
 /// The switch itself between its two records: the intent first (so a switch cut short is
 /// known), then the switch, then the completed record. The intent is cleared once nginx is
-/// known to be in one consistent state: switched and recorded, or left as it was.
-fn switch_recorded(ctx: &Context, intent: &SwitchRecord) -> Result<Switched> {
+/// known to be in one consistent state: switched and recorded, or provably left as it was.
+/// With a cut-short switch pending, nothing found on failure proves what nginx serves (the
+/// cut-short run may have reloaded): the intent stays.
+fn switch_recorded(ctx: &Context, intent: &SwitchRecord, fallback: &Fallback) -> Result<Switched> {
     ctx.state.save_switch_intent(intent).map_err(|e| {
         Error::Failed(format!(
             "cannot record the switch before making it ({e}); nginx unchanged"
         ))
     })?;
-    let switched = match ctx.switcher.switch_to(intent.live) {
+    let switched = match ctx.switcher.switch_to(intent.live, fallback) {
         Ok(switched) => switched,
-        Err(e) => {
-            // The switcher leaves the previous routing in force when it fails.
-            if let Err(clear) = ctx.state.clear_switch_intent() {
-                log::warn!("{clear}");
+        Err(failed) => {
+            if failed.proven && *fallback == Fallback::AsFound {
+                if let Err(clear) = ctx.state.clear_switch_intent() {
+                    log::warn!("{clear}");
+                }
+                return Err(failed.error);
             }
-            return Err(e);
+            return Err(Error::Failed(format!(
+                "{}; what nginx serves now cannot be proven, so the switch intent stays and \
+                 stop/start refuse until a switch completes; fix the cause and re-run `switch`",
+                failed.error
+            )));
         }
     };
     let record = SwitchRecord {
         at: state::now_secs(),
+        before: None,
         ..intent.clone()
     };
     let saved = ctx.state.save_switch(&record);
@@ -275,13 +422,20 @@ fn switch_recorded(ctx: &Context, intent: &SwitchRecord) -> Result<Switched> {
 /// before), within a few seconds for a rollback; for a normal switch the app must still be
 /// the one `start` launched (not exited, nor crashed and restarted by systemd since).
 fn check_target(ctx: &Context, port: u16, rollback: bool) -> Result<()> {
+    target_health(ctx, port, rollback).map_err(|e| {
+        Error::Failed(format!("refusing to switch to port {port}, it is not healthy: {e}; nginx unchanged (--force overrides)"))
+    })
+}
+
+/// Why the app on `port` is not a target now (gone, restarted, or failing its check).
+fn target_health(ctx: &Context, port: u16, rollback: bool) -> Result<()> {
     let rules = &ctx.config.health;
     let restarted = ctx
         .state
         .app_record(port)
         .filter(|_| !rollback)
         .and_then(|r| ctx.supervisor.gone(&r));
-    let result = if let Some(reason) = restarted {
+    if let Some(reason) = restarted {
         Err(Error::Failed(reason))
     } else if rollback {
         let quick = Health {
@@ -293,8 +447,5 @@ fn check_target(ctx: &Context, port: u16, rollback: bool) -> Result<()> {
         health::probe(port, rules, health::probe_limit(rules.timeout))
             .map(|_| ())
             .map_err(Error::Failed)
-    };
-    result.map_err(|e| {
-        Error::Failed(format!("refusing to switch to port {port}, it is not healthy: {e}; nginx unchanged (--force overrides)"))
-    })
+    }
 }

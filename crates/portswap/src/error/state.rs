@@ -28,10 +28,12 @@ pub enum FileError {
         limit: u64,
     },
     /// A directory, FIFO, socket or device where a regular file belongs.
-    #[error("{} is not a regular file; fix: remove it", path.display())]
+    #[error("{} is {what}, where a regular file belongs; fix: remove it", path.display())]
     NotRegular {
         /// The path.
         path: PathBuf,
+        /// What is there instead (`a FIFO`, `a directory`, `a socket or device`).
+        what: &'static str,
     },
 }
 

@@ -13,7 +13,7 @@ mod workers;
 use std::time::Duration;
 
 use crate::config::{By, Config};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::state::StateDir;
 
 /// What a completed switch reports.
@@ -23,6 +23,53 @@ pub struct Switched {
     pub elapsed: Duration,
     /// One line for the log: what was done.
     pub detail: String,
+}
+
+/// What the routing goes back to when a switch fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fallback {
+    /// What the files and the kernel say now (the include's bytes, the rule): a fresh switch.
+    AsFound,
+    /// A cut-short switch is being completed: the include (and the rule) may already name
+    /// its target while nginx still serves the previous port, so what is found now proves
+    /// nothing. On failure, go back to what the intent recorded before that switch began.
+    Recorded {
+        /// The include's bytes then (`None`: there was no include).
+        include: Option<Vec<u8>>,
+        /// The port traffic went to then (`None`: nothing was live).
+        live: Option<u16>,
+    },
+}
+
+/// A switch that did not complete: why, and whether the routing is provably what it was
+/// before (nginx serves what the include names, the rule is back). When it is not, the
+/// caller keeps the intent so that no hook stops either slot until a switch completes.
+#[derive(Debug)]
+pub struct Unswitched {
+    /// What went wrong.
+    pub error: Error,
+    /// True when the previous routing is provably back in force.
+    pub proven: bool,
+}
+
+impl Unswitched {
+    /// A failure after which nobody can tell what nginx serves.
+    pub fn unproven(error: Error) -> Unswitched {
+        Unswitched {
+            error,
+            proven: false,
+        }
+    }
+}
+
+/// An error raised before anything was changed: the routing is as it was.
+impl From<Error> for Unswitched {
+    fn from(error: Error) -> Unswitched {
+        Unswitched {
+            error,
+            proven: true,
+        }
+    }
 }
 
 /// Where traffic goes now, as the switcher reads it.
@@ -63,8 +110,9 @@ pub trait Switcher {
     fn live(&self) -> Result<Live>;
 
     /// Sends all new traffic to `port` and returns only once no new request can reach the
-    /// previous port. On failure the previous routing stays in force.
-    fn switch_to(&self, port: u16) -> Result<Switched>;
+    /// previous port. On failure the routing goes back to `fallback`, and the error says
+    /// whether that is proven.
+    fn switch_to(&self, port: u16, fallback: &Fallback) -> Result<Switched, Unswitched>;
 
     /// Puts the routing back to `recorded` (the last switch's port) when the system lost it,
     /// e.g. the kernel's ruleset after a reboot; no health check (the app may not be up yet).

@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::nginx::NginxSwitcher;
-use super::{boot_unit, upstreams, Live, Switched, Switcher};
+use super::{boot_unit, upstreams, Fallback, Live, Switched, Switcher, Unswitched};
 use crate::config::Config;
 use crate::duration::show;
 use crate::error::{Error, Result};
@@ -184,8 +184,9 @@ impl Nft {
         self.apply(&format!("table {TABLE}\ndelete table {TABLE}\n"))
     }
 
-    /// Puts `previous` back (or removes the table when there was none); logs the outcome.
-    fn put_back(&self, previous: Option<Redirect>) {
+    /// Puts `previous` back (or removes the table when there was none); logs the outcome and
+    /// returns whether it worked.
+    fn put_back(&self, previous: Option<Redirect>) -> bool {
         let result = match previous {
             Some(r) => self.apply(&r.ruleset()),
             None => self.remove_table(),
@@ -193,8 +194,12 @@ impl Nft {
         match (result, previous) {
             (Ok(()), Some(r)) => log::info!("restored the rule `{}`", r.rule()),
             (Ok(()), None) => log::info!("removed table {TABLE} again"),
-            (Err(e), _) => log::error!("could not restore the previous nftables rule: {e}"),
+            (Err(e), _) => {
+                log::error!("could not restore the previous nftables rule: {e}");
+                return false;
+            }
         }
+        true
     }
 }
 
@@ -424,6 +429,14 @@ impl NftablesSwitcher {
     }
 }
 
+/// `error` after putting the previous rule back: proven when that worked.
+fn put_back(nft: &Nft, previous: Option<Redirect>, error: Error) -> Unswitched {
+    Unswitched {
+        proven: nft.put_back(previous),
+        error,
+    }
+}
+
 /// A redirect's slot as the live state (no rule: nothing is live).
 fn slot_or_nothing(slot: Option<u16>) -> Live {
     slot.map_or(Live::Nothing, Live::Slot)
@@ -434,14 +447,28 @@ impl Switcher for NftablesSwitcher {
         self.route.live()
     }
 
-    fn switch_to(&self, port: u16) -> Result<Switched> {
+    fn switch_to(&self, port: u16, fallback: &Fallback) -> Result<Switched, Unswitched> {
         let nft = Nft::find()?;
-        let previous = match self.route.last_read.take() {
-            Some(read) => read,
-            None => nft.redirect()?,
+        let previous = match fallback {
+            Fallback::AsFound => match self.route.last_read.take() {
+                Some(read) => read,
+                None => nft.redirect()?,
+            },
+            Fallback::Recorded { live, .. } => {
+                live.filter(|p| self.route.slots.contains(p))
+                    .map(|slot| Redirect {
+                        service_port: self.service_port(),
+                        slot,
+                    })
+            }
         };
         let checked = Instant::now();
-        let needs_include = self.preflight()?;
+        let names_service = !self.preflight()?;
+        // The file proves nothing about nginx: a switch killed between writing the include
+        // and reloading leaves it naming the service port while nginx still proxies to the
+        // old slot directly. Reload unless nginx provably loaded the include as it is.
+        let needs_include =
+            !names_service || *fallback != Fallback::AsFound || !self.route.nginx.include_loaded();
         log::debug!(
             "preflight (service port free, include, nginx upstreams) {}",
             show(checked.elapsed())
@@ -454,8 +481,7 @@ impl Switcher for NftablesSwitcher {
         nft.apply(&next.ruleset())?;
         let applied = started.elapsed();
         if let Err(e) = self.confirm(&nft, next) {
-            nft.put_back(previous);
-            return Err(e);
+            return Err(put_back(&nft, previous, e));
         }
         let mut detail = format!(
             "rule `{}` in table {TABLE} applied in {}, confirmed by a connection in {}",
@@ -464,16 +490,18 @@ impl Switcher for NftablesSwitcher {
             show(started.elapsed() - applied)
         );
         if needs_include {
-            // First switch in this mode: point nginx at the service port, once.
-            match self.route.nginx.switch_to(self.service_port()) {
+            // First switch in this mode (or nginx has not loaded the include): point nginx
+            // at the service port and reload it.
+            match self.route.nginx.switch_to(self.service_port(), fallback) {
                 Ok(reloaded) => detail.push_str(&format!(
                     "; nginx pointed at port {} ({})",
                     self.service_port(),
                     reloaded.detail
                 )),
-                Err(e) => {
-                    nft.put_back(previous);
-                    return Err(e);
+                Err(failed) => {
+                    let mut undone = put_back(&nft, previous, failed.error);
+                    undone.proven &= failed.proven;
+                    return Err(undone);
                 }
             }
         }
@@ -571,8 +599,8 @@ impl Switcher for ReloadSwitcher {
         self.route.nginx.live()
     }
 
-    fn switch_to(&self, port: u16) -> Result<Switched> {
-        self.route.nginx.switch_to(port)
+    fn switch_to(&self, port: u16, fallback: &Fallback) -> Result<Switched, Unswitched> {
+        self.route.nginx.switch_to(port, fallback)
     }
 }
 

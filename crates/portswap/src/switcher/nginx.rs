@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 
 use super::keepalive::Probe;
 use super::workers::Workers;
-use super::{Live, Switched, Switcher};
+use super::{Fallback, Live, Switched, Switcher, Unswitched};
 use crate::config::{Config, Nginx};
 use crate::duration::show;
 use crate::error::{Error, Result};
@@ -40,20 +40,40 @@ impl NginxSwitcher {
         &self.nginx.include
     }
 
-    fn read_include(&self) -> Result<Option<Vec<u8>>> {
+    /// The include's bytes (`None` when there is none).
+    pub fn read_include(&self) -> Result<Option<Vec<u8>>> {
         fsio::read_small(self.include(), 64 * 1024)
     }
 
-    /// Puts the include back as it was (or removes it when there was none).
-    fn restore(&self, previous: &Option<Vec<u8>>) {
+    /// Puts the include back as it was (or removes it when there was none); true when done.
+    fn restore(&self, previous: &Option<Vec<u8>>) -> bool {
         let result = match previous {
             Some(bytes) => fsio::write_atomic(self.include(), bytes, 0o644),
-            None => std::fs::remove_file(self.include())
-                .map_err(|e| Error::io("cannot remove", self.include(), e)),
+            None => match std::fs::remove_file(self.include()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(Error::io("cannot remove", self.include(), e))
+                }
+                _ => Ok(()),
+            },
         };
         match result {
-            Ok(()) => log::info!("restored {}", self.include().display()),
-            Err(e) => log::error!("could not restore {}: {e}", self.include().display()),
+            Ok(()) => {
+                log::info!("restored {}", self.include().display());
+                true
+            }
+            Err(e) => {
+                log::error!("could not restore {}: {e}", self.include().display());
+                false
+            }
+        }
+    }
+
+    /// `error` after the include was put back: proven only when that worked and `settled`.
+    fn undone(&self, previous: &Option<Vec<u8>>, error: Error, settled: bool) -> Unswitched {
+        let restored = self.restore(previous);
+        Unswitched {
+            error,
+            proven: restored && settled,
         }
     }
 
@@ -212,7 +232,7 @@ impl NginxSwitcher {
         }
     }
 
-    fn switch_steps(&self, port: u16, previous: &Option<Vec<u8>>) -> Result<String> {
+    fn switch_steps(&self, port: u16, previous: &Option<Vec<u8>>) -> Result<String, Unswitched> {
         let master = self.master()?;
         let written = Instant::now();
         fsio::write_atomic(
@@ -223,15 +243,16 @@ impl NginxSwitcher {
         log::debug!("include written in {}", show(written.elapsed()));
         let tested = Instant::now();
         if let Err(e) = self.run("nginx config test", &self.nginx.test_command) {
-            self.restore(previous);
-            return Err(e);
+            return Err(self.undone(previous, e, true));
         }
         let test_time = tested.elapsed();
         let before = Workers::of(master);
         let reload_started = Instant::now();
         if let Err(e) = self.reload(master) {
-            self.restore(previous);
-            return Err(e);
+            // A failed reload command may still have signalled nginx: proven only while the
+            // workers are those from before.
+            let settled = Workers::of(master).serving == before.serving;
+            return Err(self.undone(previous, e, settled));
         }
         log::debug!(
             "config test {}, reload sent to master {master}",
@@ -261,11 +282,12 @@ impl NginxSwitcher {
             std::thread::sleep(Duration::from_millis(1));
         };
         if !done {
-            self.restore(previous);
+            let restored = self.restore(previous);
             let stale: Vec<i32> = (now.serving.iter())
                 .filter(|p| !before.serving.contains(p))
                 .copied()
                 .collect();
+            let mut settled = restored;
             let reloaded = if stale.is_empty() {
                 String::new()
             } else {
@@ -273,7 +295,10 @@ impl NginxSwitcher {
                 // restored one, as the include says.
                 match self.reload_again(master, &stale) {
                     Ok(()) => "; nginx reloaded with it".to_string(),
-                    Err(e) => format!("; nginx may still serve port {port}: {e}"),
+                    Err(e) => {
+                        settled = false;
+                        format!("; nginx may still serve port {port}: {e}")
+                    }
                 }
             };
             let reason = if procfs::ProcId::of(master).is_none() {
@@ -284,10 +309,13 @@ impl NginxSwitcher {
             } else {
                 format!("old workers still accept connections: {:?}", before.serving)
             };
-            return Err(Error::Failed(format!(
-                "reload not complete after {}: {reason}; include restored{reloaded}",
-                show(self.nginx.reload_timeout)
-            )));
+            return Err(Unswitched {
+                error: Error::Failed(format!(
+                    "reload not complete after {}: {reason}; include restored{reloaded}",
+                    show(self.nginx.reload_timeout)
+                )),
+                proven: settled,
+            });
         }
         Ok(format!(
             "config test {}, reload {} (workers {:?} -> {:?})",
@@ -323,6 +351,27 @@ impl NginxSwitcher {
     }
 }
 
+impl NginxSwitcher {
+    /// True when every serving worker of the running master started after the include was
+    /// last written, i.e. nginx has loaded the include as it is on disk. False when that
+    /// cannot be shown (a switch killed between its write and the reload leaves the file
+    /// ahead of nginx): the caller then reloads rather than trusting the file.
+    pub fn include_loaded(&self) -> bool {
+        let Ok(written) = std::fs::symlink_metadata(self.include()).and_then(|m| m.modified())
+        else {
+            return false;
+        };
+        let Ok(master) = self.master() else {
+            return false;
+        };
+        let serving = Workers::of(master).serving;
+        !serving.is_empty()
+            && serving
+                .iter()
+                .all(|w| procfs::started_at(*w).is_some_and(|at| at > written))
+    }
+}
+
 impl Switcher for NginxSwitcher {
     /// A well-formed include naming a port that is not a slot is [`Live::Unmanaged`]; an
     /// include that does not parse is refused (state error).
@@ -334,10 +383,13 @@ impl Switcher for NginxSwitcher {
         })
     }
 
-    fn switch_to(&self, port: u16) -> Result<Switched> {
+    fn switch_to(&self, port: u16, fallback: &Fallback) -> Result<Switched, Unswitched> {
         let started = Instant::now();
         let probe = Probe::start(&self.nginx.test_command);
-        let previous = self.read_include()?;
+        let previous = match fallback {
+            Fallback::AsFound => self.read_include()?,
+            Fallback::Recorded { include, .. } => include.clone(),
+        };
         let mut detail = self.switch_steps(port, &previous)?;
         let limit = started + self.nginx.reload_timeout;
         if let Some(note) = probe.after_reload(self.master().ok(), limit) {
