@@ -318,11 +318,13 @@ fn a_lost_ruleset_is_refused_until_restored_and_the_boot_unit_restores_it() {
                 .join("portswap-redirect.service")
                 .exists());
         }
+        // The unit quotes each word for systemd (no word here has a space, `%` or `$`).
         let exec: Vec<&str> = unit
             .lines()
             .find_map(|l| l.strip_prefix("ExecStart="))
             .unwrap()
             .split_whitespace()
+            .map(|w| w.trim_matches('"'))
             .collect();
         netns::nft(&["flush", "ruleset"]).unwrap();
         let boot = std::process::Command::new(exec[0])
