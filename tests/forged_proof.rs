@@ -225,3 +225,153 @@ fn stale_records_naming_a_reused_group_or_pid_0_signal_nothing() {
         nix::sys::signal::Signal::SIGKILL,
     );
 }
+
+#[test]
+fn a_log_dir_swapped_for_a_link_by_the_app_user_is_refused() {
+    let Some(user) = TestUser::create("a symlinked log_dir") else {
+        return;
+    };
+    let site = Site::with(Settings {
+        app_user: Some(user.name.clone()),
+        ..Settings::default()
+    });
+    fs::set_permissions(site.root(), fs::Permissions::from_mode(0o755)).unwrap();
+    // The app user's own directory holds the logs (as under /home/ec2-user).
+    let home = site.root().join("home");
+    fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(user.uid), Some(user.gid)).unwrap();
+    site.set_key(
+        "app",
+        "log_dir",
+        &format!("{:?}", home.join("logs").display().to_string()),
+    );
+    site.deploy_ok("d-1");
+    // It replaces its log directory with a link to a directory only root may write.
+    let root_only = site.root().join("root-only");
+    fs::create_dir(&root_only).unwrap();
+    fs::set_permissions(&root_only, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::rename(home.join("logs"), home.join("old-logs")).unwrap();
+    std::os::unix::fs::symlink(&root_only, home.join("logs")).unwrap();
+    std::os::unix::fs::lchown(home.join("logs"), Some(user.uid), Some(user.gid)).unwrap();
+    site.hook("stop", &[], Some("d-2")).ok();
+    let out = site
+        .hook("start", &[], Some("d-2"))
+        .fails(2, "symbolic link in a directory others can change");
+    assert!(out
+        .last_line()
+        .contains(&home.join("logs").display().to_string()));
+    assert_eq!(
+        fs::read_dir(&root_only).unwrap().count(),
+        0,
+        "nothing created through the link"
+    );
+    assert_eq!(site.live_version().as_deref(), Some("d-1"));
+}
+
+#[test]
+fn env_keys_systemd_cannot_take_are_refused_naming_the_key_only() {
+    let site = Site::new();
+    for key in [
+        "spring.datasource.password",
+        "PS_KEY\\nLD_PRELOAD",
+        "A B",
+        "1ABC",
+        "É",
+    ] {
+        site.set_key("app", "env", &format!("{{\"{key}\": hunter2-value}}"));
+        for hook in ["stop", "start"] {
+            let out = site.hook(hook, &[], Some("d-1")).fails(2, "app.env");
+            assert!(
+                !out.stderr.contains("hunter2"),
+                "{key}: the value is shown: {}",
+                out.stderr
+            );
+            // Shown escaped: a newline in the key splits no line.
+            assert!(out.last_line().contains(key), "{key}: {}", out.last_line());
+        }
+    }
+    assert!(
+        site.recorded_pid(site.ports[0]).is_none(),
+        "nothing started"
+    );
+    site.set_key("app", "env", "{_OK_1: v, Spring_Profile: w}");
+    site.deploy_ok("d-1");
+}
+
+/// The environment of `pid` as `NAME=value` lines.
+fn environ(pid: i32) -> Vec<String> {
+    let bytes = fs::read(format!("/proc/{pid}/environ")).unwrap();
+    bytes
+        .split(|b| *b == 0)
+        .filter(|e| !e.is_empty())
+        .map(|e| String::from_utf8_lossy(e).into_owned())
+        .collect()
+}
+
+#[test]
+fn the_app_gets_a_clean_documented_environment_and_its_users_groups() {
+    let Some(user) = TestUser::create("the app's environment and groups") else {
+        return;
+    };
+    // A supplementary group of the app user (login, su and systemd's User= give it).
+    let group = format!("{}-g", user.name);
+    let added = Command::new("groupadd")
+        .args(["--system", &group])
+        .status()
+        .unwrap();
+    assert!(added.success());
+    let joined = Command::new("usermod")
+        .args(["-aG", &group, &user.name])
+        .status()
+        .unwrap();
+    assert!(joined.success());
+    let gid = nix::unistd::Group::from_name(&group)
+        .unwrap()
+        .unwrap()
+        .gid
+        .as_raw();
+    let site = Site::with(Settings {
+        app_user: Some(user.name.clone()),
+        ..Settings::default()
+    });
+    fs::set_permissions(site.root(), fs::Permissions::from_mode(0o755)).unwrap();
+    site.set_key("app", "env", "{APP_SETTING: yes}");
+    for hook in ["stop", "start"] {
+        site.hook_with(hook, &[], Some("d-1"), |c| {
+            c.env("HOOK_ONLY_SECRET", "root-secret")
+                .env("RUST_LOG", "info");
+        })
+        .ok();
+    }
+    let pid = site.recorded_pid(site.ports[0]).unwrap();
+    let mut env = environ(pid);
+    env.sort();
+    let mut expected = vec![
+        "APP_SETTING=yes".to_string(),
+        format!(
+            "HOME={}",
+            nix::unistd::User::from_name(&user.name)
+                .unwrap()
+                .unwrap()
+                .dir
+                .display()
+        ),
+        format!("LOGNAME={}", user.name),
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        format!("PORTSWAP_SLOT={}:{}", site.ports[0], site.state().display()),
+        "SHELL=/usr/sbin/nologin".to_string(),
+        format!("USER={}", user.name),
+    ];
+    expected.sort();
+    assert_eq!(env, expected);
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let groups = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
+    assert!(
+        groups.split_whitespace().any(|g| g == gid.to_string()),
+        "{groups}"
+    );
+    let _ = Command::new("gpasswd")
+        .args(["-d", &user.name, &group])
+        .status();
+    let _ = Command::new("groupdel").arg(&group).status();
+}

@@ -626,8 +626,20 @@ impl Checker<'_> {
             artifacts.push(path);
         }
         for key in raw.env.keys() {
-            if key.is_empty() || key.contains(['=', '\0']) {
-                return Err(self.err("app.env", format!("`{key}` is not a valid variable name")));
+            let mut chars = key.chars();
+            let valid = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(self.err(
+                    "app.env",
+                    format!(
+                        "{key:?} is not a variable name systemd and shells take (letters, digits \
+                         and `_`, not starting with a digit; e.g. SPRING_DATASOURCE_PASSWORD for \
+                         spring.datasource.password)"
+                    ),
+                ));
             }
         }
         if raw.user.as_deref().is_some_and(|u| u.trim().is_empty()) {

@@ -3,7 +3,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use std::os::fd::{AsRawFd, FromRawFd};
 
@@ -173,9 +173,169 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
     }
 }
 
+/// True when only root or the hook's own user can change the directory described by `meta`
+/// (its owner is one of them and neither its group nor others may write it).
+/// With `sticky_ok`, a directory everyone may write but with the sticky bit (`/tmp`) counts
+/// too: there nobody can rename or replace an entry they do not own, and the entries walked
+/// through are checked themselves.
+fn only_ours(meta: &fs::Metadata, sticky_ok: bool) -> bool {
+    let me = nix::unistd::geteuid().as_raw();
+    let sticky = sticky_ok && meta.mode() & 0o1000 != 0;
+    (meta.uid() == 0 || meta.uid() == me) && (meta.mode() & 0o022 == 0 || sticky)
+}
+
+/// Who besides root and the hook's user could change `meta`'s directory, for messages.
+fn others_of(meta: &fs::Metadata) -> String {
+    format!(
+        "owned by uid {}, mode {:04o}",
+        meta.uid(),
+        meta.mode() & 0o7777
+    )
+}
+
+/// An open directory, reached component by component from `/`.
+#[derive(Debug)]
+pub struct Dir {
+    /// The directory itself (open it or change what is in it through this descriptor).
+    pub file: File,
+    /// The first directory on the way (itself included) that someone besides root and the
+    /// hook's user could change, with its owner and mode; `None` when there is none.
+    pub changeable_by_others: Option<String>,
+}
+
+/// Opens directory `path` (absolute) one component at a time from `/`, never following a
+/// symbolic link that another user could have planted: a link is followed only where it lies
+/// in a directory only root or the hook's own user can change (`/var/run -> /run`). With
+/// `create`, missing directories are made with that mode, through their parent's descriptor.
+pub fn open_dir(path: &Path, create: Option<u32>) -> Result<Dir> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    use std::path::Component;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let open_at = |dir: &File, name: &OsString| -> nix::Result<File> {
+        let fd = nix::fcntl::openat(
+            Some(dir.as_raw_fd()),
+            name.as_os_str(),
+            flags,
+            Mode::empty(),
+        )?;
+        // SAFETY: openat just returned this descriptor, owned by nothing else.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    };
+    let root = || File::open("/").map_err(|e| Error::io("cannot open", Path::new("/"), e));
+    let names = |p: &Path| -> VecDeque<OsString> {
+        p.components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_os_string()),
+                Component::ParentDir => Some(OsString::from("..")),
+                _ => None,
+            })
+            .collect()
+    };
+    let absolute;
+    let path = if path.is_absolute() {
+        path
+    } else {
+        absolute = std::env::current_dir()
+            .map_err(|e| Error::io("cannot resolve", path, e))?
+            .join(path);
+        &absolute
+    };
+    let mut todo = names(path);
+    let mut dir = root()?;
+    let mut others = None;
+    let mut links = 0;
+    // Every directory on the way, the last one without the sticky exception (anyone could
+    // create the file there first).
+    let note = |dir: &File, others: &mut Option<String>, at: &Path, last: bool| {
+        if others.is_none() {
+            if let Ok(meta) = dir.metadata() {
+                if !only_ours(&meta, !last) {
+                    *others = Some(format!("{} ({})", at.display(), others_of(&meta)));
+                }
+            }
+        }
+    };
+    let mut at = PathBuf::from("/");
+    while let Some(name) = todo.pop_front() {
+        let next = match open_at(&dir, &name) {
+            Err(nix::errno::Errno::ENOENT) if create.is_some() => {
+                let mode = Mode::from_bits_truncate(create.unwrap_or(0o755));
+                match nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name.as_os_str(), mode) {
+                    Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                    Err(e) => {
+                        return Err(Error::io(
+                            "cannot create directory",
+                            &at.join(&name),
+                            e.into(),
+                        ))
+                    }
+                }
+                open_at(&dir, &name)
+            }
+            other => other,
+        };
+        let here = at.join(&name);
+        match next {
+            Ok(next) => {
+                dir = next;
+                at = here;
+                note(&dir, &mut others, &at, todo.is_empty());
+            }
+            Err(nix::errno::Errno::ELOOP) | Err(nix::errno::Errno::ENOTDIR) => {
+                let link = nix::sys::stat::fstatat(
+                    Some(dir.as_raw_fd()),
+                    name.as_os_str(),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .ok()
+                .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK);
+                let Some(link) = link else {
+                    return Err(Error::State(format!(
+                        "{} is not a directory",
+                        here.display()
+                    )));
+                };
+                let parent = dir
+                    .metadata()
+                    .map_err(|e| Error::io("cannot stat", &at, e))?;
+                let me = nix::unistd::geteuid().as_raw();
+                links += 1;
+                if !only_ours(&parent, true)
+                    || (link.st_uid != 0 && link.st_uid != me)
+                    || links > 40
+                {
+                    return Err(Error::State(format!(
+                        "{} is a symbolic link in a directory others can change ({}); \
+                         portswap does not follow it; fix: name the real directory",
+                        here.display(),
+                        others_of(&parent)
+                    )));
+                }
+                let target = nix::fcntl::readlinkat(Some(dir.as_raw_fd()), name.as_os_str())
+                    .map_err(|e| Error::io("cannot read link", &here, e.into()))?;
+                let target = PathBuf::from(target);
+                if target.is_absolute() {
+                    dir = root()?;
+                    at = PathBuf::from("/");
+                }
+                for part in names(&target).into_iter().rev() {
+                    todo.push_front(part);
+                }
+            }
+            Err(e) => return Err(Error::io("cannot open directory", &here, e.into())),
+        }
+    }
+    Ok(Dir {
+        file: dir,
+        changeable_by_others: others,
+    })
+}
+
 /// Opens `dir/name` for appending (created with `mode` when missing) without following a
-/// symlink at `name` and refusing anything but a regular file; with `owner`, hands the
-/// opened file (never a path, which could be swapped for a link meanwhile) to that uid/gid.
+/// symlink anywhere on the way (see [`open_dir`]) and refusing anything but a regular file
+/// (a FIFO never blocks the open); with `owner`, hands the opened file (never a path, which
+/// could be swapped for a link meanwhile) to that uid/gid.
 pub fn open_append_in(
     dir: &Path,
     name: &str,
@@ -183,11 +343,7 @@ pub fn open_append_in(
     owner: Option<(u32, u32)>,
 ) -> Result<File> {
     let path = dir.join(name);
-    let dir_fd = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY)
-        .open(dir)
-        .map_err(|e| Error::io("cannot open directory", dir, e))?;
+    let dir_fd = open_dir(dir, None)?.file;
     let fd = nix::fcntl::openat(
         Some(dir_fd.as_raw_fd()),
         name,
@@ -199,7 +355,15 @@ pub fn open_append_in(
             | OFlag::O_CLOEXEC,
         Mode::from_bits_truncate(mode),
     )
-    .map_err(|e| Error::io("cannot open", &path, e.into()))?;
+    .map_err(|e| match e {
+        // A FIFO without a reader (opened non-blocking for writing).
+        nix::errno::Errno::ENXIO => FileError::NotRegular {
+            path: path.clone(),
+            what: "a FIFO",
+        }
+        .into(),
+        e => Error::io("cannot open", &path, e.into()),
+    })?;
     // SAFETY: openat just returned this descriptor, owned by nothing else.
     let file = unsafe { File::from_raw_fd(fd) };
     let meta = file

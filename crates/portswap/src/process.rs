@@ -38,6 +38,10 @@ pub struct LaunchSpec {
     pub scope: Option<String>,
 }
 
+/// `PATH` of the app in both supervisors (systemd's default for services, written into the
+/// unit too): the app never inherits the hook's environment.
+pub const APP_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Resolves a program name through PATH plus the usual system directories (hooks run with
 /// a near-empty PATH).
 pub fn resolve_program(program: &str) -> Result<PathBuf> {
@@ -97,12 +101,34 @@ pub fn launch(spec: &LaunchSpec) -> Result<Child> {
         .try_clone()
         .map_err(|e| Error::io("cannot open app log", &spec.log_file, e))?;
     close_inherited_descriptors();
+    // The account's supplementary groups, as systemd's `User=` gives them (std's `uid`
+    // would clear them).
+    let groups: Option<Vec<libc::gid_t>> = spec
+        .account
+        .as_ref()
+        .map(|a| crate::users::groups(&a.name, a.gid));
     let mut command = match &spec.scope {
         None => {
             let mut command = Command::new(&program);
             command.args(&spec.argv[1..]);
-            if let Some(account) = &spec.account {
-                command.uid(account.uid).gid(account.gid);
+            if let (Some(account), Some(groups)) = (&spec.account, groups) {
+                let (uid, gid) = (account.uid, account.gid);
+                // SAFETY: setgroups, setgid and setuid are async-signal-safe; `groups` was
+                // allocated before the fork and is only read. Groups first, then gid, then uid.
+                unsafe {
+                    command.pre_exec(move || {
+                        for result in [
+                            libc::setgroups(groups.len(), groups.as_ptr()),
+                            libc::setgid(gid),
+                            libc::setuid(uid),
+                        ] {
+                            if result != 0 {
+                                return Err(std::io::Error::last_os_error());
+                            }
+                        }
+                        Ok(())
+                    });
+                }
             }
             command
         }
@@ -112,16 +138,18 @@ pub fn launch(spec: &LaunchSpec) -> Result<Child> {
             let mut command = Command::new(resolve_program("systemd-run")?);
             command.args(["--scope", "--quiet", "--collect"]);
             command.arg(format!("--unit={scope}"));
-            if let Some(account) = &spec.account {
+            if let (Some(account), Some(groups)) = (&spec.account, groups) {
                 command.arg(format!("--uid={}", account.uid));
                 command.arg(format!("--gid={}", account.gid));
-                // SAFETY: setgroups is async-signal-safe; root's supplementary groups are
-                // dropped before systemd-run drops the uid, as `Command::uid` does.
+                // SAFETY: setgroups is async-signal-safe; `groups` was allocated before the
+                // fork. Root's own groups are replaced by the account's before systemd-run
+                // drops the uid.
                 unsafe {
-                    command.pre_exec(|| {
-                        nix::unistd::setgroups(&[])
-                            .map(|_| ())
-                            .map_err(std::io::Error::from)
+                    command.pre_exec(move || {
+                        match libc::setgroups(groups.len(), groups.as_ptr()) {
+                            0 => Ok(()),
+                            _ => Err(std::io::Error::last_os_error()),
+                        }
                     });
                 }
             }
@@ -134,13 +162,22 @@ pub fn launch(spec: &LaunchSpec) -> Result<Child> {
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)));
-    if let Some(account) = &spec.account {
+        .env_clear()
+        .env("PATH", APP_PATH);
+    let user = spec.account.clone().or_else(|| {
+        let me = nix::unistd::geteuid();
+        (!me.is_root())
+            .then(|| crate::users::lookup(&me.to_string()).ok())
+            .flatten()
+    });
+    if let Some(user) = user {
         command
-            .env("HOME", &account.home)
-            .env("USER", &account.name)
-            .env("LOGNAME", &account.name);
+            .env("HOME", &user.home)
+            .env("USER", &user.name)
+            .env("LOGNAME", &user.name)
+            .env("SHELL", &user.shell);
     }
+    command.envs(spec.env.iter().map(|(k, v)| (k, v)));
     // SAFETY: setsid and umask are async-signal-safe and touch no memory of the parent.
     unsafe {
         command.pre_exec(|| {

@@ -16,6 +16,8 @@ pub struct Account {
     pub gid: u32,
     /// Home directory.
     pub home: PathBuf,
+    /// Login shell.
+    pub shell: PathBuf,
 }
 
 /// Finds `name` (or a numeric uid) in `/etc/passwd`.
@@ -24,6 +26,30 @@ pub fn lookup(name: &str) -> Result<Account> {
         .map_err(|e| Error::Failed(format!("cannot read /etc/passwd: {e}")))?;
     parse(&passwd, name)
         .ok_or_else(|| Error::Failed(format!("app.user: no user `{name}` in /etc/passwd")))
+}
+
+/// The groups `name` belongs to (its `/etc/group` memberships and `primary`), as login, `su`
+/// and systemd's `User=` give them.
+pub fn groups(name: &str, primary: u32) -> Vec<u32> {
+    let text = fs::read_to_string("/etc/group").unwrap_or_default();
+    member_of(&text, name, primary)
+}
+
+fn member_of(group: &str, name: &str, primary: u32) -> Vec<u32> {
+    let mut gids = vec![primary];
+    for line in group.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        let Some(gid) = f.get(2).and_then(|g| g.parse().ok()) else {
+            continue;
+        };
+        let member = f
+            .get(3)
+            .is_some_and(|m| m.split(',').any(|u| u.trim() == name));
+        if member && !gids.contains(&gid) {
+            gids.push(gid);
+        }
+    }
+    gids
 }
 
 fn parse(passwd: &str, name: &str) -> Option<Account> {
@@ -37,6 +63,7 @@ fn parse(passwd: &str, name: &str) -> Option<Account> {
             uid: f[2].parse().ok()?,
             gid: f[3].parse().ok()?,
             home: f[5].into(),
+            shell: f[6].into(),
         })
     })
 }
@@ -54,5 +81,7 @@ mod tests {
         );
         assert_eq!(super::parse(text, "1000").unwrap().name, "ec2-user");
         assert!(super::parse(text, "nobody").is_none());
+        let group = "wheel:x:10:root,ec2-user\nadm:x:4:ec2-user\nother:x:7:bob\nbad\n";
+        assert_eq!(super::member_of(group, "ec2-user", 1001), vec![1001, 10, 4]);
     }
 }

@@ -174,7 +174,8 @@ fn launch(ctx: &Context, slot: &Slot, release: &Release) -> Result<Launch> {
         .parent()
         .unwrap_or(std::path::Path::new("/"));
     let workdir = config_dir.join(template::expand(&app.workdir, lookup));
-    fsio::ensure_dir(&app.log_dir, 0o755)?;
+    // Made through descriptors, never through a link another user planted on the way.
+    fsio::open_dir(&app.log_dir, Some(0o755))?;
     let log_file = app.log_dir.join(format!("app-{}.log", slot.port));
     let account = match &app.user {
         Some(user) if nix::unistd::geteuid().is_root() => Some(users::lookup(user)?),

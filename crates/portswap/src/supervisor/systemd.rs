@@ -14,8 +14,6 @@
 //! A slot still run the `process` way (or by the legacy scripts) is stopped by the process
 //! supervisor's rules before the unit starts: the move to systemd needs no manual step.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -170,6 +168,7 @@ impl SystemdSupervisor {
              ExecStart={exec}\n\
              WorkingDirectory={workdir}\n\
              {account}\
+             Environment=\"PATH={path}\"\n\
              EnvironmentFile={env_file}\n\
              Environment={marker}\n\
              StandardInput=null\n\
@@ -185,9 +184,32 @@ impl SystemdSupervisor {
             burst = self.systemd.start_limit,
             exec = exec.join(" "),
             marker = quote_assignment(&marker),
+            path = process::APP_PATH,
             grace = self.stop_grace.as_millis(),
             delay = self.systemd.restart_delay.as_millis(),
         ))
+    }
+
+    /// Makes the app log the unit appends to, as the app user's (like in process mode),
+    /// through descriptors (never a planted link or FIFO). systemd itself opens
+    /// `StandardOutput=append:` by path, as root, at every (re)start: a directory on that path
+    /// that another user can change would let them point it at any file, so it is refused.
+    fn prepare_log(&self, launch: &Launch) -> Result<()> {
+        let log = &launch.log_file;
+        let dir = log.parent().unwrap_or(Path::new("/"));
+        let name = log.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if let Some(who) = fsio::open_dir(dir, None)?.changeable_by_others {
+            return Err(Error::Refused(format!(
+                "systemd appends the app's output to {} as root, following links, and {who} \
+                 could point it at any file; fix: an app.log_dir only root can change (the \
+                 default <state.dir>/logs, or /var/log/NAME), or systemd.output: journal",
+                log.display()
+            )));
+        }
+        let owner = launch.account.as_ref().map(|a| (a.uid, a.gid));
+        fsio::open_append_in(dir, name, 0o640, owner)
+            .map(drop)
+            .map_err(|e| Error::Failed(format!("cannot open app log: {e}")))
     }
 
     /// The program of `argv[0]` as an absolute path (systemd wants one).
@@ -303,16 +325,7 @@ impl Supervisor for SystemdSupervisor {
         }
         fsio::write_atomic(&env_path, environment_file(&launch.env).as_bytes(), 0o600)?;
         if self.systemd.output == Output::File {
-            // systemd creates it as root; made here so it is the app user's, like in process mode.
-            let _ = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o640)
-                .open(&launch.log_file);
-            if let Some(a) = &launch.account {
-                let _ =
-                    nix::unistd::chown(&launch.log_file, Some(a.uid.into()), Some(a.gid.into()));
-            }
+            self.prepare_log(launch)?;
         }
         fsio::ensure_dir(&self.systemd.unit_dir, 0o755)?;
         fsio::write_atomic(&unit_path, text.as_bytes(), 0o644)?;
@@ -499,6 +512,7 @@ mod tests {
                 uid: 1000,
                 gid: 1001,
                 home: "/home/app".into(),
+                shell: "/bin/sh".into(),
             }),
             release_dir: dir.join("state/releases/d-1-8081"),
         };

@@ -1,0 +1,174 @@
+//! Proof that cannot be forged under the systemd supervisor (issue 14), on a real systemd
+//! (testkit::systemd): a daemonizing unit never leaves a record naming pid 0, and the app log
+//! systemd appends to as root cannot be pointed at another file, nor block `start`.
+
+mod support;
+
+use std::fs;
+use std::io::BufRead;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use portswap_testkit::hooks::{fixture_command, recorded_pid};
+use portswap_testkit::supervised::{HookRun, SupervisedSite};
+use portswap_testkit::systemd::refused;
+use support::TestUser;
+
+fn site(test: &str) -> Option<SupervisedSite> {
+    match SupervisedSite::new() {
+        Ok(site) => Some(site),
+        Err(why) => {
+            refused(test, &why);
+            None
+        }
+    }
+}
+
+fn deploy_ok(site: &SupervisedSite, id: &str) {
+    for run in site.deploy(id) {
+        assert_eq!(run.code, 0, "{} failed:\n{}", run.hook, run.stderr);
+    }
+}
+
+fn fails(run: HookRun, code: i32, needle: &str) -> HookRun {
+    assert_eq!(run.code, code, "{}: {}", run.hook, run.stderr);
+    assert!(run.verdict().contains(needle), "{}", run.verdict());
+    run
+}
+
+/// Changes `app.KEY` in portswap.yml to `value` (YAML text).
+fn set_app_key(site: &SupervisedSite, key: &str, value: &str) {
+    let text = fs::read_to_string(site.config()).unwrap();
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    config["app"][key] = serde_yaml::from_str(value).unwrap();
+    fs::write(site.config(), serde_yaml::to_string(&config).unwrap()).unwrap();
+}
+
+#[test]
+fn a_daemonizing_unit_records_its_process_and_stop_signals_nothing_outside_it() {
+    let Some(site) = site("a daemonizing unit records its process") else {
+        return;
+    };
+    let daemonize = site.root().join("revision/daemonize.sh");
+    fs::write(
+        &daemonize,
+        "#!/bin/sh\nsetsid \"$@\" </dev/null >/dev/null 2>&1 &\nexit 0\n",
+    )
+    .unwrap();
+    fs::set_permissions(&daemonize, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut command = vec!["/bin/sh".to_string(), daemonize.display().to_string()];
+    command.extend(fixture_command("{deployment_id}", &[] as &[&str]));
+    site.configure_command(command, "systemd", "");
+    // An unrelated process in the machine whose process group reads as 0 there (its group
+    // leader lives outside the machine's pid namespace), as kernel threads' do on a host.
+    let mut bystander = site
+        .machine
+        .command(&["sh", "-c", "echo $$; exec sleep 300"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(bystander.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let inside = line.trim().to_string();
+    let alive = || site.machine.run(&["kill", "-0", &inside]).status.success();
+    assert!(alive());
+    for round in 1..=3 {
+        let id = format!("daemon-{round}");
+        deploy_ok(&site, &id);
+        let port = site.live_port().unwrap();
+        let pid = recorded_pid(&site.state(), port).unwrap();
+        assert!(pid > 1, "{id}: the record names pid {pid}");
+        assert!(alive(), "{id}: the unrelated process was signalled");
+    }
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+}
+
+#[test]
+fn the_app_log_systemd_appends_to_cannot_be_redirected_nor_block_start() {
+    let Some(user) = TestUser::create("the systemd app log") else {
+        return;
+    };
+    let Some(site) = site("the systemd app log") else {
+        return;
+    };
+    fs::set_permissions(site.root(), fs::Permissions::from_mode(0o755)).unwrap();
+    let home = site.root().join("home");
+    fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(user.uid), Some(user.gid)).unwrap();
+    let logs = home.join("logs");
+    fs::create_dir(&logs).unwrap();
+    std::os::unix::fs::chown(&logs, Some(user.uid), Some(user.gid)).unwrap();
+    set_app_key(&site, "user", &user.name);
+    set_app_key(
+        &site,
+        "log_dir",
+        &format!("{:?}", logs.display().to_string()),
+    );
+    // The app user points its log at a file of root's.
+    let victim = site.root().join("victim");
+    fs::write(&victim, "root's file\n").unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+    let log = logs.join(format!("app-{}.log", site.ports[0]));
+    std::os::unix::fs::symlink(&victim, &log).unwrap();
+    let run = fails(
+        site.hook("start", &[], Some("d-1")),
+        4,
+        "systemd appends the app's output",
+    );
+    assert!(
+        run.verdict().contains("systemd.output: journal"),
+        "{}",
+        run.verdict()
+    );
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "root's file\n");
+    assert_eq!(fs::metadata(&victim).unwrap().uid(), 0);
+    assert!(
+        site.machine
+            .unit_property(&site.unit(site.ports[0]), "LoadState")
+            != "loaded"
+    );
+
+    // In a log directory only root can change (the default), a FIFO left at the log fails
+    // `start` at once instead of blocking it.
+    set_app_key(
+        &site,
+        "log_dir",
+        &format!("{:?}", site.state().join("logs").display().to_string()),
+    );
+    let fifo = site.state().join(format!("logs/app-{}.log", site.ports[0]));
+    fs::create_dir_all(fifo.parent().unwrap()).unwrap();
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let start = portswap_testkit::bins::bin("start").display().to_string();
+    let config = site.config().display().to_string();
+    let mut child = site
+        .machine
+        .command_env(
+            &[&start],
+            &[("PORTSWAP_CONFIG", &config), ("DEPLOYMENT_ID", "d-1")],
+        )
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let finished = portswap_testkit::net::wait_until(Duration::from_secs(30), "start ends", || {
+        child.try_wait().unwrap().is_some()
+    });
+    if finished.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("start hangs on a FIFO at the app log");
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let verdict = stderr.lines().last().unwrap_or("");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(verdict.contains("not a regular file"), "{verdict}");
+    fs::remove_file(&fifo).unwrap();
+    deploy_ok(&site, "d-1");
+    assert!(Path::new(&fifo).is_file());
+    assert_eq!(fs::metadata(&fifo).unwrap().uid(), user.uid);
+}
