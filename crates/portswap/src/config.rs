@@ -370,9 +370,17 @@ fn must_exist(path: &Path, source: &str) -> Result<PathBuf> {
 impl Config {
     /// Reads and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Config> {
-        let bytes = fs::read(path)
-            .map_err(|e| Error::Config(format!("{}: cannot read: {e}", path.display())))?;
-        check_ownership(path)?;
+        // One open file is checked and read: a path checked and then read again could be
+        // another file by then (a user who can write the directory swaps them).
+        let cannot =
+            |e: std::io::Error| Error::Config(format!("{}: cannot read: {e}", path.display()));
+        let mut file = fs::File::open(path).map_err(cannot)?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io("cannot stat", path, e))?;
+        check_ownership(path, &meta)?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(cannot)?;
         let text = String::from_utf8(bytes).map_err(|e| {
             Error::Config(format!(
                 "{}: not UTF-8 (invalid byte at offset {}); save the file as UTF-8",
@@ -425,11 +433,10 @@ impl Config {
 
 /// Refuses a configuration that other users could have written when running as root:
 /// its argv runs with our privileges.
-fn check_ownership(path: &Path) -> Result<()> {
+fn check_ownership(path: &Path, meta: &fs::Metadata) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(());
     }
-    let meta = fs::metadata(path).map_err(|e| Error::io("cannot stat", path, e))?;
     let mode = meta.mode();
     let unsafe_reason = if meta.uid() != 0 {
         Some(format!("is owned by uid {}", meta.uid()))

@@ -193,6 +193,12 @@ fn others_of(meta: &fs::Metadata) -> String {
     )
 }
 
+/// `None` when only root or the hook's user can change the directory `meta` describes; else
+/// who else can (owner and mode), for a refusal.
+pub fn others_can_change(meta: &fs::Metadata) -> Option<String> {
+    (!only_ours(meta, false)).then(|| others_of(meta))
+}
+
 /// An open directory, reached component by component from `/`.
 #[derive(Debug)]
 pub struct Dir {

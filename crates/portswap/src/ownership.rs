@@ -322,3 +322,58 @@ impl Slot<'_> {
         Ok(())
     }
 }
+
+/// `Ok` when `pid` is an nginx master that the hook may signal, proven by what the kernel
+/// says rather than by its command line (which any process can set): its executable is named
+/// `nginx*`, it runs as root or as the hook's user, it holds a listening TCP socket, and it
+/// has a child running the same executable (a worker). A hook that is not root cannot read
+/// root's master's executable or sockets (nor signal it: it reloads through
+/// `nginx.reload_command`); for it root's master needs its title and a worker. Else why not,
+/// for the refusal.
+pub fn nginx_master(pid: i32) -> Result<(), String> {
+    if pid <= 1 || ProcId::of(pid).is_none() {
+        return Err("gone".into());
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    let describe = || format!("`{}`", procfs::describe(pid));
+    let Some(uids) = procfs::uids(pid) else {
+        return Err("gone".into());
+    };
+    let has_children = !procfs::children(pid).is_empty();
+    if me != 0 && uids.iter().all(|id| *id == 0) {
+        let titled = procfs::cmdline(pid)
+            .join(" ")
+            .contains("nginx: master process");
+        return match titled && has_children {
+            true => Ok(()),
+            false => Err(format!("{}, not an nginx master with workers", describe())),
+        };
+    }
+    if !uids.iter().all(|id| *id == me) {
+        return Err(format!("{}, run by another user", describe()));
+    }
+    let exe = procfs::exe(pid);
+    let named_nginx = exe
+        .as_ref()
+        .and_then(|e| e.file_name())
+        .is_some_and(|n| n.to_string_lossy().starts_with("nginx"));
+    if !named_nginx {
+        return Err(format!("{}, whose executable is not nginx", describe()));
+    }
+    let listening: Vec<u64> = crate::sockdiag::listening_sockets()
+        .map(|all| all.into_iter().map(|(_, inode)| inode).collect())
+        .unwrap_or_default();
+    if !procfs::socket_inodes(pid)
+        .iter()
+        .any(|i| listening.contains(i))
+    {
+        return Err(format!("{}, which listens on no port", describe()));
+    }
+    if !procfs::children(pid)
+        .into_iter()
+        .any(|c| procfs::exe(c) == exe)
+    {
+        return Err(format!("{}, which has no worker", describe()));
+    }
+    Ok(())
+}

@@ -91,26 +91,82 @@ fn safe_name(text: &str) -> String {
         .collect()
 }
 
-/// Copies the artifacts into a fresh `<releases>/<deployment>-<port>` directory.
+/// Prefix of a release being copied: renamed to its real name only once complete.
+const STAGING: &str = ".staging-";
+
+/// Copies the artifacts into a fresh `<releases>/<deployment>-<port>` directory: into a
+/// temporary `.staging-...` name first, renamed once every file is complete, removed on any
+/// failure (a stopping signal included: see [`crate::signals::pending`]). Staging dirs left by
+/// a run killed outright are removed first (the caller holds the state lock).
 pub fn stage(
     releases: &Path,
     deployment_id: &str,
     port: u16,
     patterns: &[PathBuf],
 ) -> Result<Release> {
-    let dir = releases.join(format!("{}-{port}", safe_name(deployment_id)));
-    if dir.exists() {
+    let name = format!("{}-{port}", safe_name(deployment_id));
+    let dir = releases.join(&name);
+    fsio::ensure_dir(releases, 0o755)?;
+    if let Ok(entries) = fs::read_dir(releases) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(STAGING) {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    if fs::symlink_metadata(&dir).is_ok() {
         fs::remove_dir_all(&dir).map_err(|e| Error::io("cannot clear old release", &dir, e))?;
     }
-    fsio::ensure_dir(&dir, 0o755)?;
-    copy_artifacts(&dir, patterns)
-        .map(|artifacts| Release {
-            dir: dir.clone(),
-            artifacts,
-        })
-        .inspect_err(|_| {
-            let _ = fs::remove_dir_all(&dir);
-        })
+    let temp = releases.join(format!("{STAGING}{name}"));
+    fsio::ensure_dir(&temp, 0o755)?;
+    let staged = copy_artifacts(&temp, patterns).and_then(|copied| {
+        fs::rename(&temp, &dir).map_err(|e| Error::io("cannot rename into place", &dir, e))?;
+        Ok(copied)
+    });
+    match staged {
+        Ok(copied) => Ok(Release {
+            artifacts: copied
+                .iter()
+                .map(|c| dir.join(c.file_name().unwrap_or_default()))
+                .collect(),
+            dir,
+        }),
+        Err(e) => {
+            let _ = fs::remove_dir_all(&temp);
+            Err(e)
+        }
+    }
+}
+
+/// Copies `source` to the new file `target` in 1 MiB steps, giving up when a stopping signal
+/// is pending.
+fn copy_file(source: &Path, target: &Path) -> Result<()> {
+    use std::io::{Read, Write};
+    let mut from =
+        fs::File::open(source).map_err(|e| Error::io("cannot copy artifact", source, e))?;
+    let mut to = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(target)
+        .map_err(|e| Error::io("cannot copy artifact to", target, e))?;
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        if crate::signals::pending().is_some() {
+            return Err(Error::Failed(format!(
+                "stopped while copying {}",
+                source.display()
+            )));
+        }
+        let n = from
+            .read(&mut buffer)
+            .map_err(|e| Error::io("cannot copy artifact", source, e))?;
+        if n == 0 {
+            break;
+        }
+        to.write_all(&buffer[..n])
+            .map_err(|e| Error::io("cannot copy artifact to", target, e))?;
+    }
+    Ok(())
 }
 
 fn copy_artifacts(dir: &Path, patterns: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -125,8 +181,7 @@ fn copy_artifacts(dir: &Path, patterns: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
         for source in sources {
             let target = dir.join(source.file_name().unwrap_or_default());
-            fs::copy(&source, &target)
-                .map_err(|e| Error::io("cannot copy artifact", &source, e))?;
+            copy_file(&source, &target)?;
             // Readable by `app.user` whatever the revision's modes (an agent with umask 0027
             // unpacks it 0640, root's): 0644, or 0755 for an executable.
             let executable = fs::metadata(&source).is_ok_and(|m| m.mode() & 0o111 != 0);
@@ -139,15 +194,56 @@ fn copy_artifacts(dir: &Path, patterns: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(artifacts)
 }
 
+/// The release directories (under `releases`) that a running process uses: its working
+/// directory, its executable or an open file lies inside. Read from /proc for every process
+/// this user can see, whichever slot (or none) it belongs to.
+pub fn used_by_processes(releases: &Path) -> Vec<PathBuf> {
+    let releases = fs::canonicalize(releases).unwrap_or_else(|_| releases.to_path_buf());
+    let mut used = Vec::new();
+    let mut note = |path: PathBuf| {
+        if let Ok(rest) = path.strip_prefix(&releases) {
+            if let Some(first) = rest.components().next() {
+                let dir = releases.join(first);
+                if !used.contains(&dir) {
+                    used.push(dir);
+                }
+            }
+        }
+    };
+    for pid in crate::procfs::all_pids() {
+        for path in [crate::procfs::cwd(pid), crate::procfs::exe(pid)]
+            .into_iter()
+            .flatten()
+        {
+            note(path);
+        }
+        if let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) {
+            for fd in fds.flatten() {
+                if let Ok(target) = fs::read_link(fd.path()) {
+                    note(target);
+                }
+            }
+        }
+    }
+    used
+}
+
 /// Removes the oldest release directories beyond `keep`, never one listed in `in_use`.
 pub fn prune(releases: &Path, keep: usize, in_use: &[PathBuf]) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(releases) else {
         return Vec::new();
     };
-    let dirs = newest_first(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    let dirs = newest_first(
+        entries
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .map(|e| e.path())
+            .filter(|p| p.is_dir()),
+    );
     let mut removed = Vec::new();
     for dir in dirs.into_iter().skip(keep) {
-        if in_use.contains(&dir) {
+        let real = fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+        if in_use.contains(&dir) || in_use.contains(&real) {
             continue;
         }
         match fs::remove_dir_all(&dir) {

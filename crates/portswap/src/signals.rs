@@ -99,8 +99,8 @@ pub fn install(hook: &'static str) {
 }
 
 /// The name of the stopping signal that arrived inside the current critical section, if one
-/// did: a long critical step (the watch after a switch) asks between its checks and ends
-/// early in a consistent state.
+/// did: a long critical step (the watch after a switch, the copy of a large artifact) asks
+/// between its steps and ends early in a consistent state.
 pub fn pending() -> Option<&'static str> {
     match PENDING.load(Ordering::SeqCst) {
         0 => None,

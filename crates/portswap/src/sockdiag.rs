@@ -27,6 +27,16 @@ const HEADER_LEN: usize = 16;
 
 /// The inodes of the IPv4 and IPv6 TCP sockets listening on `port`.
 pub fn listening_inodes(port: u16) -> io::Result<Vec<u64>> {
+    Ok(listening_sockets()?
+        .into_iter()
+        .filter(|(p, _)| *p == port)
+        .map(|(_, inode)| inode)
+        .collect())
+}
+
+/// Every IPv4 and IPv6 TCP socket listening on this host (its network namespace): port and
+/// inode.
+pub fn listening_sockets() -> io::Result<Vec<(u16, u64)>> {
     let mut diag = Diag::open()?;
     let mut inodes = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
@@ -39,8 +49,8 @@ pub fn listening_inodes(port: u16) -> io::Result<Vec<u64>> {
                     NLMSG_ERROR => return Err(io::Error::from_raw_os_error(errno(payload)?)),
                     _ => {
                         if let Some(s) = Socket::parse(payload) {
-                            if s.state == TCP_LISTEN && s.local == port {
-                                inodes.push(u64::from(s.inode));
+                            if s.state == TCP_LISTEN {
+                                inodes.push((s.local, u64::from(s.inode)));
                             }
                         }
                     }

@@ -149,9 +149,44 @@ fn remove_if_present(path: &Path) -> Result<()> {
 
 impl StateDir {
     /// Uses `dir`, creating it (mode 0755) when missing.
+    /// Refused when someone besides root and the hooks' user could change it or its
+    /// `releases/`, `logs/` or `units/` (see [`StateDir::refuse_shared`]).
     pub fn open(dir: &Path) -> Result<StateDir> {
         fsio::ensure_dir(dir, 0o755)?;
-        Ok(StateDir::at(dir))
+        let state = StateDir::at(dir);
+        state.refuse_shared()?;
+        Ok(state)
+    }
+
+    /// A record another user planted would be believed (a forged pid signalled by root's
+    /// `stop`), and pruning would follow a `releases` link they put there: the state
+    /// directory, every directory on its path, and its `releases/`, `logs/` and `units/`
+    /// must be changeable by root and the hooks' user only.
+    fn refuse_shared(&self) -> Result<()> {
+        let fix = "fix: chown it to the user the hooks run as and chmod go-w";
+        if let Some(who) = fsio::open_dir(&self.dir, None)?.changeable_by_others {
+            return Err(Error::State(format!(
+                "state directory {}: {who} can change it, so another user could plant records \
+                 portswap believes; {fix}",
+                self.dir.display()
+            )));
+        }
+        for sub in ["releases", "logs", "units"] {
+            let path = self.dir.join(sub);
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let why = if !meta.is_dir() {
+                Some("is not a directory (a link is never followed)".to_string())
+            } else {
+                fsio::others_can_change(&meta)
+                    .map(|who| format!("{who}: another user can change it"))
+            };
+            if let Some(why) = why {
+                return Err(Error::State(format!("{} {why}; {fix}", path.display())));
+            }
+        }
+        Ok(())
     }
 
     /// Uses `dir` as it is, creating nothing (read-only views: a missing directory reads as

@@ -29,11 +29,20 @@ pub fn run(args: &Args) -> Result<String> {
     let (_, idle) = ctx.sides()?;
     let stopped = ctx.supervisor.stop(idle.port, false)?;
     log::info!("idle slot {}: {stopped}", idle.port);
-    let release = release::stage(
-        &ctx.state.releases_dir(),
-        &ctx.deployment_id,
-        idle.port,
-        &ctx.config.app.artifacts,
+    // A stopping signal during the copy ends it early and removes the partial release.
+    let release = signals::critical_then(
+        || {
+            release::stage(
+                &ctx.state.releases_dir(),
+                &ctx.deployment_id,
+                idle.port,
+                &ctx.config.app.artifacts,
+            )
+        },
+        |staged| match staged {
+            Ok(r) => format!("release {} staged, nothing started", r.dir.display()),
+            Err(_) => "the partial release was removed, nothing started".into(),
+        },
     )?;
     let record = match launch_checked(&ctx, idle, &release) {
         Ok(record) => record,
@@ -42,13 +51,15 @@ pub fn run(args: &Args) -> Result<String> {
             return Err(e);
         }
     };
-    let in_use: Vec<PathBuf> = ctx
+    // Never a directory a process runs from, recorded or not (a lost record heals itself).
+    let mut in_use: Vec<PathBuf> = ctx
         .config
         .slots
         .iter()
         .filter_map(|s| ctx.state.app_record(s.port))
         .map(|r| r.release_dir)
         .collect();
+    in_use.extend(release::used_by_processes(&ctx.state.releases_dir()));
     for dir in release::prune(
         &ctx.state.releases_dir(),
         ctx.config.app.keep_releases,

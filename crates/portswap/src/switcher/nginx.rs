@@ -94,18 +94,13 @@ impl NginxSwitcher {
                 text.trim()
             ))
         })?;
-        let title = procfs::cmdline(pid).join(" ");
-        if procfs::ProcId::of(pid).is_none() || !title.contains("nginx: master process") {
-            return Err(Error::Failed(format!(
-                "nginx is not running: pid file {} names pid {pid}, which is {} (stale pid file)",
-                pid_file.display(),
-                if title.is_empty() {
-                    "gone".to_string()
-                } else {
-                    format!("`{title}`")
-                }
-            )));
-        }
+        crate::ownership::nginx_master(pid).map_err(|what| {
+            Error::Failed(format!(
+                "nginx is not running: pid file {} names pid {pid}, which is {what} (stale pid \
+                 file); nothing was signalled",
+                pid_file.display()
+            ))
+        })?;
         Ok(pid)
     }
 
