@@ -429,10 +429,12 @@ fn start_checks_the_port_is_still_free_right_before_the_launch() {
         r#"["revision/fixture-app", "revision/many/*.txt"]"#,
     );
     site.hook("stop", &[], Some("d-2")).ok();
+    // Staged under a temporary name, renamed once complete.
+    let staging = site.state().join(format!("releases/.staging-d-2-{b}"));
     let release = site.state().join(format!("releases/d-2-{b}"));
     let taker = std::thread::spawn(move || {
         wait(Duration::from_secs(30), "staging begins", || {
-            release.exists()
+            staging.exists() || release.exists()
         });
         std::net::TcpListener::bind(("127.0.0.1", b)).unwrap()
     });

@@ -41,8 +41,9 @@ fn hooks_as_root_run_the_app_as_the_configured_user() {
     );
     assert_eq!(
         status_field(pid, "Groups:"),
-        "",
-        "supplementary groups of root are dropped"
+        user.gid.to_string(),
+        "root's supplementary groups are dropped; the user's own (here its primary group \
+         only) are given, as systemd's User= and login do"
     );
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     let environ = String::from_utf8_lossy(&environ);

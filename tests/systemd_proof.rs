@@ -172,3 +172,82 @@ fn the_app_log_systemd_appends_to_cannot_be_redirected_nor_block_start() {
     assert!(Path::new(&fifo).is_file());
     assert_eq!(fs::metadata(&fifo).unwrap().uid(), user.uid);
 }
+
+#[test]
+fn units_stay_readable_foreign_links_are_refused_and_a_failed_start_leaves_no_restarting_unit() {
+    let Some(site) = site("unit-file holes") else {
+        return;
+    };
+    // A C1 control character (U+0085) in an argument: the unit stays UTF-8, so systemctl
+    // reads it back and the next deployment stops and starts it.
+    let text = fs::read_to_string(site.config()).unwrap();
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let command = config["app"]["command"].as_sequence_mut().unwrap();
+    command.push("--profile".into());
+    command.push("next\u{85}line".into());
+    fs::write(site.config(), serde_yaml::to_string(&config).unwrap()).unwrap();
+    deploy_ok(&site, "c1-1");
+    let unit = site.unit(site.live_port().unwrap());
+    let shown = site
+        .machine
+        .run(&["systemctl", "show", "-p", "ExecStart", &unit]);
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    deploy_ok(&site, "c1-2");
+    deploy_ok(&site, "c1-3");
+
+    // A crashing version: `start` fails and leaves its unit neither enabled nor restarting.
+    site.configure(&["--exit-after-ms", "50"], "");
+    let idle = site
+        .ports
+        .into_iter()
+        .find(|p| Some(*p) != site.live_port())
+        .unwrap();
+    assert_eq!(site.hook("stop", &[], Some("crash")).code, 0);
+    let run = site.hook("start", &[], Some("crash"));
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let idle_unit = site.unit(idle);
+    let state = site.machine.unit_property(&idle_unit, "UnitFileState");
+    let active = site.machine.unit_property(&idle_unit, "ActiveState");
+    assert!(
+        state != "enabled" && matches!(active.as_str(), "inactive" | "failed"),
+        "{idle_unit} left {state}, {active}"
+    );
+    let restarts = site.machine.unit_property(&idle_unit, "NRestarts");
+    std::thread::sleep(Duration::from_millis(700)); // pacing: a restart would happen by now
+    assert_eq!(
+        site.machine.unit_property(&idle_unit, "NRestarts"),
+        restarts
+    );
+
+    // A foreign unit of that name as a link (mask, link): refused, never overwritten.
+    site.configure(&[] as &[&str], "");
+    for how in ["mask", "link"] {
+        let path = format!("/etc/systemd/system/{idle_unit}");
+        let foreign = site.root().join("foreign.service");
+        fs::write(&foreign, "[Service]\nExecStart=/bin/sleep 300\n").unwrap();
+        let _ = site.machine.run(&["rm", "-f", &path]);
+        if how == "mask" {
+            site.machine.run_ok(&["systemctl", "mask", &idle_unit]);
+        } else {
+            let named = site.root().join(&idle_unit);
+            fs::copy(&foreign, &named).unwrap();
+            site.machine
+                .run_ok(&["systemctl", "link", &named.display().to_string()]);
+        }
+        fails(
+            site.hook("start", &[], Some("foreign")),
+            4,
+            "not a unit portswap wrote",
+        );
+        let target = site.machine.run_ok(&["readlink", &path]);
+        assert_eq!(target == "/dev/null", how == "mask", "{how}: {target}");
+        let _ = site.machine.run(&["systemctl", "unmask", &idle_unit]);
+        let _ = site.machine.run(&["rm", "-f", &path]);
+        site.machine.run_ok(&["systemctl", "daemon-reload"]);
+    }
+    deploy_ok(&site, "after");
+}

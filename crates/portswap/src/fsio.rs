@@ -268,7 +268,15 @@ pub fn open_dir(path: &Path, create: Option<u32>) -> Result<Dir> {
             Err(nix::errno::Errno::ENOENT) if create.is_some() => {
                 let mode = Mode::from_bits_truncate(create.unwrap_or(0o755));
                 match nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name.as_os_str(), mode) {
-                    Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                    Ok(()) => {
+                        // Its mode exactly, whatever the umask (agent 2.x runs hooks with 0027).
+                        let made = open_at(&dir, &name).map_err(|e| {
+                            Error::io("cannot open directory", &at.join(&name), e.into())
+                        })?;
+                        made.set_permissions(fs::Permissions::from_mode(mode.bits()))
+                            .map_err(|e| Error::io("cannot chmod", &at.join(&name), e))?;
+                    }
+                    Err(nix::errno::Errno::EEXIST) => {}
                     Err(e) => {
                         return Err(Error::io(
                             "cannot create directory",

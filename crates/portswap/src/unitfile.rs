@@ -31,7 +31,14 @@ fn quote(arg: &str, expands_dollar: bool) -> String {
             '\t' => out.push_str("\\t"),
             '%' => out.push_str("%%"),
             '$' if expands_dollar => out.push_str("$$"),
-            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            // Each byte of its UTF-8 encoding: systemd unescapes `\xNN` to one byte, so a C1
+            // control (U+0080..U+009F) stays valid UTF-8 in what systemd reads back.
+            c if c.is_control() => {
+                let mut bytes = [0u8; 4];
+                for b in c.encode_utf8(&mut bytes).bytes() {
+                    out.push_str(&format!("\\x{b:02x}"));
+                }
+            }
             c => out.push(c),
         }
     }
@@ -86,6 +93,7 @@ mod tests {
         assert_eq!(quote_word(r"C:\dir"), r#""C:\\dir""#);
         assert_eq!(quote_word("a\nb\tc"), r#""a\nb\tc""#);
         assert_eq!(quote_word("\u{1}"), r#""\x01""#);
+        assert_eq!(quote_word("a\u{85}b"), r#""a\xc2\x85b""#);
         assert_eq!(quote_word(";"), r"\;");
         assert_eq!(quote_word("a;b"), "\"a;b\"");
         assert_eq!(quote_word(""), "\"\"");

@@ -119,8 +119,15 @@ fn launch_checked(ctx: &Context, idle: &Slot, release: &Release) -> Result<AppRe
     let left = match ctx.supervisor.holder(idle.port) {
         Holder::Ours { process, .. } => process,
         _ => {
-            ctx.state.clear_app_record(idle.port)?;
-            return Err(Error::Failed(reason));
+            // Nothing of it runs right now, but its supervisor may still restart it (a unit
+            // crash-looping between restarts): the stop disables what is left.
+            return Err(Error::Failed(match ctx.supervisor.stop(idle.port, false) {
+                Ok(_) => reason,
+                Err(e) => format!(
+                    "{reason}; cleaning up failed: {e}; run `stop --port {}`",
+                    idle.port
+                ),
+            }));
         }
     };
     let hint = "an app that puts itself in the background cannot be supervised: run it in the \

@@ -96,8 +96,17 @@ impl SystemdSupervisor {
 
     /// `Some(true)`: the unit file is ours; `Some(false)`: a unit file of that name that
     /// portswap did not write; `None`: no unit file.
+    /// A link at the unit's path (`systemctl mask` or `systemctl link`) is not ours: it is
+    /// never read through, overwritten or unmasked.
     fn unit_file_is_ours(&self, unit: &str) -> Option<bool> {
         let path = self.unit_path(unit);
+        if std::fs::symlink_metadata(&path)
+            .ok()?
+            .file_type()
+            .is_symlink()
+        {
+            return Some(false);
+        }
         let text = fsio::read_small(&path, 1 << 20).ok().flatten()?;
         Some(text.starts_with(MARKER.as_bytes()))
     }
@@ -312,9 +321,17 @@ impl Supervisor for SystemdSupervisor {
         let unit_path = self.unit_path(&unit);
         if self.unit_file_is_ours(&unit) == Some(false) {
             return Err(Error::Refused(format!(
-                "{} exists and was not written by portswap (no `{MARKER}` first line); \
-                 rename systemd.unit or remove that unit yourself",
+                "{} exists and is not a unit portswap wrote (a link, as `systemctl mask` or \
+                 `systemctl link` make, or no `{MARKER}` first line); rename systemd.unit or \
+                 remove that unit yourself",
                 unit_path.display()
+            )));
+        }
+        // Masked elsewhere (`systemctl mask --runtime` links it in /run): never unmasked.
+        if self.manager.show(&unit, &["LoadState"])?.get("LoadState") == "masked" {
+            return Err(Error::Refused(format!(
+                "{unit} is masked; portswap never unmasks a unit; unmask it yourself or rename \
+                 systemd.unit"
             )));
         }
         let program = SystemdSupervisor::program(launch)?;
