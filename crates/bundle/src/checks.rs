@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
+use crate::error::{Error, Misfit, Result};
 use portswap::budget::{Budget, HOOKS};
 use portswap::config::Config;
-use portswap::{Error, Result};
 use portswap_appspec::AppSpec;
 
 /// The hook a script location runs (`hooks/health` → `health`), if it is one of ours.
@@ -26,14 +26,14 @@ pub fn check_timeouts(spec: &AppSpec, config: &Config, appspec_path: &Path) -> R
             let budget = Budget::of(hook, config).expect("one of HOOKS");
             let given = script.timeout();
             if budget.total() > given {
-                return Err(Error::Config(format!(
-                    "{} in {event} may wait {budget}, over its appspec timeout of {}s: the agent \
-                     would kill it mid-way; raise the timeout in {} or lower the waits in {}",
-                    script.location,
-                    given.as_secs(),
-                    appspec_path.display(),
-                    config.path.display()
-                )));
+                return Err(Error::Budget(Box::new(Misfit {
+                    location: script.location.clone(),
+                    event: event.to_string(),
+                    budget: budget.to_string(),
+                    timeout: given.as_secs(),
+                    appspec: appspec_path.to_path_buf(),
+                    config: config.path.clone(),
+                })));
             }
         }
     }
@@ -57,21 +57,22 @@ pub fn check_references(spec: &AppSpec, revision: &Path, appspec_path: &Path) ->
         for script in scripts {
             let path = revision.join(script.location.trim_start_matches('/'));
             if !path.is_file() {
-                return Err(Error::Config(format!(
-                    "{}: {event} runs {}, which is not in the revision",
-                    appspec_path.display(),
-                    script.location
-                )));
+                return Err(Error::input(
+                    appspec_path,
+                    format_args!(
+                        "{event} runs {}, which is not in the revision",
+                        script.location
+                    ),
+                ));
             }
         }
     }
     for file in &spec.files {
         if !revision.join(file.source.trim_start_matches('/')).exists() {
-            return Err(Error::Config(format!(
-                "{}: files source {} is not in the revision",
-                appspec_path.display(),
-                file.source
-            )));
+            return Err(Error::input(
+                appspec_path,
+                format_args!("files source {} is not in the revision", file.source),
+            ));
         }
     }
     Ok(())

@@ -6,8 +6,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::error::{Error, Result};
 use portswap::cli::{self, split_arg, Hook, VERSION};
-use portswap::{Error, Result};
 
 use crate::revision::Inputs;
 
@@ -77,7 +77,9 @@ pub enum Parsed {
 
 /// Parses the arguments (without the program name).
 pub fn parse(argv: Vec<OsString>) -> Result<Parsed> {
-    let usage = |msg: String| Error::Usage(format!("{msg}; see `{NAME} --help`"));
+    let usage = |msg: String| Error::Usage {
+        problem: format!("{msg}; see `{NAME} --help`"),
+    };
     let mut flags = Flags {
         appspec: PathBuf::from("appspec.yml"),
         config: None,
@@ -128,13 +130,13 @@ fn config_beside(appspec: &Path) -> Result<PathBuf> {
         .iter()
         .find(|p| p.is_file())
         .cloned()
-        .ok_or_else(|| {
-            Error::Config(format!(
+        .ok_or_else(|| Error::Usage {
+            problem: format!(
                 "no configuration found beside {} (looked at {} and {}); pass --config PATH",
                 appspec.display(),
                 candidates[0].display(),
                 candidates[1].display()
-            ))
+            ),
         })
 }
 
@@ -143,8 +145,8 @@ fn own_dir() -> Result<PathBuf> {
     std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_path_buf))
-        .ok_or_else(|| {
-            Error::Usage("cannot tell where this executable is; pass --hooks DIR".into())
+        .ok_or_else(|| Error::Usage {
+            problem: "cannot tell where this executable is; pass --hooks DIR".into(),
         })
 }
 

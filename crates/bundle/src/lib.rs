@@ -8,17 +8,21 @@
 //! - [`checks`]: waits within timeouts, appspec references.
 //! - [`pack`]: `.zip` and `.tgz` with Unix modes.
 //! - [`elf`]: is an executable static?
+//! - [`error`]: what it refuses, and the exit codes.
 
 pub mod checks;
 pub mod cli;
 pub mod elf;
+pub mod error;
 pub mod pack;
 pub mod revision;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use portswap::{Error, Result};
+use portswap::Error as PortswapError;
+
+use crate::error::Result;
 
 pub use revision::Inputs;
 
@@ -44,14 +48,14 @@ pub fn bundle(inputs: &Inputs, out: &Path) -> Result<Bundle> {
     };
     for old in [&bundle.zip, &bundle.tgz] {
         if old.exists() {
-            fs::remove_file(old).map_err(|e| Error::io("remove", old, e))?;
+            fs::remove_file(old).map_err(|e| PortswapError::io("remove", old, e))?;
         }
     }
     let dir = &bundle.dir;
     if dir.exists() {
-        fs::remove_dir_all(dir).map_err(|e| Error::io("remove", dir, e))?;
+        fs::remove_dir_all(dir).map_err(|e| PortswapError::io("remove", dir, e))?;
     }
-    fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+    fs::create_dir_all(dir).map_err(|e| PortswapError::io("create", dir, e))?;
     if let Err(e) = revision::assemble(inputs, dir) {
         let _ = fs::remove_dir_all(dir);
         return Err(e);

@@ -7,7 +7,9 @@ use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use portswap::{Error, Result};
+use portswap::Error as PortswapError;
+
+use crate::error::{Error, Result};
 
 /// Every file under `dir`, relative to it, sorted (directories before their contents).
 fn entries(dir: &Path) -> io::Result<Vec<PathBuf>> {
@@ -30,7 +32,7 @@ fn entries(dir: &Path) -> io::Result<Vec<PathBuf>> {
 
 /// Packs `dir` as a gzipped tar with its Unix modes.
 pub fn tgz(dir: &Path, out: &Path) -> Result<()> {
-    let fail = |e: io::Error| Error::io("write", out, e);
+    let fail = |e: io::Error| Error::from(PortswapError::io("write", out, e));
     let gz = flate2::write::GzEncoder::new(
         File::create(out).map_err(fail)?,
         flate2::Compression::default(),
@@ -61,7 +63,10 @@ pub fn tgz(dir: &Path, out: &Path) -> Result<()> {
 
 /// Packs `dir` as a zip archive with its Unix modes.
 pub fn zip(dir: &Path, out: &Path) -> Result<()> {
-    let fail = |e: &dyn std::fmt::Display| Error::Failed(format!("write {}: {e}", out.display()));
+    let fail = |e: &dyn std::fmt::Display| Error::Write {
+        path: out.to_path_buf(),
+        problem: e.to_string(),
+    };
     let mut zip = zip::ZipWriter::new(File::create(out).map_err(|e| fail(&e))?);
     for entry in entries(dir).map_err(|e| fail(&e))? {
         let path = dir.join(&entry);

@@ -9,7 +9,9 @@ use std::path::{Component, Path, PathBuf};
 use portswap::budget::HOOKS;
 use portswap::config::Config;
 use portswap::release;
-use portswap::{Error, Result};
+use portswap::Error as PortswapError;
+
+use crate::error::{Error, Result};
 use portswap_appspec::AppSpec;
 
 use crate::checks;
@@ -105,33 +107,41 @@ pub fn artifact_patterns(config_text: &str) -> Result<Vec<String>, String> {
 
 fn copy_with_mode(from: &Path, to: &Path, mode: u32) -> Result<()> {
     if let Some(dir) = to.parent() {
-        fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+        fs::create_dir_all(dir).map_err(|e| PortswapError::io("create", dir, e))?;
     }
-    fs::copy(from, to).map_err(|e| Error::io(&format!("copy {} to", from.display()), to, e))?;
-    fs::set_permissions(to, fs::Permissions::from_mode(mode)).map_err(|e| Error::io("chmod", to, e))
+    fs::copy(from, to)
+        .map_err(|e| PortswapError::io(&format!("copy {} to", from.display()), to, e))?;
+    fs::set_permissions(to, fs::Permissions::from_mode(mode))
+        .map_err(|e| PortswapError::io("chmod", to, e))?;
+    Ok(())
 }
 
 /// Reads a text input the user named; a missing or unreadable file is bad input (exit 2).
 fn read_input(path: &Path, what: &str) -> Result<String> {
     fs::read_to_string(path)
-        .map_err(|e| Error::Config(format!("{}: cannot read the {what}: {e}", path.display())))
+        .map_err(|e| Error::input(path, format_args!("cannot read the {what}: {e}")))
 }
 
 /// The static hook binary `hook` of `dir`, or why it cannot go into a revision.
 fn static_hook(dir: &Path, hook: &str) -> Result<PathBuf> {
     let binary = dir.join(hook);
     if !binary.is_file() {
-        return Err(Error::Config(format!(
-            "{}: no hook binary {hook} here; pass --hooks DIR with the release's bin/ directory",
-            dir.display()
-        )));
+        return Err(Error::input(
+            dir,
+            format_args!(
+                "no hook binary {hook} here; pass --hooks DIR with the release's bin/ directory"
+            ),
+        ));
     }
-    match elf::linking_of(&binary).map_err(Error::Config)? {
+    match elf::linking_of(&binary).map_err(|e| Error::Invalid { problem: e })? {
         Linking::Static => Ok(binary),
-        Linking::Dynamic(interp) => Err(Error::Config(format!(
-            "{} is not static (it needs {interp}); use the release binaries (built with crt-static)",
-            binary.display()
-        ))),
+        Linking::Dynamic(interp) => Err(Error::Invalid {
+            problem: format!(
+                "{} is not static (it needs {interp}); use the release binaries (built with \
+                 crt-static)",
+                binary.display()
+            ),
+        }),
     }
 }
 
@@ -139,11 +149,11 @@ fn static_hook(dir: &Path, hook: &str) -> Result<PathBuf> {
 /// portswap.yml (read with portswap's own loader, errors naming the files as given), waits
 /// within timeouts, static hooks, artifacts where the config finds them, appspec references.
 pub fn assemble(inputs: &Inputs, dir: &Path) -> Result<()> {
-    let spec = AppSpec::read(&inputs.appspec).map_err(Error::Config)?;
+    let spec = AppSpec::read(&inputs.appspec).map_err(|e| Error::Invalid { problem: e })?;
     let config_text = read_input(&inputs.config, "configuration")?;
     let config = Config::parse(&config_text, &inputs.config)?;
     checks::check_timeouts(&spec, &config, &inputs.appspec)?;
-    let in_config = |e: String| Error::Config(format!("{}: {e}", inputs.config.display()));
+    let in_config = |e: String| Error::input(&inputs.config, e);
     let patterns = artifact_patterns(&config_text).map_err(in_config)?;
 
     copy_with_mode(&inputs.appspec, &dir.join("appspec.yml"), 0o644)?;
@@ -157,9 +167,12 @@ pub fn assemble(inputs: &Inputs, dir: &Path) -> Result<()> {
         let name = artifact
             .file_name()
             .and_then(|n| n.to_str())
-            .ok_or_else(|| Error::Usage(format!("{}: no file name", artifact.display())))?;
-        let meta = fs::metadata(artifact)
-            .map_err(|e| Error::Config(format!("artifact {}: {e}", artifact.display())))?;
+            .ok_or_else(|| Error::Usage {
+                problem: format!("{}: no file name", artifact.display()),
+            })?;
+        let meta = fs::metadata(artifact).map_err(|e| Error::Invalid {
+            problem: format!("artifact {}: {e}", artifact.display()),
+        })?;
         let destination = dir.join(artifact_destination(&patterns, name).map_err(in_config)?);
         copy_with_mode(artifact, &destination, meta.permissions().mode() & 0o777)?;
         names.push(name.to_string());

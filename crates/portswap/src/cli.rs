@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Failure, Result};
 use crate::signals;
 
 /// The version of every portswap binary.
@@ -216,13 +216,13 @@ pub fn run(hook: &'static Hook, body: fn(&Args) -> Result<String>) -> ExitCode {
 
 /// The last line of a hook's output: `portswap <name>: OK: ...` or
 /// `portswap <name>: FAILED (exit N): ...`, on one line.
-pub fn verdict(hook: &Hook, result: std::result::Result<&String, &Error>) -> String {
+pub fn verdict<E: Failure>(hook: &Hook, result: std::result::Result<&String, &E>) -> String {
     let line = match result {
         Ok(summary) => format!("portswap {}: OK: {summary}", hook.name),
         Err(e) => format!(
             "portswap {}: FAILED (exit {}): {e}",
             hook.name,
-            e.exit_code()
+            e.kind().exit_code()
         ),
     };
     line.replace('\n', " | ")

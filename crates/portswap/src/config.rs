@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::duration;
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Exposure, Result};
 use crate::template::{self, Template};
 
 /// Name of the configuration file looked for beside the executable.
@@ -350,20 +350,22 @@ pub fn locate(flag: Option<&Path>) -> Result<PathBuf> {
         return Ok(PathBuf::from(SYSTEM_PATH));
     }
     tried.push(SYSTEM_PATH.to_string());
-    Err(Error::Config(format!(
-        "no configuration found (looked at {}); pass --config PATH or set {ENV_VAR}",
-        tried.join(", ")
-    )))
+    Err(ConfigError::NotFound {
+        tried,
+        variable: ENV_VAR,
+    }
+    .into())
 }
 
-fn must_exist(path: &Path, source: &str) -> Result<PathBuf> {
+fn must_exist(path: &Path, source: &'static str) -> Result<PathBuf> {
     if path.is_file() {
         Ok(path.to_path_buf())
     } else {
-        Err(Error::Config(format!(
-            "{}: configuration file named by {source} does not exist",
-            path.display()
-        )))
+        Err(ConfigError::Missing {
+            path: path.to_path_buf(),
+            named_by: source,
+        }
+        .into())
     }
 }
 
@@ -372,8 +374,10 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         // One open file is checked and read: a path checked and then read again could be
         // another file by then (a user who can write the directory swaps them).
-        let cannot =
-            |e: std::io::Error| Error::Config(format!("{}: cannot read: {e}", path.display()));
+        let cannot = |source: std::io::Error| ConfigError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        };
         let mut file = fs::File::open(path).map_err(cannot)?;
         let meta = file
             .metadata()
@@ -381,12 +385,9 @@ impl Config {
         check_ownership(path, &meta)?;
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut file, &mut bytes).map_err(cannot)?;
-        let text = String::from_utf8(bytes).map_err(|e| {
-            Error::Config(format!(
-                "{}: not UTF-8 (invalid byte at offset {}); save the file as UTF-8",
-                path.display(),
-                e.utf8_error().valid_up_to()
-            ))
+        let text = String::from_utf8(bytes).map_err(|e| ConfigError::NotUtf8 {
+            path: path.to_path_buf(),
+            offset: e.utf8_error().valid_up_to(),
         })?;
         let absolute = if path.is_absolute() {
             path.to_path_buf()
@@ -406,8 +407,10 @@ impl Config {
         let raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
         } else {
-            serde_yaml::from_str(text)
-                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
+            serde_yaml::from_str(text).map_err(|source| ConfigError::Syntax {
+                path: path.to_path_buf(),
+                source,
+            })?
         };
         Checker {
             path,
@@ -438,20 +441,21 @@ fn check_ownership(path: &Path, meta: &fs::Metadata) -> Result<()> {
         return Ok(());
     }
     let mode = meta.mode();
-    let unsafe_reason = if meta.uid() != 0 {
-        Some(format!("is owned by uid {}", meta.uid()))
+    let exposure = if meta.uid() != 0 {
+        Some(Exposure::Owner(meta.uid()))
     } else if mode & 0o002 != 0 {
-        Some("is writable by every user".to_string())
+        Some(Exposure::Everyone)
     } else if mode & 0o020 != 0 && meta.gid() != 0 {
-        Some(format!("is writable by group {}", meta.gid()))
+        Some(Exposure::Group(meta.gid()))
     } else {
         None
     };
-    match unsafe_reason {
-        Some(reason) => Err(Error::Config(format!(
-            "{}: {reason} and portswap runs as root; fix: chown root:root and chmod 644 it",
-            path.display()
-        ))),
+    match exposure {
+        Some(exposure) => Err(ConfigError::Unsafe {
+            path: path.to_path_buf(),
+            exposure,
+        }
+        .into()),
         None => Ok(()),
     }
 }
@@ -463,7 +467,7 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn err(&self, key: &str, msg: impl std::fmt::Display) -> Error {
-        Error::Config(format!("{}: {key}: {msg}", self.path.display()))
+        ConfigError::key(self.path, key, msg).into()
     }
 
     fn path_of(&self, key: &str, value: &str) -> Result<PathBuf> {

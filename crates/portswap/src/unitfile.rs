@@ -2,7 +2,7 @@
 //! unit): the one place that quotes a value for systemd, so a path with a space, `%` or `$`
 //! reaches the program, the condition or the mount dependency exactly as given.
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Result};
 
 /// `arg` as one word of a unit file's `ExecStart=` line: in double quotes, with `\`, `"`
 /// and control characters escaped, `%` (specifiers) and `$` (variable expansion) doubled, so
@@ -51,10 +51,11 @@ fn quote(arg: &str, expands_dollar: bool) -> String {
 /// when it holds a line break or a control character, which the format cannot carry.
 pub fn plain_value(what: &str, value: &str) -> Result<String> {
     if value.chars().any(char::is_control) {
-        return Err(Error::Config(format!(
-            "{what} `{}` holds a control character; a systemd unit cannot carry it",
-            value.escape_debug()
-        )));
+        return Err(ConfigError::UnitValue {
+            what: what.to_string(),
+            value: value.to_string(),
+        }
+        .into());
     }
     Ok(value.replace('%', "%%"))
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use super::Context;
 use crate::cli::{Args, Hook};
 use crate::config::Slot;
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::ownership::Holder;
 use crate::process;
 use crate::release::{self, Release};
@@ -176,10 +176,12 @@ fn launch(ctx: &Context, slot: &Slot, release: &Release) -> Result<Launch> {
         _ => None,
     };
     if artifact.is_none() && app.command.iter().any(|a| a.contains("{artifact}")) {
-        return Err(Error::Config(format!(
-            "{}: app.command uses {{artifact}} but app.artifacts is empty",
-            ctx.config.path.display()
-        )));
+        return Err(ConfigError::key(
+            &ctx.config.path,
+            "app.command",
+            "uses {artifact} but app.artifacts is empty",
+        )
+        .into());
     }
     let argv: Vec<String> = app
         .command

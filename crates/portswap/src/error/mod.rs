@@ -4,8 +4,10 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+mod config;
 mod state;
 
+pub use config::{ConfigError, Exposure};
 pub use state::{FileError, StateError};
 
 /// What the operator must do about an error; it decides the hook's exit code.
@@ -33,6 +35,18 @@ impl Kind {
     }
 }
 
+/// An error a portswap binary ends with: its message (`Display`) and its kind.
+pub trait Failure: std::fmt::Display {
+    /// What the operator must do about it, and so the exit code.
+    fn kind(&self) -> Kind;
+}
+
+impl Failure for Error {
+    fn kind(&self) -> Kind {
+        Error::kind(self)
+    }
+}
+
 /// Everything that can go wrong in a hook.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -40,8 +54,8 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     /// A configuration file that cannot be used: names the file, the key and the fix.
-    #[error("{0}")]
-    Config(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// State on disk (include file, records) that cannot be trusted.
     #[error("{0}")]
     State(String),

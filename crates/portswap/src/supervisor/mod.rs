@@ -9,7 +9,7 @@ pub mod systemd;
 use std::path::PathBuf;
 
 use crate::config::{Config, Slot, SupervisorChoice};
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Result};
 use crate::ownership::Holder;
 use crate::state::{AppRecord, StateDir};
 use crate::systemctl::Manager;
@@ -134,26 +134,32 @@ pub fn for_config(config: &Config, state: &StateDir) -> Result<Box<dyn Superviso
             crate::systemctl::user_manager_reachable().then_some(Manager::User)
         }
         SupervisorChoice::Systemd if !crate::systemctl::booted() => {
-            return Err(Error::Config(format!(
-                "{}: app.supervisor: systemd, but systemd does not run this host \
-                 (/run/systemd/system is missing); use `process` or `auto`",
-                config.path.display()
-            )));
+            return Err(ConfigError::key(
+                &config.path,
+                "app.supervisor",
+                "systemd, but systemd does not run this host (/run/systemd/system is missing); \
+                 use `process` or `auto`",
+            )
+            .into());
         }
         SupervisorChoice::Systemd if root => Some(Manager::System),
         SupervisorChoice::Systemd if crate::systemctl::user_manager_reachable() => {
             Some(Manager::User)
         }
         SupervisorChoice::Systemd => {
-            return Err(Error::Config(format!(
-                "{}: app.supervisor: systemd, but the hook runs as {} and that user's systemd \
-                 manager does not answer ({}/systemd/private); run `sudo loginctl enable-linger \
-                 {}` once, so it runs (also after a reboot)",
-                config.path.display(),
-                user_name(),
-                format_args!("/run/user/{}", nix::unistd::geteuid()),
-                user_name()
-            )));
+            return Err(ConfigError::key(
+                &config.path,
+                "app.supervisor",
+                format_args!(
+                    "systemd, but the hook runs as {} and that user's systemd manager does not \
+                     answer (/run/user/{}/systemd/private); run `sudo loginctl enable-linger {}` \
+                     once, so it runs (also after a reboot)",
+                    user_name(),
+                    nix::unistd::geteuid(),
+                    user_name()
+                ),
+            )
+            .into());
         }
     };
     Ok(match manager {
