@@ -7,11 +7,11 @@
 mod support;
 
 use std::fs;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use portswap_testkit::{bins, net, nginx::NginxSandbox};
-use support::{wait, Outcome, Site};
+use support::{wait, Guarded, Outcome, Site};
 
 /// A site where deployment `d-1` is live on the first slot.
 fn live_site() -> Site {
@@ -57,16 +57,6 @@ fn recovers(site: &Site, id: &str) {
 fn alive(pid: i32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|s| !s.contains(") Z ") && !s.contains(") X "))
-}
-
-/// A child process killed on drop.
-struct Guarded(Child);
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// An unrelated process (`sleep`), to plant its pid where portswap might signal it.

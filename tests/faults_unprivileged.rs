@@ -7,7 +7,7 @@ mod support;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use support::{chown_tree, Settings, Site, TestUser};
+use support::{chown_tree, Guarded, Settings, Site, TestUser};
 
 /// A site with `d-1` live and `d-2` started and healthy, readable by other users. The apps
 /// run as `user` (the root hooks drop them to it), so that hooks run as `user` can see that
@@ -183,14 +183,4 @@ fn a_port_held_by_a_process_the_hook_user_cannot_see_is_refused_and_its_answer_n
     chown_tree(&site.state(), 0, 0);
     site.deploy_ok("d-2");
     assert_eq!(site.live_version().as_deref(), Some("d-2"));
-}
-
-/// A child process killed on drop.
-struct Guarded(std::process::Child);
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -6,31 +6,11 @@ mod support;
 
 use std::fs;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use portswap_testkit::{bins, net};
-use support::{wait, Site};
-
-/// A process the test started, killed on drop.
-struct Guarded(Child);
-
-impl Guarded {
-    fn pid(&self) -> i32 {
-        self.0.id() as i32
-    }
-
-    fn running(&mut self) -> bool {
-        self.0.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{wait, Guarded, Site};
 
 /// Starts `argv` the way `nohup ... &` from a legacy script does: cwd `/`, no output, its own
 /// process group, no portswap marker; waits until it listens on `port`.

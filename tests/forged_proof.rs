@@ -9,30 +9,11 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use portswap_testkit::bins;
-use support::{Settings, Site, TestUser};
-
-/// A child process killed (with its group) on drop.
-struct Guarded(Child);
-
-impl Guarded {
-    fn pid(&self) -> i32 {
-        self.0.id() as i32
-    }
-    fn running(&mut self) -> bool {
-        self.0.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{Guarded, Settings, Site, TestUser};
 
 /// A fixture app on `port` answering `version`, started by `adjust`'s rules (user, cwd, env).
 fn fixture(port: u16, version: &str, extra: &[&str], adjust: impl FnOnce(&mut Command)) -> Guarded {

@@ -622,3 +622,23 @@ impl Rng {
         self.0 % n
     }
 }
+
+/// A process the test started, killed on drop.
+pub struct Guarded(pub std::process::Child);
+
+impl Guarded {
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -211,6 +211,29 @@ pub struct Stopped {
 /// How long [`terminate`] waits for the processes to vanish and the port to free after SIGKILL.
 pub const KILL_WAIT: Duration = Duration::from_secs(5);
 
+/// The shortest wait [`bounded`] gives once the deadline is (nearly) past: a SIGKILL and a
+/// look whether it took.
+const LAST_WAIT: Duration = Duration::from_millis(500);
+
+/// When the running hook must be done by (its budget, [`crate::budget`]); `None`: no bound.
+static DEADLINE: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+
+/// Bounds every later wait of [`terminate`] (and what callers pass through [`bounded`]) by
+/// `at`: a hook that stops twice (`start` freeing the slot, then cleaning up after a version
+/// that failed; systemd's `disable --now`, then the process-mode rules) stays within the
+/// budget `portswap-bundle` checked. `None` lifts the bound.
+pub fn set_deadline(at: Option<Instant>) {
+    *DEADLINE.lock().unwrap_or_else(|e| e.into_inner()) = at;
+}
+
+/// `limit`, or what is left until the deadline when that is less (at least [`LAST_WAIT`]).
+pub fn bounded(limit: Duration) -> Duration {
+    match *DEADLINE.lock().unwrap_or_else(|e| e.into_inner()) {
+        Some(at) => limit.min(at.saturating_duration_since(Instant::now()).max(LAST_WAIT)),
+        None => limit,
+    }
+}
+
 /// Sends `signal` to `process` and no other: through a pidfd (`pidfd_open`, then
 /// `pidfd_send_signal`), so the start time checked once the descriptor is open names the
 /// process the signal reaches, even if the pid is freed and reused in between. `Ok(false)`:
@@ -280,6 +303,11 @@ fn pids(processes: &[ProcId]) -> String {
 /// [`KILL_WAIT`] more. Only processes `targets()` names are ever signalled.
 pub fn terminate(port: u16, grace: Duration, targets: impl Fn() -> Vec<ProcId>) -> Result<Stopped> {
     let started = Instant::now();
+    // Within the hook's deadline (see [`set_deadline`]): the grace shrinks so that the wait
+    // after SIGKILL still fits.
+    let grace = bounded(grace + KILL_WAIT)
+        .saturating_sub(KILL_WAIT)
+        .min(grace);
     // Until `limit`: signal whoever of the app is new since the last poll; done once none
     // is left and the port is free.
     let phase = |limit: Duration, signal: Signal, sent: &mut Vec<ProcId>| {
@@ -313,7 +341,8 @@ pub fn terminate(port: u16, grace: Duration, targets: impl Fn() -> Vec<ProcId>) 
         pids(&left)
     );
     let mut killed = Vec::new();
-    let done = phase(KILL_WAIT, Signal::SIGKILL, &mut killed);
+    let kill_wait = bounded(KILL_WAIT);
+    let done = phase(kill_wait, Signal::SIGKILL, &mut killed);
     if done {
         return Ok(Stopped {
             took: started.elapsed(),
@@ -326,14 +355,14 @@ pub fn terminate(port: u16, grace: Duration, targets: impl Fn() -> Vec<ProcId>) 
         format!(
             "port {port} is still in use {} after SIGKILL (by {}), though the app's processes \
              are gone",
-            crate::duration::show(KILL_WAIT),
+            crate::duration::show(kill_wait),
             holders(port)
         )
     } else {
         format!(
             "pid {} still running {} after SIGKILL",
             pids(&left),
-            crate::duration::show(KILL_WAIT)
+            crate::duration::show(kill_wait)
         )
     }))
 }
@@ -392,5 +421,38 @@ mod tests {
         assert_eq!(signal(me, Signal::SIGKILL), Ok(true));
         child.wait().unwrap();
         assert_eq!(signal(me, Signal::SIGKILL), Ok(false), "gone");
+    }
+
+    #[test]
+    fn a_stop_never_outlives_the_deadline() {
+        let mut child = Command::new("sh")
+            .args(["-c", "trap '' TERM; while :; do sleep 1; done"])
+            .spawn()
+            .unwrap();
+        let process = ProcId::of(child.id() as i32).unwrap();
+        // Let the shell install its trap before the SIGTERM.
+        wait_for(Duration::from_secs(2), || {
+            fs::read_to_string(format!("/proc/{}/status", process.pid)).is_ok_and(|s| {
+                s.lines()
+                    .any(|l| l.starts_with("SigIgn:") && !l.ends_with("0000000000000000"))
+            })
+        });
+        let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = unused.local_addr().unwrap().port();
+        drop(unused);
+        let began = Instant::now();
+        set_deadline(Some(began + Duration::from_millis(1500)));
+        let stopped = terminate(port, Duration::from_secs(20), || {
+            [process].into_iter().filter(ProcId::is_alive).collect()
+        });
+        set_deadline(None);
+        child.wait().unwrap();
+        let stopped = stopped.unwrap();
+        assert_eq!(stopped.killed, 1, "{stopped:?}");
+        assert!(
+            began.elapsed() < Duration::from_millis(2500),
+            "{:?}",
+            began.elapsed()
+        );
     }
 }

@@ -25,7 +25,13 @@ pub const HOOK: Hook = Hook {
 
 /// Runs `start`.
 pub fn run(args: &Args) -> Result<String> {
+    let began = std::time::Instant::now();
     let ctx = Context::locked(HOOK.name, args)?;
+    // Every stop this run makes (freeing the slot, cleaning up after a version that failed)
+    // fits in the budget `portswap-bundle` checked against ApplicationStart's timeout.
+    if let Some(budget) = crate::budget::Budget::of(HOOK.name, &ctx.config) {
+        process::set_deadline(Some(began + budget.total()));
+    }
     let (_, idle) = ctx.sides()?;
     let stopped = ctx.supervisor.stop(idle.port, false)?;
     log::info!("idle slot {}: {stopped}", idle.port);

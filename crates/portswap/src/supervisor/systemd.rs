@@ -294,7 +294,7 @@ impl Supervisor for SystemdSupervisor {
                 let started = std::time::Instant::now();
                 self.manager.systemctl(
                     &["disable", "--now", "--", &unit],
-                    self.stop_grace + crate::process::KILL_WAIT,
+                    crate::process::bounded(self.stop_grace + crate::process::KILL_WAIT),
                 )?;
                 done.push(format!(
                     "stopped and disabled {unit} ({} before) in {}",
