@@ -251,3 +251,89 @@ fn units_stay_readable_foreign_links_are_refused_and_a_failed_start_leaves_no_re
     }
     deploy_ok(&site, "after");
 }
+
+#[test]
+fn both_supervisors_give_the_app_its_users_groups_and_the_same_environment() {
+    let Some(user) = TestUser::create("groups and environment in both supervisors") else {
+        return;
+    };
+    let group = format!("{}-g", user.name);
+    assert!(std::process::Command::new("groupadd")
+        .args(["--system", &group])
+        .status()
+        .unwrap()
+        .success());
+    assert!(std::process::Command::new("usermod")
+        .args(["-aG", &group, &user.name])
+        .status()
+        .unwrap()
+        .success());
+    let gid = nix::unistd::Group::from_name(&group)
+        .unwrap()
+        .unwrap()
+        .gid
+        .as_raw();
+    let Some(site) = site("groups and environment in both supervisors") else {
+        return;
+    };
+    fs::set_permissions(site.root(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut seen = Vec::new();
+    for (round, supervisor) in ["systemd", "process"].into_iter().enumerate() {
+        site.configure_command(
+            fixture_command("{deployment_id}", &[] as &[&str]),
+            supervisor,
+            "",
+        );
+        set_app_key(&site, "user", &user.name);
+        let id = format!("{supervisor}-{round}");
+        deploy_ok(&site, &id);
+        let pid = recorded_pid(&site.state(), site.live_port().unwrap()).unwrap();
+        let status = site
+            .machine
+            .run_ok(&["cat", &format!("/proc/{pid}/status")]);
+        let groups = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Groups:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        assert!(
+            groups.split_whitespace().any(|g| g == gid.to_string()),
+            "{supervisor}: groups {groups:?}"
+        );
+        let environ = site
+            .machine
+            .run(&["cat", &format!("/proc/{pid}/environ")])
+            .stdout;
+        let environ = String::from_utf8_lossy(&environ).replace('\0', "\n");
+        let mut names: Vec<String> = environ
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k.to_string()))
+            // systemd's own additions (documented): its locale and its bookkeeping.
+            .filter(|k| {
+                ![
+                    "INVOCATION_ID",
+                    "JOURNAL_STREAM",
+                    "SYSTEMD_EXEC_PID",
+                    "LANG",
+                ]
+                .contains(&k.as_str())
+            })
+            .collect();
+        names.sort();
+        let path = environ
+            .lines()
+            .find(|l| l.starts_with("PATH="))
+            .unwrap()
+            .to_string();
+        seen.push((supervisor, groups, names, path));
+    }
+    assert_eq!(seen[0].1, seen[1].1, "groups differ: {seen:?}");
+    assert_eq!(seen[0].2, seen[1].2, "environment differs: {seen:?}");
+    assert_eq!(seen[0].3, seen[1].3, "PATH differs: {seen:?}");
+    drop(site);
+    let _ = std::process::Command::new("gpasswd")
+        .args(["-d", &user.name, &group])
+        .status();
+    let _ = std::process::Command::new("groupdel").arg(&group).status();
+}

@@ -174,8 +174,15 @@ pub fn launch(spec: &LaunchSpec) -> Result<Child> {
         command
             .env("HOME", &user.home)
             .env("USER", &user.name)
-            .env("LOGNAME", &user.name)
-            .env("SHELL", &user.shell);
+            .env("LOGNAME", &user.name);
+        // As systemd's User=: no SHELL for a placeholder shell (nologin, false).
+        let placeholder = user
+            .shell
+            .file_name()
+            .is_some_and(|n| n == "nologin" || n == "false");
+        if !placeholder {
+            command.env("SHELL", &user.shell);
+        }
     }
     command.envs(spec.env.iter().map(|(k, v)| (k, v)));
     // SAFETY: setsid and umask are async-signal-safe and touch no memory of the parent.
