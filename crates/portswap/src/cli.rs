@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::error::{Error, Failure, Result};
+use crate::error::{Error, Failure, Result, UsageError};
 use crate::signals;
 
 /// The version of every portswap binary.
@@ -72,7 +72,12 @@ pub fn split_arg(raw: &OsStr) -> Option<(String, Option<String>)> {
 }
 
 fn parse(hook: &Hook, argv: Vec<OsString>) -> Result<Parsed> {
-    let usage = |msg: String| Error::Usage(format!("{msg}; see `{} --help`", hook.name));
+    let usage = |problem: String| {
+        Error::from(UsageError::Flag {
+            hook: hook.name,
+            problem,
+        })
+    };
     let mut args = Args::default();
     let mut iter = argv.into_iter();
     while let Some(raw) = iter.next() {
@@ -253,10 +258,22 @@ mod tests {
         assert_eq!(a.port, Some(8082));
         assert!(a.force && !a.rollback);
         assert!(matches!(args(&["--help"]).unwrap(), Parsed::Help));
-        assert!(matches!(args(&["--port", "0"]), Err(Error::Usage(_))));
-        assert!(matches!(args(&["--port"]), Err(Error::Usage(_))));
-        assert!(matches!(args(&["--rollback"]), Err(Error::Usage(_))));
-        assert!(matches!(args(&["--force=yes"]), Err(Error::Usage(_))));
+        assert!(matches!(
+            args(&["--port", "0"]),
+            Err(Error::Usage(UsageError::Flag { .. }))
+        ));
+        assert!(matches!(
+            args(&["--port"]),
+            Err(Error::Usage(UsageError::Flag { .. }))
+        ));
+        assert!(matches!(
+            args(&["--rollback"]),
+            Err(Error::Usage(UsageError::Flag { .. }))
+        ));
+        assert!(matches!(
+            args(&["--force=yes"]),
+            Err(Error::Usage(UsageError::Flag { .. }))
+        ));
         assert!(help(&HOOK).contains("--force"));
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Health;
 use crate::duration::show;
-use crate::error::{Error, Result};
+use crate::error::{ProbeError, Result};
 
 /// Why a single probe did not pass.
 pub type ProbeFailure = String;
@@ -195,14 +195,16 @@ pub fn wait_healthy(
             Err(failure) => failure,
         };
         if let Some(reason) = dead() {
-            return Err(Error::Failed(reason));
+            return Err(ProbeError::Died { reason }.into());
         }
         let now = Instant::now();
         if now >= deadline {
-            return Err(Error::Failed(format!(
-                "not healthy after {} ({tries} probes); last: {failure}",
-                show(rules.timeout)
-            )));
+            return Err(ProbeError::Unhealthy {
+                timeout: rules.timeout,
+                tries,
+                last: failure.to_string(),
+            }
+            .into());
         }
         if now.duration_since(last_progress) >= Duration::from_secs(1) {
             log::info!(

@@ -14,7 +14,7 @@ use nix::libc;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SupervisorError};
 use crate::fsio;
 use crate::procfs::{self, ProcId};
 use crate::users::Account;
@@ -52,9 +52,9 @@ pub fn resolve_program(program: &str) -> Result<PathBuf> {
     path.push_str(":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     which::which_in(program, Some(path), cwd).map_err(|_| {
-        Error::Failed(format!(
-            "program `{program}` not found in PATH or the system directories"
-        ))
+        Error::from(SupervisorError::ProgramNotFound {
+            program: program.to_string(),
+        })
     })
 }
 
@@ -83,14 +83,18 @@ fn close_inherited_descriptors() {
 fn open_log(spec: &LaunchSpec) -> Result<fs::File> {
     let path = &spec.log_file;
     let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
-        return Err(Error::Failed(format!(
-            "app log {} has no directory or file name",
-            path.display()
-        )));
+        return Err(SupervisorError::LogPath {
+            path: path.to_path_buf(),
+        }
+        .into());
     };
     let owner = spec.account.as_ref().map(|a| (a.uid, a.gid));
-    fsio::open_append_in(dir, name, 0o640, owner)
-        .map_err(|e| Error::Failed(format!("cannot open app log: {e}")))
+    fsio::open_append_in(dir, name, 0o640, owner).map_err(|e| {
+        SupervisorError::OpenLog {
+            source: Box::new(e),
+        }
+        .into()
+    })
 }
 
 /// Starts the app in a new session, stdin from /dev/null, stdout/stderr appended to its log.
@@ -196,11 +200,11 @@ pub fn launch(spec: &LaunchSpec) -> Result<Child> {
         });
     }
     command.spawn().map_err(|e| {
-        Error::Failed(format!(
-            "cannot start {}: {e} (workdir {})",
-            program.display(),
-            spec.workdir.display()
-        ))
+        Error::from(SupervisorError::Launch {
+            program: program.clone(),
+            workdir: spec.workdir.clone(),
+            source: e,
+        })
     })
 }
 
@@ -335,12 +339,12 @@ pub fn terminate(port: u16, grace: Duration, targets: impl Fn() -> Vec<ProcId>) 
     }
     let left = targets();
     if left.is_empty() {
-        return Err(Error::Failed(format!(
-            "every process of the app exited, but port {port} is still in use {} after SIGTERM \
-             (by {}); no SIGKILL sent",
-            crate::duration::show(grace),
-            holders(port)
-        )));
+        return Err(SupervisorError::HeldAfterTerm {
+            port,
+            grace,
+            holders: holders(port),
+        }
+        .into());
     }
     log::warn!(
         "still running {} after SIGTERM: pid {}; sending SIGKILL",
@@ -358,20 +362,19 @@ pub fn terminate(port: u16, grace: Duration, targets: impl Fn() -> Vec<ProcId>) 
         });
     }
     let left = targets();
-    Err(Error::Failed(if left.is_empty() {
-        format!(
-            "port {port} is still in use {} after SIGKILL (by {}), though the app's processes \
-             are gone",
-            crate::duration::show(kill_wait),
-            holders(port)
-        )
+    Err(if left.is_empty() {
+        SupervisorError::HeldAfterKill {
+            port,
+            waited: kill_wait,
+            holders: holders(port),
+        }
     } else {
-        format!(
-            "pid {} still running {} after SIGKILL",
-            pids(&left),
-            crate::duration::show(kill_wait)
-        )
-    }))
+        SupervisorError::Survived {
+            pids: pids(&left),
+            waited: kill_wait,
+        }
+    }
+    .into())
 }
 
 /// Who listens on `port`, for messages.

@@ -6,7 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SupervisorError};
 use crate::fsio;
 
 /// A staged release.
@@ -152,10 +152,10 @@ fn copy_file(source: &Path, target: &Path) -> Result<()> {
     let mut buffer = vec![0u8; 1 << 20];
     loop {
         if crate::signals::pending().is_some() {
-            return Err(Error::Failed(format!(
-                "stopped while copying {}",
-                source.display()
-            )));
+            return Err(SupervisorError::StageInterrupted {
+                source_path: source.to_path_buf(),
+            }
+            .into());
         }
         let n = from
             .read(&mut buffer)
@@ -174,10 +174,11 @@ fn copy_artifacts(dir: &Path, patterns: &[PathBuf]) -> Result<Vec<PathBuf>> {
     for (i, pattern) in patterns.iter().enumerate() {
         let sources = expand(pattern)?;
         if sources.is_empty() {
-            return Err(Error::Failed(format!(
-                "app.artifacts[{i}]: nothing matches {}; is the artifact in the revision?",
-                pattern.display()
-            )));
+            return Err(SupervisorError::NoArtifact {
+                index: i,
+                pattern: pattern.to_path_buf(),
+            }
+            .into());
         }
         for source in sources {
             let target = dir.join(source.file_name().unwrap_or_default());
@@ -275,7 +276,10 @@ mod tests {
         fs::write(src.join("app.jar"), "v1").unwrap();
         let releases = root.join("releases");
         let missing = stage(&releases, "d-0", 1, &[src.join("*.war")]);
-        assert!(matches!(missing, Err(Error::Failed(_))));
+        assert!(matches!(
+            missing,
+            Err(Error::Supervisor(SupervisorError::NoArtifact { .. }))
+        ));
         assert!(
             !releases.join("d-0-1").exists(),
             "a failed stage leaves no directory"

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::error::{Result, SupervisorError};
 use crate::process::{resolve_program, wait_for};
 
 /// How long a call that does not wait for a stop may take (they take milliseconds; a hung
@@ -105,7 +105,10 @@ fn run(program: &str, args: &[&str], limit: Duration) -> Result<String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Error::Failed(format!("`{call}` could not run: {e}")))?;
+        .map_err(|source| SupervisorError::CallSpawn {
+            call: call.clone(),
+            source,
+        })?;
     // Outputs read here are small (a few properties, a few log lines): they fit the pipes
     // while the call runs.
     let mut status = None;
@@ -116,10 +119,7 @@ fn run(program: &str, args: &[&str], limit: Duration) -> Result<String> {
     let Some(status) = status else {
         let _ = child.kill();
         let _ = child.wait();
-        return Err(Error::Failed(format!(
-            "`{call}` did not finish within {}",
-            crate::duration::show(limit)
-        )));
+        return Err(SupervisorError::CallTimeout { call, limit }.into());
     };
     let mut stdout = String::new();
     let mut stderr = String::new();
@@ -138,9 +138,12 @@ fn run(program: &str, args: &[&str], limit: Duration) -> Result<String> {
         .find(|l| !l.trim().is_empty())
         .unwrap_or("no output")
         .trim();
-    Err(Error::Failed(format!(
-        "`{call}` failed ({status}): {detail}"
-    )))
+    Err(SupervisorError::CallFailed {
+        call,
+        status: status.to_string(),
+        detail: detail.to_string(),
+    }
+    .into())
 }
 
 /// What `systemctl show` printed: `Key=value` lines.

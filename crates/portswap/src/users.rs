@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::PathBuf;
 
-use crate::error::{Error, Result};
+use crate::error::{Result, SupervisorError};
 
 /// A local account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,10 +22,14 @@ pub struct Account {
 
 /// Finds `name` (or a numeric uid) in `/etc/passwd`.
 pub fn lookup(name: &str) -> Result<Account> {
-    let passwd = fs::read_to_string("/etc/passwd")
-        .map_err(|e| Error::Failed(format!("cannot read /etc/passwd: {e}")))?;
-    parse(&passwd, name)
-        .ok_or_else(|| Error::Failed(format!("app.user: no user `{name}` in /etc/passwd")))
+    let passwd =
+        fs::read_to_string("/etc/passwd").map_err(|source| SupervisorError::Passwd { source })?;
+    parse(&passwd, name).ok_or_else(|| {
+        SupervisorError::NoUser {
+            name: name.to_string(),
+        }
+        .into()
+    })
 }
 
 /// The groups `name` belongs to (its `/etc/group` memberships and `primary`), as login, `su`

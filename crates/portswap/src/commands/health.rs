@@ -3,7 +3,7 @@
 use super::Context;
 use crate::cli::{Args, Hook};
 use crate::duration::show;
-use crate::error::{Error, Result};
+use crate::error::{Error, ProbeError, Refusal, Result};
 use crate::{applog, health};
 
 /// The `health` binary.
@@ -33,7 +33,7 @@ pub fn run(args: &Args) -> Result<String> {
         // Healthy, but only if the app is still the one `start` launched (a crash that
         // systemd restarted meanwhile is a failure, not a pass).
         match dead() {
-            Some(reason) => Err(Error::Failed(reason)),
+            Some(reason) => Err(ProbeError::Died { reason }.into()),
             None => Ok(answer),
         }
     });
@@ -44,10 +44,11 @@ pub fn run(args: &Args) -> Result<String> {
     })?;
     // A 200 from whatever listens proves nothing: it must come from the app start launched.
     ctx.supervisor.serves(idle.port).map_err(|why| {
-        Error::Refused(format!(
-            "port {} answered {status}, but not from the app start launched: {why}",
-            idle.port
-        ))
+        Error::from(Refusal::NotTheApp {
+            port: idle.port,
+            status,
+            why,
+        })
     })?;
     Ok(format!(
         "port {} is healthy: {} answered {status} after {} ({} supervisor)",

@@ -9,7 +9,7 @@ pub mod switch;
 use crate::cli::Args;
 use crate::config::{self, Config, Slot};
 use crate::deployment;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::fsio;
 use crate::state::{LockGuard, StateDir};
 use crate::supervisor::{self, Supervisor};
@@ -120,18 +120,13 @@ impl Context {
         let Some(intent) = self.state.switch_intent() else {
             return Ok(());
         };
-        let from = intent
-            .previous
-            .map_or("nothing".to_string(), |p| format!("port {p}"));
-        Err(Error::Refused(format!(
-            "a switch from {from} to port {} (deployment {}) was cut short; nginx may still \
-             send traffic to either port (the include names {}); fix: re-run `switch` (with \
-             DEPLOYMENT_ID={}, or by hand) to complete it, then retry; nothing was stopped",
-            intent.live,
-            intent.deployment_id,
-            live_port.map_or("none".to_string(), |p| format!("port {p}")),
-            intent.deployment_id,
-        )))
+        Err(Refusal::CutShort {
+            from: intent.previous,
+            to: intent.live,
+            deployment: intent.deployment_id,
+            included: live_port,
+        }
+        .into())
     }
 
     /// No include, yet a switch was recorded: the include was lost (deleted, or the path

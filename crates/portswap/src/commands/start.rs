@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use super::Context;
 use crate::cli::{Args, Hook};
 use crate::config::Slot;
-use crate::error::{ConfigError, Error, Result};
+use crate::error::{ConfigError, Refusal, Result, SupervisorError};
 use crate::ownership::Holder;
 use crate::process;
 use crate::release::{self, Release};
@@ -97,10 +97,11 @@ fn launch_checked(ctx: &Context, idle: &Slot, release: &Release) -> Result<AppRe
     // Staging took a while: the port must still be free, else the new app cannot bind and
     // an answer on the port would come from someone else.
     if let Some(why) = ctx.supervisor.holder(idle.port).taken(idle.port) {
-        return Err(Error::Refused(format!(
-            "port {} is no longer free right before the launch: {why}; nothing was started",
-            idle.port
-        )));
+        return Err(Refusal::TakenAtLaunch {
+            port: idle.port,
+            why,
+        }
+        .into());
     }
     log::info!(
         "starting on port {} ({} supervisor): {}",
@@ -127,28 +128,21 @@ fn launch_checked(ctx: &Context, idle: &Slot, release: &Release) -> Result<AppRe
         _ => {
             // Nothing of it runs right now, but its supervisor may still restart it (a unit
             // crash-looping between restarts): the stop disables what is left.
-            return Err(Error::Failed(match ctx.supervisor.stop(idle.port, false) {
-                Ok(_) => reason,
-                Err(e) => format!(
-                    "{reason}; cleaning up failed: {e}; run `stop --port {}`",
-                    idle.port
-                ),
-            }));
+            return Err(SupervisorError::DiedAtStart {
+                reason,
+                port: idle.port,
+                cleanup: ctx.supervisor.stop(idle.port, false).err().map(Box::new),
+            }
+            .into());
         }
     };
-    let hint = "an app that puts itself in the background cannot be supervised: run it in the \
-                foreground";
-    Err(Error::Failed(match ctx.supervisor.stop(idle.port, false) {
-        Ok(done) => format!(
-            "{reason}; it left pid {} running ({hint}): {done}",
-            left.pid
-        ),
-        Err(e) => format!(
-            "{reason}; it left pid {} running ({hint}), and stopping it failed: {e}; run \
-                 `stop --port {}` once the cause is fixed",
-            left.pid, idle.port
-        ),
-    }))
+    Err(SupervisorError::Daemonized {
+        reason,
+        pid: left.pid,
+        port: idle.port,
+        stopped: ctx.supervisor.stop(idle.port, false).map_err(Box::new),
+    }
+    .into())
 }
 
 /// Removes the release of a start that failed, unless something of ours still runs there.

@@ -2,7 +2,7 @@
 
 use super::Context;
 use crate::cli::{Args, Hook};
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result, UsageError};
 
 /// The `stop` binary.
 pub const HOOK: Hook = Hook {
@@ -20,19 +20,16 @@ pub fn run(args: &Args) -> Result<String> {
     let (live, idle) = ctx.sides()?;
     let target = match args.port {
         Some(port) => ctx.config.slot(port).ok_or_else(|| {
-            Error::Usage(format!(
-                "--port {port} is not a slot ({} or {})",
-                ctx.config.slots[0].port, ctx.config.slots[1].port
-            ))
+            Error::from(UsageError::NotASlot {
+                port,
+                slots: [ctx.config.slots[0].port, ctx.config.slots[1].port],
+            })
         })?,
         None => idle,
     };
     let force = args.force;
     if live.is_some_and(|l| l.port == target.port) && !force {
-        return Err(Error::Refused(format!(
-            "port {} is live (nginx sends traffic to it); stop the idle slot, or pass --force",
-            target.port
-        )));
+        return Err(Refusal::LiveSlot { port: target.port }.into());
     }
     let done = ctx.supervisor.stop(target.port, force)?;
     Ok(format!("{done} ({} supervisor)", ctx.supervisor.kind()))

@@ -7,7 +7,7 @@ use super::{status, Context};
 use crate::cli::{self, Args, Hook};
 use crate::config::Health;
 use crate::duration::show;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::health;
 use crate::signals;
 use crate::state::{self, Before, SwitchRecord};
@@ -62,20 +62,18 @@ pub fn run(args: &Args) -> Result<String> {
     });
     let target = if rollback {
         if let Live::Unmanaged(port) = now {
-            return Err(Error::Refused(format!(
-                "port {port} is live and not a slot: portswap rolls back only between its slots"
-            )));
+            return Err(Refusal::RollbackFromUnmanaged { port }.into());
         }
-        let live_port = live_port
-            .ok_or_else(|| Error::Refused("nothing is live yet: nothing to roll back to".into()))?;
+        let live_port = live_port.ok_or(Refusal::NothingToRollBack)?;
         let recorded = ctx.state.switch_record().and_then(|r| r.previous);
         if let Some(p) = recorded.filter(|p| ctx.config.slot(*p).is_none()) {
-            return Err(Error::Refused(format!(
-                "the switch to port {live_port} took over from port {p}, which portswap does not \
-                 manage: no slot to roll back to; to go back, put `{}` into {} and reload nginx",
-                ctx.config.nginx.template.render(p).trim_end(),
-                ctx.config.nginx.include.display()
-            )));
+            return Err(Refusal::RollbackToUnmanaged {
+                live: live_port,
+                previous: p,
+                line: ctx.config.nginx.template.render(p).trim_end().to_string(),
+                include: ctx.config.nginx.include.clone(),
+            }
+            .into());
         }
         recorded
             .filter(|p| *p != live_port && ctx.config.slot(*p).is_some())
@@ -208,11 +206,9 @@ fn watch_rollback(ctx: &Context, from: u16, to: u16, why: &str) -> Result<Switch
 
 /// An answer proves nothing unless our app is what listens on `port`.
 fn ours(ctx: &Context, port: u16) -> Result<()> {
-    ctx.supervisor.serves(port).map_err(|why| {
-        Error::Refused(format!(
-            "refusing to switch to port {port}: {why}; nginx unchanged"
-        ))
-    })
+    ctx.supervisor
+        .serves(port)
+        .map_err(|why| Error::from(Refusal::NotOursToSwitch { port, why }))
 }
 
 /// The routing files as they are now, for a new intent.
@@ -294,7 +290,7 @@ fn back_from_gone_target(ctx: &Context, intent: &SwitchRecord, why: &Error) -> E
     )
     .map_err(Error::Failed)
     .and_then(|_| match ctx.config.slot(back) {
-        Some(_) => ctx.supervisor.serves(back).map_err(Error::Refused),
+        Some(_) => ctx.supervisor.serves(back).map_err(Error::Failed),
         None => Ok(()),
     });
     if let Err(e) = usable {

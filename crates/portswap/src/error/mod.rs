@@ -5,10 +5,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 mod config;
+mod refusal;
 mod state;
+mod supervisor;
 
 pub use config::{ConfigError, Exposure};
+pub use refusal::{Refusal, UsageError};
 pub use state::{FileError, StateError};
+pub use supervisor::{ProbeError, SupervisorError};
 
 /// What the operator must do about an error; it decides the hook's exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +55,8 @@ impl Failure for Error {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Bad command-line flags.
-    #[error("{0}")]
-    Usage(String),
+    #[error(transparent)]
+    Usage(#[from] UsageError),
     /// A configuration file that cannot be used: names the file, the key and the fix.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -60,8 +64,14 @@ pub enum Error {
     #[error("{0}")]
     State(String),
     /// Refused to act because acting could harm the live app or a foreign process.
-    #[error("{0}")]
-    Refused(String),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// Running the app: staging, its account, its processes, its units.
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    /// Probing the new version's health.
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
     /// The operation was carried out and failed (unhealthy app, rejected nginx config, ...).
     #[error("{0}")]
     Failed(String),
@@ -99,7 +109,9 @@ impl Error {
     /// What the operator must do about it.
     pub fn kind(&self) -> Kind {
         match self {
-            Error::Failed(_) | Error::Io { .. } => Kind::Failed,
+            Error::Failed(_) | Error::Io { .. } | Error::Supervisor(_) | Error::Probe(_) => {
+                Kind::Failed
+            }
             Error::Usage(_) | Error::Config(_) | Error::State(_) | Error::File(_) => Kind::BadInput,
             Error::StateDir(e) => e.kind(),
             Error::Refused(_) => Kind::Refused,

@@ -14,7 +14,7 @@ use super::{Launch, Supervisor};
 use crate::applog;
 use crate::config::Config;
 use crate::duration::show;
-use crate::error::{Error, Result};
+use crate::error::{Refusal, Result, SupervisorError};
 use crate::ownership::{self, Holder, UnitCgroup};
 use crate::process::{self, LaunchSpec};
 use crate::procfs::{self, ProcId};
@@ -104,18 +104,24 @@ impl Supervisor for ProcessSupervisor {
                 return Ok(format!("nothing runs on port {port}"));
             }
             Holder::Unidentified { reason } => {
-                return Err(Error::Refused(format!("{reason}; nothing was signalled")));
+                return Err(Refusal::Unidentified {
+                    reason: reason.clone(),
+                    untouched: "signalled",
+                }
+                .into());
             }
             Holder::Foreign { pid, command } if !force => {
-                return Err(Error::Refused(format!(
-                    "port {port} is held by pid {pid} (`{command}`), which is not portswap's app; \
-                     stop it yourself or pass --force to stop"
-                )));
+                return Err(Refusal::Foreign {
+                    port,
+                    pid,
+                    command,
+                    unit: None,
+                }
+                .into());
             }
             Holder::Foreign { pid, command } => {
                 log::warn!("--force: stopping foreign pid {pid} (`{command}`) on port {port}");
-                let process =
-                    ProcId::of(pid).ok_or_else(|| Error::Failed(format!("pid {pid} vanished")))?;
+                let process = ProcId::of(pid).ok_or(SupervisorError::Vanished { pid })?;
                 let leads = procfs::parent_and_group(pid).is_some_and(|(_, g)| g == pid);
                 (process, Box::new(move || group_of(process, leads)))
             }

@@ -21,7 +21,7 @@ use super::process::ProcessSupervisor;
 use super::{Launch, Supervisor};
 use crate::config::{self, Config, Output};
 use crate::duration::show;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result, SupervisorError};
 use crate::ownership::{self, Holder, UnitCgroup};
 use crate::procfs::{self, ProcId};
 use crate::state::{AppRecord, StateDir};
@@ -208,17 +208,21 @@ impl SystemdSupervisor {
         let dir = log.parent().unwrap_or(Path::new("/"));
         let name = log.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if let Some(who) = fsio::open_dir(dir, None)?.changeable_by_others {
-            return Err(Error::Refused(format!(
-                "systemd appends the app's output to {} as root, following links, and {who} \
-                 could point it at any file; fix: an app.log_dir only root can change (the \
-                 default <state.dir>/logs, or /var/log/NAME), or systemd.output: journal",
-                log.display()
-            )));
+            return Err(Refusal::SharedLogPath {
+                log: log.to_path_buf(),
+                who: who.to_string(),
+            }
+            .into());
         }
         let owner = launch.account.as_ref().map(|a| (a.uid, a.gid));
         fsio::open_append_in(dir, name, 0o640, owner)
             .map(drop)
-            .map_err(|e| Error::Failed(format!("cannot open app log: {e}")))
+            .map_err(|e| {
+                SupervisorError::OpenLog {
+                    source: Box::new(e),
+                }
+                .into()
+            })
     }
 
     /// The program of `argv[0]` as an absolute path (systemd wants one).
@@ -275,13 +279,20 @@ impl Supervisor for SystemdSupervisor {
         let unit = self.systemd.unit_name(port);
         match self.holder_of(port, &self.unit_cgroup(port)) {
             Holder::Unidentified { reason } => {
-                return Err(Error::Refused(format!("{reason}; nothing was stopped")));
+                return Err(Refusal::Unidentified {
+                    reason: reason.clone(),
+                    untouched: "stopped",
+                }
+                .into());
             }
             Holder::Foreign { pid, command } if !force => {
-                return Err(Error::Refused(format!(
-                    "port {port} is held by pid {pid} (`{command}`), which is not portswap's app \
-                     (not in {unit}); stop it yourself or pass --force to stop"
-                )));
+                return Err(Refusal::Foreign {
+                    port,
+                    pid,
+                    command: command.clone(),
+                    unit: Some(unit.to_string()),
+                }
+                .into());
             }
             _ => {}
         }
@@ -320,19 +331,18 @@ impl Supervisor for SystemdSupervisor {
         let unit = self.systemd.unit_name(port);
         let unit_path = self.unit_path(&unit);
         if self.unit_file_is_ours(&unit) == Some(false) {
-            return Err(Error::Refused(format!(
-                "{} exists and is not a unit portswap wrote (a link, as `systemctl mask` or \
-                 `systemctl link` make, or no `{MARKER}` first line); rename systemd.unit or \
-                 remove that unit yourself",
-                unit_path.display()
-            )));
+            return Err(Refusal::ForeignUnit {
+                path: unit_path.to_path_buf(),
+                marker: MARKER,
+            }
+            .into());
         }
         // Masked elsewhere (`systemctl mask --runtime` links it in /run): never unmasked.
         if self.manager.show(&unit, &["LoadState"])?.get("LoadState") == "masked" {
-            return Err(Error::Refused(format!(
-                "{unit} is masked; portswap never unmasks a unit; unmask it yourself or rename \
-                 systemd.unit"
-            )));
+            return Err(Refusal::MaskedUnit {
+                unit: unit.to_string(),
+            }
+            .into());
         }
         let program = SystemdSupervisor::program(launch)?;
         let text = self.render_unit(launch, &program)?;
@@ -361,12 +371,15 @@ impl Supervisor for SystemdSupervisor {
             .map_err(|e| {
                 // The app may have crashed before the start job returned: say so as `gone` does
                 // (its output and where to read more), not only that systemctl failed.
-                if let Some(why) = self.gone(&record) {
-                    return Error::Failed(why);
+                if let Some(reason) = self.gone(&record) {
+                    return Error::from(SupervisorError::Gone { reason });
                 }
                 let tail = self.output_tail(&record, 1);
-                let last = tail.last().map(|l| format!("; last output: {l}"));
-                Error::Failed(format!("{e}{}", last.unwrap_or_default()))
+                SupervisorError::UnitStart {
+                    source: Box::new(e),
+                    last: tail.last().cloned(),
+                }
+                .into()
             })?;
         let props = manager.show(&unit, WATCHED)?;
         // A daemonizing app's main process has exited (MainPID 0): record the oldest process
@@ -380,9 +393,13 @@ impl Supervisor for SystemdSupervisor {
         let Some(process) =
             main.or_else(|| SystemdSupervisor::oldest_member(&self.unit_cgroup(port)))
         else {
-            return Err(Error::Failed(self.gone(&record).unwrap_or_else(|| {
-                format!("{unit} started, but no process of it runs (MainPID 0, empty cgroup)")
-            })));
+            return Err(match self.gone(&record) {
+                Some(reason) => SupervisorError::Gone { reason },
+                None => SupervisorError::UnitEmpty {
+                    unit: unit.to_string(),
+                },
+            }
+            .into());
         };
         record.pid = process.pid;
         record.start_time = process.start_time;

@@ -20,7 +20,7 @@ use super::nginx::NginxSwitcher;
 use super::{boot_unit, upstreams, Fallback, Live, Switched, Switcher, Unswitched};
 use crate::config::Config;
 use crate::duration::show;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::process::resolve_program;
 use crate::state::StateDir;
 use crate::{fsio, procfs, sockdiag};
@@ -357,12 +357,12 @@ impl NftablesSwitcher {
             procfs::listeners(service).first().copied()
         };
         if let Some(pid) = holder {
-            return Err(Error::Refused(format!(
-                "port {service} (switch.service_port) is already listened on by pid {pid} ({}); \
-                 nginx must proxy to a port nothing listens on: choose another \
-                 switch.service_port; nothing changed",
-                procfs::describe(pid)
-            )));
+            return Err(Refusal::ServicePortTaken {
+                port: service,
+                pid,
+                command: procfs::describe(pid),
+            }
+            .into());
         }
         let included = self.route.nginx.included_port()?;
         if let Some(port) = included.filter(|p| *p != service && !self.route.slots.contains(p)) {

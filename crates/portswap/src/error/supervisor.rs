@@ -1,0 +1,214 @@
+//! Errors of running the app: staging its release, its account, launching and stopping its
+//! processes, systemd units and `systemctl` calls; and of probing its health.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::Error;
+use crate::duration::show;
+
+/// Running the app failed (exit 1).
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// `app.command[0]` is nowhere to be found.
+    #[error("program `{program}` not found in PATH or the system directories")]
+    ProgramNotFound {
+        /// The program as configured.
+        program: String,
+    },
+    /// The app's log path has no directory or no file name.
+    #[error("app log {} has no directory or file name", path.display())]
+    LogPath {
+        /// The log path.
+        path: PathBuf,
+    },
+    /// The app's log could not be opened (or handed to the app's user).
+    #[error("cannot open app log: {source}")]
+    OpenLog {
+        /// Why.
+        source: Box<Error>,
+    },
+    /// The process could not be started.
+    #[error("cannot start {}: {source} (workdir {})", program.display(), workdir.display())]
+    Launch {
+        /// The resolved program.
+        program: PathBuf,
+        /// Its working directory.
+        workdir: PathBuf,
+        /// The system's error.
+        source: io::Error,
+    },
+    /// Every process of the app is gone after SIGTERM, yet the port is still in use.
+    #[error(
+        "every process of the app exited, but port {port} is still in use {} after SIGTERM \
+         (by {holders}); no SIGKILL sent",
+        show(*grace)
+    )]
+    HeldAfterTerm {
+        /// The slot.
+        port: u16,
+        /// `stop.grace`.
+        grace: Duration,
+        /// Who holds it.
+        holders: String,
+    },
+    /// Every process of the app is gone after SIGKILL, yet the port is still in use.
+    #[error(
+        "port {port} is still in use {} after SIGKILL (by {holders}), though the app's processes \
+         are gone",
+        show(*waited)
+    )]
+    HeldAfterKill {
+        /// The slot.
+        port: u16,
+        /// The wait after SIGKILL.
+        waited: Duration,
+        /// Who holds it.
+        holders: String,
+    },
+    /// Processes of the app survived SIGKILL.
+    #[error("pid {pids} still running {} after SIGKILL", show(*waited))]
+    Survived {
+        /// Their pids, comma-separated.
+        pids: String,
+        /// The wait after SIGKILL.
+        waited: Duration,
+    },
+    /// A process to be stopped was gone before it could be identified.
+    #[error("pid {pid} vanished")]
+    Vanished {
+        /// Its pid.
+        pid: i32,
+    },
+    /// A `systemctl`/`journalctl` call could not be started.
+    #[error("`{call}` could not run: {source}")]
+    CallSpawn {
+        /// The command line.
+        call: String,
+        /// The system's error.
+        source: io::Error,
+    },
+    /// A `systemctl`/`journalctl` call did not finish in time (it was killed).
+    #[error("`{call}` did not finish within {}", show(*limit))]
+    CallTimeout {
+        /// The command line.
+        call: String,
+        /// Its time limit.
+        limit: Duration,
+    },
+    /// A `systemctl`/`journalctl` call failed.
+    #[error("`{call}` failed ({status}): {detail}")]
+    CallFailed {
+        /// The command line.
+        call: String,
+        /// Its exit status.
+        status: String,
+        /// Its last line of error output.
+        detail: String,
+    },
+    /// The unit's start job failed; with the app's last output line when there is one.
+    #[error("{source}{}", last.as_ref().map(|l| format!("; last output: {l}")).unwrap_or_default())]
+    UnitStart {
+        /// The failed `systemctl` call.
+        source: Box<Error>,
+        /// The app's last output line.
+        last: Option<String>,
+    },
+    /// The unit started, but nothing of it runs.
+    #[error("{unit} started, but no process of it runs (MainPID 0, empty cgroup)")]
+    UnitEmpty {
+        /// The unit.
+        unit: String,
+    },
+    /// The app died or was restarted (its supervisor's one line, with its last output).
+    #[error("{reason}")]
+    Gone {
+        /// What the supervisor saw.
+        reason: String,
+    },
+    /// The new app died right after `start` launched it.
+    #[error("{reason}{}", cleanup.as_ref().map(|e| format!("; cleaning up failed: {e}; run `stop --port {port}`")).unwrap_or_default())]
+    DiedAtStart {
+        /// What the supervisor saw.
+        reason: String,
+        /// The slot.
+        port: u16,
+        /// Why stopping what it left failed, if it did.
+        cleanup: Option<Box<Error>>,
+    },
+    /// The new app put itself in the background: what it left was stopped (or not).
+    #[error("{}", daemonized(reason, *pid, *port, stopped))]
+    Daemonized {
+        /// What the supervisor saw.
+        reason: String,
+        /// The process it left running.
+        pid: i32,
+        /// The slot.
+        port: u16,
+        /// What stopping it did.
+        stopped: Result<String, Box<Error>>,
+    },
+    /// A SIGTERM arrived while the artifacts were copied.
+    #[error("stopped while copying {}", source_path.display())]
+    StageInterrupted {
+        /// The artifact being copied.
+        source_path: PathBuf,
+    },
+    /// An artifact pattern matches nothing.
+    #[error(
+        "app.artifacts[{index}]: nothing matches {}; is the artifact in the revision?",
+        pattern.display()
+    )]
+    NoArtifact {
+        /// Its index in `app.artifacts`.
+        index: usize,
+        /// The pattern.
+        pattern: PathBuf,
+    },
+    /// /etc/passwd cannot be read.
+    #[error("cannot read /etc/passwd: {source}")]
+    Passwd {
+        /// The system's error.
+        source: io::Error,
+    },
+    /// `app.user` names no account.
+    #[error("app.user: no user `{name}` in /etc/passwd")]
+    NoUser {
+        /// The name.
+        name: String,
+    },
+}
+
+fn daemonized(reason: &str, pid: i32, port: u16, stopped: &Result<String, Box<Error>>) -> String {
+    let hint = "an app that puts itself in the background cannot be supervised: run it in the \
+                foreground";
+    match stopped {
+        Ok(done) => format!("{reason}; it left pid {pid} running ({hint}): {done}"),
+        Err(e) => format!(
+            "{reason}; it left pid {pid} running ({hint}), and stopping it failed: {e}; run \
+             `stop --port {port}` once the cause is fixed"
+        ),
+    }
+}
+
+/// Probing the new version failed (exit 1).
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The app died or was restarted while it was probed.
+    #[error("{reason}")]
+    Died {
+        /// What its supervisor saw.
+        reason: String,
+    },
+    /// `health.timeout` ran out.
+    #[error("not healthy after {} ({tries} probes); last: {last}", show(*timeout))]
+    Unhealthy {
+        /// `health.timeout`.
+        timeout: Duration,
+        /// Probes made.
+        tries: u32,
+        /// The last probe's result.
+        last: String,
+    },
+}
