@@ -139,8 +139,26 @@ pub fn all_pids() -> Vec<i32> {
         .unwrap_or_default()
 }
 
-/// The children of `parent`.
+/// The children of `parent`: from the kernel's per-thread `children` lists (microseconds),
+/// else, where the kernel lacks them (no CONFIG_PROC_CHILDREN), from every process's parent
+/// (milliseconds on a host with a few hundred processes).
 pub fn children(parent: i32) -> Vec<i32> {
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{parent}/task")) {
+        let mut found = Vec::new();
+        let mut listed = false;
+        for task in tasks.flatten() {
+            if let Ok(text) = fs::read_to_string(task.path().join("children")) {
+                listed = true;
+                found.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok()),
+                );
+            }
+        }
+        if listed {
+            return found;
+        }
+    }
     all_pids()
         .into_iter()
         .filter(|p| parent_and_group(*p).is_some_and(|(ppid, _)| ppid == parent))
@@ -250,6 +268,13 @@ mod tests {
             proc_net_listening_inodes(port)
         );
         assert_eq!(listeners(port), vec![me.pid]);
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        assert!(children(me.pid).contains(&(child.id() as i32)));
+        child.kill().unwrap();
+        child.wait().unwrap();
         drop(listener);
         assert!(!port_in_use(port));
         if let Ok(v6) = std::net::TcpListener::bind("[::1]:0") {
