@@ -305,10 +305,7 @@ pub fn open_dir(path: &Path, create: Option<u32>) -> Result<Dir> {
                 .ok()
                 .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK);
                 let Some(link) = link else {
-                    return Err(Error::State(format!(
-                        "{} is not a directory",
-                        here.display()
-                    )));
+                    return Err(FileError::NotDirectory { path: here }.into());
                 };
                 let parent = dir
                     .metadata()
@@ -319,12 +316,11 @@ pub fn open_dir(path: &Path, create: Option<u32>) -> Result<Dir> {
                     || (link.st_uid != 0 && link.st_uid != me)
                     || links > 40
                 {
-                    return Err(Error::State(format!(
-                        "{} is a symbolic link in a directory others can change ({}); \
-                         portswap does not follow it; fix: name the real directory",
-                        here.display(),
-                        others_of(&parent)
-                    )));
+                    return Err(FileError::SharedLink {
+                        path: here,
+                        others: others_of(&parent).to_string(),
+                    }
+                    .into());
                 }
                 let target = nix::fcntl::readlinkat(Some(dir.as_raw_fd()), name.as_os_str())
                     .map_err(|e| Error::io("cannot read link", &here, e.into()))?;

@@ -163,13 +163,12 @@ impl StateDir {
     /// directory, every directory on its path, and its `releases/`, `logs/` and `units/`
     /// must be changeable by root and the hooks' user only.
     fn refuse_shared(&self) -> Result<()> {
-        let fix = "fix: chown it to the user the hooks run as and chmod go-w";
         if let Some(who) = fsio::open_dir(&self.dir, None)?.changeable_by_others {
-            return Err(Error::State(format!(
-                "state directory {}: {who} can change it, so another user could plant records \
-                 portswap believes; {fix}",
-                self.dir.display()
-            )));
+            return Err(StateError::SharedDir {
+                dir: self.dir.clone(),
+                who: who.to_string(),
+            }
+            .into());
         }
         for sub in ["releases", "logs", "units"] {
             let path = self.dir.join(sub);
@@ -183,7 +182,7 @@ impl StateDir {
                     .map(|who| format!("{who}: another user can change it"))
             };
             if let Some(why) = why {
-                return Err(Error::State(format!("{} {why}; {fix}", path.display())));
+                return Err(StateError::SharedSubdir { path, why }.into());
             }
         }
         Ok(())

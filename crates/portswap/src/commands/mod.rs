@@ -9,7 +9,7 @@ pub mod switch;
 use crate::cli::Args;
 use crate::config::{self, Config, Slot};
 use crate::deployment;
-use crate::error::{Error, Refusal, Result};
+use crate::error::{Refusal, Result, StateError};
 use crate::fsio;
 use crate::state::{LockGuard, StateDir};
 use crate::supervisor::{self, Supervisor};
@@ -139,17 +139,19 @@ impl Context {
         if self.config.slot(record.live).is_none() {
             return Ok(());
         }
-        let include = &self.config.nginx.include;
-        Err(Error::State(format!(
-            "include {} is missing, but {} records port {} as live (deployment {}); nginx may \
-             still send traffic there; fix: restore the include (`{}`), or delete {} if nothing \
-             is live",
-            include.display(),
-            self.state.path().join("switch.yml").display(),
-            record.live,
-            record.deployment_id,
-            self.config.nginx.template.render(record.live).trim_end(),
-            self.state.path().join("switch.yml").display(),
-        )))
+        Err(StateError::IncludeLost {
+            include: self.config.nginx.include.clone(),
+            record: self.state.path().join("switch.yml"),
+            live: record.live,
+            deployment: record.deployment_id,
+            line: self
+                .config
+                .nginx
+                .template
+                .render(record.live)
+                .trim_end()
+                .to_string(),
+        }
+        .into())
     }
 }

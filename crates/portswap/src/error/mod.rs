@@ -5,11 +5,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 mod config;
+mod nginx;
 mod refusal;
 mod state;
 mod supervisor;
 
 pub use config::{ConfigError, Exposure};
+pub use nginx::{NftError, NginxError};
 pub use refusal::{Refusal, UsageError};
 pub use state::{FileError, StateError};
 pub use supervisor::{ProbeError, SupervisorError};
@@ -69,6 +71,12 @@ pub enum Error {
     /// Running the app: staging, its account, its processes, its units.
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    /// nginx: its pid file, config test, reload and include.
+    #[error(transparent)]
+    Nginx(#[from] NginxError),
+    /// The nftables rule.
+    #[error(transparent)]
+    Nftables(#[from] NftError),
     /// Probing the new version's health.
     #[error(transparent)]
     Probe(#[from] ProbeError),
@@ -114,6 +122,8 @@ impl Error {
             }
             Error::Usage(_) | Error::Config(_) | Error::State(_) | Error::File(_) => Kind::BadInput,
             Error::StateDir(e) => e.kind(),
+            Error::Nginx(e) => e.kind(),
+            Error::Nftables(e) => e.kind(),
             Error::Refused(_) => Kind::Refused,
         }
     }

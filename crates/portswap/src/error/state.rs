@@ -27,6 +27,24 @@ pub enum FileError {
         /// The most portswap reads of it, in bytes.
         limit: u64,
     },
+    /// Something else where a directory belongs.
+    #[error("{} is not a directory", path.display())]
+    NotDirectory {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A symbolic link in a directory other users can change, so it could be swapped.
+    #[error(
+        "{} is a symbolic link in a directory others can change ({others}); portswap does not \
+         follow it; fix: name the real directory",
+        path.display()
+    )]
+    SharedLink {
+        /// The link.
+        path: PathBuf,
+        /// Who besides root and this user can change its directory.
+        others: String,
+    },
     /// A directory, FIFO, socket or device where a regular file belongs.
     #[error("{} is {what}, where a regular file belongs; fix: remove it", path.display())]
     NotRegular {
@@ -54,6 +72,47 @@ pub enum StateError {
         /// How long this hook waited.
         waited: Duration,
     },
+    /// The state directory can be changed by other users (exit 2).
+    #[error(
+        "state directory {}: {who} can change it, so another user could plant records portswap \
+         believes; {FIX_SHARED}",
+        dir.display()
+    )]
+    SharedDir {
+        /// The state directory.
+        dir: PathBuf,
+        /// Who besides root and the hooks' user can change it.
+        who: String,
+    },
+    /// `releases/`, `logs/` or `units/` is not a directory only we can change (exit 2).
+    #[error("{} {why}; {FIX_SHARED}", path.display())]
+    SharedSubdir {
+        /// The subdirectory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// No include, yet a switch to a slot was recorded (exit 2).
+    #[error(
+        "include {} is missing, but {} records port {live} as live (deployment {deployment}); \
+         nginx may still send traffic there; fix: restore the include (`{line}`), or delete {} \
+         if nothing is live",
+        include.display(),
+        record.display(),
+        record.display()
+    )]
+    IncludeLost {
+        /// The include.
+        include: PathBuf,
+        /// `switch.yml`.
+        record: PathBuf,
+        /// The port it records live.
+        live: u16,
+        /// Its deployment.
+        deployment: String,
+        /// The include line for that port.
+        line: String,
+    },
     /// A record that would name no process of the app's own.
     #[error(
         "the app on port {port} has no process of its own to record (pid {pid}); nothing was \
@@ -75,13 +134,19 @@ pub enum StateError {
     },
 }
 
+/// The fix for a state directory others can change.
+const FIX_SHARED: &str = "fix: chown it to the user the hooks run as and chmod go-w";
+
 impl StateError {
     /// What the operator must do about it.
     pub fn kind(&self) -> Kind {
         match self {
             StateError::Busy { .. } => Kind::Busy,
             StateError::NoProcess { .. } => Kind::Failed,
-            StateError::Record { .. } => Kind::BadInput,
+            StateError::Record { .. }
+            | StateError::SharedDir { .. }
+            | StateError::SharedSubdir { .. }
+            | StateError::IncludeLost { .. } => Kind::BadInput,
         }
     }
 }

@@ -20,7 +20,7 @@ use super::nginx::NginxSwitcher;
 use super::{boot_unit, upstreams, Fallback, Live, Switched, Switcher, Unswitched};
 use crate::config::Config;
 use crate::duration::show;
-use crate::error::{Error, Refusal, Result};
+use crate::error::{Error, NftError, Refusal, Result};
 use crate::process::resolve_program;
 use crate::state::StateDir;
 use crate::{fsio, procfs, sockdiag};
@@ -83,17 +83,18 @@ impl Redirect {
                     (true, Some(service_port), Some(slot)) => {
                         Ok(Some(Redirect { service_port, slot }))
                     }
-                    _ => Err(Error::State(format!(
-                        "nftables table {TABLE} holds a rule portswap did not write: `{line}`; \
-                         fix: `nft delete table {TABLE}`, then `switch --restore` or `switch`"
-                    ))),
+                    _ => Err(NftError::ForeignRule {
+                        table: TABLE,
+                        line: line.to_string(),
+                    }
+                    .into()),
                 }
             }
-            more => Err(Error::State(format!(
-                "nftables table {TABLE} holds {} redirect rules, portswap writes exactly one; \
-                 fix: `nft delete table {TABLE}`, then `switch --restore` or `switch`",
-                more.len()
-            ))),
+            more => Err(NftError::ManyRules {
+                table: TABLE,
+                count: more.len(),
+            }
+            .into()),
         }
     }
 }
@@ -109,13 +110,7 @@ impl Nft {
     pub fn find() -> Result<Nft> {
         resolve_program("nft")
             .map(|program| Nft { program })
-            .map_err(|_| {
-                Error::Failed(
-                    "`nft` not found: switch.by nftables needs the package `nftables` \
-                 (apt-get install -y nftables, or dnf install -y nftables)"
-                        .into(),
-                )
-            })
+            .map_err(|_| NftError::NotInstalled.into())
     }
 
     /// Where it is.
@@ -135,14 +130,18 @@ impl Nft {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| Error::Failed(format!("`{shown}` could not run: {e}")))?;
+            .map_err(|source| NftError::Spawn {
+                call: shown.clone(),
+                source,
+            })?;
         if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
             // A write error shows up as nft's own failure below.
             let _ = stdin.write_all(text.as_bytes());
         }
-        let output = child
-            .wait_with_output()
-            .map_err(|e| Error::Failed(format!("`{shown}`: {e}")))?;
+        let output = child.wait_with_output().map_err(|source| NftError::Wait {
+            call: shown.clone(),
+            source,
+        })?;
         let stderr = String::from_utf8_lossy(&output.stderr);
         if output.status.success() {
             return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
@@ -153,14 +152,18 @@ impl Nft {
             .unwrap_or("no output")
             .trim();
         if stderr.contains("Operation not permitted") {
-            return Err(Error::Failed(format!(
-                "`{shown}`: {first}: changing nftables needs CAP_NET_ADMIN; run the hook as root"
-            )));
+            return Err(NftError::NotPermitted {
+                call: shown,
+                first: first.to_string(),
+            }
+            .into());
         }
-        Err(Error::Failed(format!(
-            "`{shown}` failed ({}): {first}",
-            output.status
-        )))
+        Err(NftError::Failed {
+            call: shown,
+            status: output.status.to_string(),
+            first: first.to_string(),
+        }
+        .into())
     }
 
     /// Applies `ruleset` as one transaction (`nft -f -`): all of it or nothing.
@@ -174,7 +177,12 @@ impl Nft {
         args.extend(TABLE.split(' '));
         match self.run(&args, None) {
             Ok(listing) => Redirect::parse(&listing),
-            Err(Error::Failed(e)) if e.contains("No such file or directory") => Ok(None),
+            // nft's own words for a table that does not exist.
+            Err(Error::Nftables(NftError::Failed { first, .. }))
+                if first.contains("No such file or directory") =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -269,29 +277,27 @@ impl Route {
     fn judge(&self, read: Option<Redirect>) -> Result<Option<u16>> {
         self.last_read.set(Some(read));
         match read {
-            Some(r) if r.service_port != self.service_port => Err(Error::State(format!(
-                "nftables table {TABLE} redirects port {}, but switch.service_port is {}; \
-                 fix: set switch.service_port back, or `nft delete table {TABLE}` and `switch`",
-                r.service_port, self.service_port
-            ))),
-            Some(r) if !self.slots.contains(&r.slot) => Err(Error::State(format!(
-                "nftables rule `{}` sends traffic to port {}, which is neither slot ({} or {}); \
-                 fix: `nft delete table {TABLE}`, then `switch`",
-                r.rule(),
-                r.slot,
-                self.slots[0],
-                self.slots[1]
-            ))),
+            Some(r) if r.service_port != self.service_port => Err(NftError::OtherServicePort {
+                table: TABLE,
+                redirected: r.service_port,
+                configured: self.service_port,
+            }
+            .into()),
+            Some(r) if !self.slots.contains(&r.slot) => Err(NftError::NotASlot {
+                table: TABLE,
+                rule: r.rule(),
+                port: r.slot,
+                slots: self.slots,
+            }
+            .into()),
             Some(r) => Ok(Some(r.slot)),
             None => match self.state.switch_record() {
-                Some(record) if self.slots.contains(&record.live) => Err(Error::State(format!(
-                    "nginx proxies to 127.0.0.1:{} ({}), but nftables has no portswap rule, \
-                     while port {} was recorded live (the ruleset was lost: reboot or `nft \
-                     flush ruleset`?); fix: `switch --restore`",
-                    self.service_port,
-                    self.include.display(),
-                    record.live
-                ))),
+                Some(record) if self.slots.contains(&record.live) => Err(NftError::RuleLost {
+                    service_port: self.service_port,
+                    include: self.include.to_path_buf(),
+                    live: record.live,
+                }
+                .into()),
                 _ => Ok(None),
             },
         }
@@ -300,13 +306,12 @@ impl Route {
     /// nftables mode cannot take over from a port nginx proxies to that is neither the
     /// service port nor a slot (switch in reload mode once to take over from it).
     fn elsewhere(&self, port: u16) -> Error {
-        Error::State(format!(
-            "include {} sends traffic to port {port}, which is neither the service port {} nor \
-             a slot; fix the include (or delete it), or take over from port {port} with one \
-             switch in nginx-reload mode first, and retry; nothing changed",
-            self.include.display(),
-            self.service_port
-        ))
+        NftError::Elsewhere {
+            include: self.include.to_path_buf(),
+            port,
+            service_port: self.service_port,
+        }
+        .into()
     }
 
     fn live(&self) -> Result<Live> {
@@ -376,20 +381,21 @@ impl NftablesSwitcher {
     fn confirm(&self, nft: &Nft, next: Redirect) -> Result<()> {
         let now = nft.redirect()?;
         if now != Some(next) {
-            return Err(Error::Failed(format!(
-                "nftables rule did not take: read back {:?} instead of `{}`",
-                now.map(|r| r.rule()),
-                next.rule()
-            )));
+            return Err(NftError::DidNotTake {
+                read: now.map(|r| r.rule()),
+                wanted: next.rule(),
+            }
+            .into());
         }
         match probe_reaches(self.service_port(), self.route.slots) {
             Ok(port) if port == next.slot => Ok(()),
-            Ok(port) => Err(Error::Failed(format!(
-                "a fresh connection to port {} reached port {port}, not {}",
-                self.service_port(),
-                next.slot
-            ))),
-            Err(e) => Err(Error::Failed(e)),
+            Ok(port) => Err(NftError::Misrouted {
+                service_port: self.service_port(),
+                reached: port,
+                wanted: next.slot,
+            }
+            .into()),
+            Err(problem) => Err(NftError::Probe { problem }.into()),
         }
     }
 
@@ -529,10 +535,10 @@ impl Switcher for NftablesSwitcher {
             None => {
                 nft.apply(&wanted.ruleset())?;
                 if nft.redirect()? != Some(wanted) {
-                    return Err(Error::Failed(format!(
-                        "re-applied `{}`, but it does not read back",
-                        wanted.rule()
-                    )));
+                    return Err(NftError::NoReadBack {
+                        rule: wanted.rule(),
+                    }
+                    .into());
                 }
                 if let Err(e) =
                     fsio::write_atomic(&self.rules_file, wanted.ruleset().as_bytes(), 0o644)

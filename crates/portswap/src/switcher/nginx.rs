@@ -16,7 +16,7 @@ use super::workers::Workers;
 use super::{Fallback, Live, Switched, Switcher, Unswitched};
 use crate::config::{Config, Nginx};
 use crate::duration::show;
-use crate::error::{Error, Result};
+use crate::error::{Error, NginxError, Result};
 use crate::process::resolve_program;
 use crate::{fsio, procfs};
 
@@ -81,25 +81,23 @@ impl NginxSwitcher {
     fn master(&self) -> Result<i32> {
         let pid_file = &self.nginx.pid_file;
         let bytes = fsio::read_small(pid_file, 64)?.ok_or_else(|| {
-            Error::Failed(format!(
-                "nginx is not running: no pid file {} (start nginx first)",
-                pid_file.display()
-            ))
+            Error::from(NginxError::NoPidFile {
+                pid_file: pid_file.to_path_buf(),
+            })
         })?;
         let text = String::from_utf8_lossy(&bytes);
         let pid: i32 = text.trim().parse().map_err(|_| {
-            Error::Failed(format!(
-                "nginx pid file {} holds `{}`, not a pid",
-                pid_file.display(),
-                text.trim()
-            ))
+            Error::from(NginxError::BadPidFile {
+                pid_file: pid_file.to_path_buf(),
+                text: text.trim().to_string(),
+            })
         })?;
         crate::ownership::nginx_master(pid).map_err(|what| {
-            Error::Failed(format!(
-                "nginx is not running: pid file {} names pid {pid}, which is {what} (stale pid \
-                 file); nothing was signalled",
-                pid_file.display()
-            ))
+            Error::from(NginxError::StalePidFile {
+                pid_file: pid_file.to_path_buf(),
+                pid,
+                what: what.to_string(),
+            })
         })?;
         Ok(pid)
     }
@@ -116,8 +114,10 @@ impl NginxSwitcher {
             .stderr(Stdio::piped())
             .process_group(0)
             .spawn()
-            .map_err(|e| {
-                Error::Failed(format!("{what} `{}` could not run: {e}", argv.join(" ")))
+            .map_err(|source| NginxError::Spawn {
+                what: what.to_string(),
+                argv: argv.to_vec(),
+                source,
             })?;
         let limit = self.nginx.reload_timeout;
         let deadline = Instant::now() + limit;
@@ -131,18 +131,20 @@ impl NginxSwitcher {
                     let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(Error::Failed(format!(
-                        "{what} `{}` hung: still running after {} (nginx.reload_timeout), \
-                         killed with its process group",
-                        argv.join(" "),
-                        show(limit)
-                    )));
+                    return Err(NginxError::Hung {
+                        what: what.to_string(),
+                        argv: argv.to_vec(),
+                        limit,
+                    }
+                    .into());
                 }
                 Err(e) => {
-                    return Err(Error::Failed(format!(
-                        "{what} `{}`: cannot wait for it: {e}",
-                        argv.join(" ")
-                    )))
+                    return Err(NginxError::Wait {
+                        what: what.to_string(),
+                        argv: argv.to_vec(),
+                        source: e,
+                    }
+                    .into())
                 }
             }
         };
@@ -185,11 +187,14 @@ impl NginxSwitcher {
         } else {
             ""
         };
-        Err(Error::Failed(format!(
-            "{what} `{}` failed ({}): {detail}{hint}",
-            argv.join(" "),
-            output.status
-        )))
+        Err(NginxError::Command {
+            what: what.to_string(),
+            argv: argv.to_vec(),
+            status: output.status.to_string(),
+            detail,
+            hint,
+        }
+        .into())
     }
 
     fn reload(&self, master: i32) -> Result<()> {
@@ -201,7 +206,11 @@ impl NginxSwitcher {
                 } else {
                     ""
                 };
-                Error::Failed(format!("cannot signal the nginx master (pid {master}): {e}{hint}"))
+                Error::from(NginxError::Signal {
+                    master,
+                    source: e,
+                    hint,
+                })
             }),
         }
     }
@@ -220,10 +229,10 @@ impl NginxSwitcher {
         if applied {
             Ok(())
         } else {
-            Err(Error::Failed(format!(
-                "the second reload did not complete within {}",
-                show(self.nginx.reload_timeout)
-            )))
+            Err(NginxError::SecondReload {
+                limit: self.nginx.reload_timeout,
+            }
+            .into())
         }
     }
 
@@ -305,10 +314,12 @@ impl NginxSwitcher {
                 format!("old workers still accept connections: {:?}", before.serving)
             };
             return Err(Unswitched {
-                error: Error::Failed(format!(
-                    "reload not complete after {}: {reason}; include restored{reloaded}",
-                    show(self.nginx.reload_timeout)
-                )),
+                error: NginxError::Incomplete {
+                    limit: self.nginx.reload_timeout,
+                    reason,
+                    reloaded,
+                }
+                .into(),
                 proven: settled,
             });
         }
@@ -329,18 +340,16 @@ impl NginxSwitcher {
         let Some(bytes) = self.read_include()? else {
             return Ok(None);
         };
-        let fix = "fix: write a valid include (or delete it if nothing is live) and retry";
         let text = String::from_utf8(bytes).map_err(|_| {
-            Error::State(format!(
-                "include {} is not UTF-8; {fix}",
-                self.include().display()
-            ))
+            Error::from(NginxError::IncludeNotUtf8 {
+                include: self.include().to_path_buf(),
+            })
         })?;
         let port = self.nginx.template.parse_port(&text).map_err(|why| {
-            Error::State(format!(
-                "include {}: {why}; {fix}",
-                self.include().display()
-            ))
+            Error::from(NginxError::IncludeUnparsable {
+                include: self.include().to_path_buf(),
+                why: why.to_string(),
+            })
         })?;
         Ok(Some(port))
     }

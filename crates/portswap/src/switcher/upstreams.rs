@@ -3,7 +3,7 @@
 //! switch, since a NAT rule only decides where *new* connections go.
 
 use super::nginx_dump;
-use crate::error::{Error, Result};
+use crate::error::{NginxError, Result};
 
 /// An `upstream {}` block in nginx's configuration (`nginx -T`) that lists the service port
 /// and keeps idle connections to it: kept connections would stay on the old slot after a
@@ -105,11 +105,10 @@ pub fn refuse_pool(test_command: &[String], service_port: u16) -> Result<()> {
         pools_by_default(dump.version()).then_some(blocks)
     });
     match pool {
-        Some(pool) => Err(Error::Failed(format!(
-            "nginx keeps upstream connections to the service port: {pool}; they would stay on \
-             the old slot after a switch; fix: `keepalive 0;` in that block, or `proxy_pass \
-             $service_url` without an upstream block; nothing changed"
-        ))),
+        Some(pool) => Err(NginxError::UpstreamPool {
+            pool: pool.to_string(),
+        }
+        .into()),
         None => Ok(()),
     }
 }
