@@ -425,7 +425,7 @@ mod tests {
         let held = state.lock("test", Duration::ZERO).unwrap();
         assert!(matches!(
             state.lock("second", Duration::from_millis(50)),
-            Err(Error::StateDir(StateError::Busy { .. }))
+            Err(Error::State(StateError::Busy { .. }))
         ));
         drop(held);
         state.lock("third", Duration::ZERO).unwrap();

@@ -7,7 +7,7 @@ use super::{status, Context};
 use crate::cli::{self, Args, Hook};
 use crate::config::Health;
 use crate::duration::show;
-use crate::error::{Error, Refusal, Result};
+use crate::error::{Error, GoneOutcome, ProbeError, Refusal, Result, SwitchError};
 use crate::health;
 use crate::signals;
 use crate::state::{self, Before, SwitchRecord};
@@ -105,11 +105,12 @@ pub fn run(args: &Args) -> Result<String> {
             .app_record(target)
             .filter(|r| r.deployment_id != ctx.deployment_id)
         {
-            return Err(Error::Failed(format!(
-                "refusing to switch: port {target} runs deployment {}, not {} (another \
-                 deployment started there since); nginx unchanged",
-                other.deployment_id, ctx.deployment_id
-            )));
+            return Err(SwitchError::OtherDeployment {
+                port: target,
+                running: other.deployment_id,
+                this: ctx.deployment_id.clone(),
+            }
+            .into());
         }
     }
     if !rollback && !args.force && !ctx.manual {
@@ -122,7 +123,7 @@ pub fn run(args: &Args) -> Result<String> {
         if let Some(intent) = &resumed {
             let usable = same_app(&ctx, intent).and_then(|()| target_health(&ctx, target, false));
             if let Err(why) = usable {
-                return Err(back_from_gone_target(&ctx, intent, &why));
+                return Err(back_from_gone_target(&ctx, intent, why));
             }
         } else {
             check_target(&ctx, target, rollback)?;
@@ -189,8 +190,9 @@ fn watch_rollback(ctx: &Context, from: u16, to: u16, why: &str) -> Result<Switch
         timeout: ctx.config.health.timeout.min(watch::ROLLBACK_PATIENCE),
         ..ctx.config.health.clone()
     };
-    health::wait_healthy(to, &patience, || None)
-        .map_err(|e| Error::Failed(format!("it is not healthy: {e}")))?;
+    health::wait_healthy(to, &patience, || None).map_err(|e| SwitchError::RollbackUnhealthy {
+        source: Box::new(e),
+    })?;
     ours(ctx, to)?;
     let intent = SwitchRecord {
         live: to,
@@ -217,10 +219,9 @@ fn before_now(ctx: &Context) -> Result<Before> {
     let include = include
         .map(|bytes| {
             String::from_utf8(bytes).map_err(|_| {
-                Error::State(format!(
-                    "include {} is not UTF-8; fix: write a valid include and retry",
-                    ctx.config.nginx.include.display()
-                ))
+                Error::from(SwitchError::IncludeNotUtf8 {
+                    include: ctx.config.nginx.include.clone(),
+                })
             })
         })
         .transpose()?;
@@ -251,15 +252,12 @@ fn fallback_for(ctx: &Context, pending: Option<&SwitchRecord>) -> Fallback {
 fn same_app(ctx: &Context, intent: &SwitchRecord) -> Result<()> {
     let now = ctx.state.app_record(intent.live).map(|r| r.stamp());
     match intent.app {
-        Some(app) if now != Some(app) => Err(Error::Failed(format!(
-            "port {} no longer runs the app that switch was for (pid {}{})",
-            intent.live,
-            app.pid,
-            now.map_or(", no record now".to_string(), |n| format!(
-                ", now pid {}",
-                n.pid
-            ))
-        ))),
+        Some(app) if now != Some(app) => Err(SwitchError::AppChanged {
+            port: intent.live,
+            pid: app.pid,
+            now: now.map(|n| n.pid),
+        }
+        .into()),
         _ => Ok(()),
     }
 }
@@ -268,37 +266,41 @@ fn same_app(ctx: &Context, intent: &SwitchRecord) -> Result<()> {
 /// served before that switch when it still runs (all the normal checks), clear the intent,
 /// and fail with a verdict that says so. When the previous version does not run either,
 /// the intent stays and the error names the way out.
-fn back_from_gone_target(ctx: &Context, intent: &SwitchRecord, why: &Error) -> Error {
+fn back_from_gone_target(ctx: &Context, intent: &SwitchRecord, why: Error) -> Error {
     let target = intent.live;
-    let cut_short = format!(
-        "the switch to port {target} (deployment {}) was cut short and its target is not \
-         healthy now ({why})",
-        intent.deployment_id
-    );
+    let gone = |outcome| {
+        Error::from(SwitchError::GoneTarget {
+            target,
+            deployment: intent.deployment_id.clone(),
+            why: Box::new(why),
+            outcome,
+        })
+    };
     let Some(back) = intent.previous.filter(|p| *p != target) else {
-        return Error::Failed(format!(
-            "{cut_short}; nothing was live before it, so there is nothing to go back to; fix: \
-             start the app on port {target} again and re-run `switch`, or remove {} and {}",
-            ctx.config.nginx.include.display(),
-            ctx.state.path().join("switch-intent.yml").display()
-        ));
+        return gone(GoneOutcome::NothingBefore {
+            target,
+            include: ctx.config.nginx.include.clone(),
+            intent: ctx.state.path().join("switch-intent.yml"),
+        });
     };
     let usable = health::probe(
         back,
         &ctx.config.health,
         health::probe_limit(ctx.config.health.timeout),
     )
-    .map_err(Error::Failed)
+    .map_err(|problem| Error::from(ProbeError::Answer { problem }))
     .and_then(|_| match ctx.config.slot(back) {
-        Some(_) => ctx.supervisor.serves(back).map_err(Error::Failed),
+        Some(_) => ctx
+            .supervisor
+            .serves(back)
+            .map_err(|why| Error::from(ProbeError::NotOurs { why })),
         None => Ok(()),
     });
     if let Err(e) = usable {
-        return Error::Failed(format!(
-            "{cut_short}; port {back}, which nginx served before, is not usable either ({e}); \
-             the switch intent stays, so stop and start refuse; fix: get one of the two apps \
-             healthy and re-run `switch`"
-        ));
+        return gone(GoneOutcome::PreviousUnusable {
+            back,
+            problem: Box::new(e),
+        });
     }
     let record = SwitchRecord {
         live: back,
@@ -318,29 +320,24 @@ fn back_from_gone_target(ctx: &Context, intent: &SwitchRecord, why: &Error) -> E
         },
     );
     match outcome {
-        Ok(_) => Error::Failed(format!(
-            "{cut_short}; nginx is back on port {back}, which nginx served before and still \
-             runs; the switch intent is cleared, so the next deployment can go on; the new \
-             version is not live"
-        )),
-        Err(e) => Error::Failed(format!("{cut_short}; {e}")),
+        Ok(_) => gone(GoneOutcome::Back { back }),
+        Err(e) => gone(GoneOutcome::BackFailed(Box::new(e))),
     }
 }
 
 /// `--restore`: the last recorded switch, put back where the system lost it.
 fn restore(ctx: &Context) -> Result<String> {
     let record = ctx.state.switch_record().ok_or_else(|| {
-        Error::State(format!(
-            "{}: no switch recorded, nothing to restore; run a deployment (or `switch`)",
-            ctx.state.path().join("switch.yml").display()
-        ))
+        Error::from(SwitchError::NothingToRestore {
+            record: ctx.state.path().join("switch.yml"),
+        })
     })?;
     if ctx.config.slot(record.live).is_none() {
-        return Err(Error::State(format!(
-            "{} records port {} live, which is not a slot; fix portswap.yml or run `switch`",
-            ctx.state.path().join("switch.yml").display(),
-            record.live
-        )));
+        return Err(SwitchError::RestoreNotASlot {
+            record: ctx.state.path().join("switch.yml"),
+            live: record.live,
+        }
+        .into());
     }
     let done = ctx.switcher.restore(record.live)?;
     Ok(format!("{done} (by {})", ctx.config.switch.by.name()))
@@ -375,9 +372,9 @@ fn already_live(ctx: &Context, live_port: Option<u16>, idle_port: u16) -> Option
 /// cut-short run may have reloaded): the intent stays.
 fn switch_recorded(ctx: &Context, intent: &SwitchRecord, fallback: &Fallback) -> Result<Switched> {
     ctx.state.save_switch_intent(intent).map_err(|e| {
-        Error::Failed(format!(
-            "cannot record the switch before making it ({e}); nginx unchanged"
-        ))
+        Error::from(SwitchError::IntentNotSaved {
+            source: Box::new(e),
+        })
     })?;
     let switched = match ctx.switcher.switch_to(intent.live, fallback) {
         Ok(switched) => switched,
@@ -388,11 +385,10 @@ fn switch_recorded(ctx: &Context, intent: &SwitchRecord, fallback: &Fallback) ->
                 }
                 return Err(failed.error);
             }
-            return Err(Error::Failed(format!(
-                "{}; what nginx serves now cannot be proven, so the switch intent stays and \
-                 stop/start refuse until a switch completes; fix the cause and re-run `switch`",
-                failed.error
-            )));
+            return Err(SwitchError::Unproven {
+                source: Box::new(failed.error),
+            }
+            .into());
         }
     };
     let record = SwitchRecord {
@@ -419,7 +415,10 @@ fn switch_recorded(ctx: &Context, intent: &SwitchRecord, fallback: &Fallback) ->
 /// the one `start` launched (not exited, nor crashed and restarted by systemd since).
 fn check_target(ctx: &Context, port: u16, rollback: bool) -> Result<()> {
     target_health(ctx, port, rollback).map_err(|e| {
-        Error::Failed(format!("refusing to switch to port {port}, it is not healthy: {e}; nginx unchanged (--force overrides)"))
+        Error::from(SwitchError::TargetUnhealthy {
+            port,
+            source: Box::new(e),
+        })
     })
 }
 
@@ -432,7 +431,7 @@ fn target_health(ctx: &Context, port: u16, rollback: bool) -> Result<()> {
         .filter(|_| !rollback)
         .and_then(|r| ctx.supervisor.gone(&r));
     if let Some(reason) = restarted {
-        Err(Error::Failed(reason))
+        Err(ProbeError::Died { reason }.into())
     } else if rollback {
         let quick = Health {
             timeout: rules.timeout.min(Duration::from_secs(10)),
@@ -442,6 +441,6 @@ fn target_health(ctx: &Context, port: u16, rollback: bool) -> Result<()> {
     } else {
         health::probe(port, rules, health::probe_limit(rules.timeout))
             .map(|_| ())
-            .map_err(Error::Failed)
+            .map_err(|problem| ProbeError::Answer { problem }.into())
     }
 }

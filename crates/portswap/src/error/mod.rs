@@ -9,12 +9,14 @@ mod nginx;
 mod refusal;
 mod state;
 mod supervisor;
+mod switch;
 
 pub use config::{ConfigError, Exposure};
 pub use nginx::{NftError, NginxError};
 pub use refusal::{Refusal, UsageError};
 pub use state::{FileError, StateError};
 pub use supervisor::{ProbeError, SupervisorError};
+pub use switch::{GoneOutcome, SwitchError, WatchOutcome};
 
 /// What the operator must do about an error; it decides the hook's exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,9 +64,6 @@ pub enum Error {
     /// A configuration file that cannot be used: names the file, the key and the fix.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// State on disk (include file, records) that cannot be trusted.
-    #[error("{0}")]
-    State(String),
     /// Refused to act because acting could harm the live app or a foreign process.
     #[error(transparent)]
     Refused(#[from] Refusal),
@@ -77,18 +76,18 @@ pub enum Error {
     /// The nftables rule.
     #[error(transparent)]
     Nftables(#[from] NftError),
+    /// The `switch` hook around the switcher: checks, records, restore, the watch.
+    #[error(transparent)]
+    Switch(#[from] SwitchError),
     /// Probing the new version's health.
     #[error(transparent)]
     Probe(#[from] ProbeError),
-    /// The operation was carried out and failed (unhealthy app, rejected nginx config, ...).
-    #[error("{0}")]
-    Failed(String),
     /// A file portswap reads or writes that is not what it must be.
     #[error(transparent)]
     File(#[from] FileError),
     /// The state directory: the lock and the records.
     #[error(transparent)]
-    StateDir(#[from] StateError),
+    State(#[from] StateError),
     /// A system call on a file failed.
     #[error("{action} {}: {source}", path.display())]
     Io {
@@ -117,13 +116,12 @@ impl Error {
     /// What the operator must do about it.
     pub fn kind(&self) -> Kind {
         match self {
-            Error::Failed(_) | Error::Io { .. } | Error::Supervisor(_) | Error::Probe(_) => {
-                Kind::Failed
-            }
-            Error::Usage(_) | Error::Config(_) | Error::State(_) | Error::File(_) => Kind::BadInput,
-            Error::StateDir(e) => e.kind(),
+            Error::Io { .. } | Error::Supervisor(_) | Error::Probe(_) => Kind::Failed,
+            Error::Usage(_) | Error::Config(_) | Error::File(_) => Kind::BadInput,
+            Error::State(e) => e.kind(),
             Error::Nginx(e) => e.kind(),
             Error::Nftables(e) => e.kind(),
+            Error::Switch(e) => e.kind(),
             Error::Refused(_) => Kind::Refused,
         }
     }

@@ -201,6 +201,18 @@ pub enum ProbeError {
         /// What its supervisor saw.
         reason: String,
     },
+    /// A probe's answer did not pass (or no answer came).
+    #[error("{problem}")]
+    Answer {
+        /// What the probe got.
+        problem: String,
+    },
+    /// What answers on the port is not the slot's app.
+    #[error("{why}")]
+    NotOurs {
+        /// Who listens instead.
+        why: String,
+    },
     /// `health.timeout` ran out.
     #[error("not healthy after {} ({tries} probes); last: {last}", show(*timeout))]
     Unhealthy {

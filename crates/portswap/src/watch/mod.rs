@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::commands::Context;
 use crate::config::By;
 use crate::duration::show;
-use crate::error::{Error, Result};
+use crate::error::{Result, SwitchError, WatchOutcome};
 use crate::health;
 use crate::signals;
 use crate::switcher::Switched;
@@ -175,36 +175,37 @@ fn watch_then_roll_back(
         Ok(watched) => return Ok(passed(target, duration, &switched, &watched)),
         Err(failure) => failure,
     };
-    let failed = format!(
+    log::error!(
         "port {target} failed the watch {} after the switch: {}",
         show(failure.after),
         failure.what
     );
-    log::error!("{failed}");
+    let failed = |outcome| {
+        Err(SwitchError::Watch {
+            target,
+            after: failure.after,
+            what: failure.what.clone(),
+            outcome,
+        }
+        .into())
+    };
     let back = previous.filter(|p| *p != target && ctx.config.slot(*p).is_some());
     let Some(back) = back else {
-        let why = match previous {
-            None => "nothing was live before it".to_string(),
-            Some(p) => format!("port {p}, live before it, is not a slot portswap manages"),
-        };
-        return Err(Error::Failed(format!(
-            "{failed}; no previous version to go back to ({why}): traffic stays on port \
-             {target}; fix the app and deploy again"
-        )));
+        return failed(WatchOutcome::NoPrevious { target, previous });
     };
     let began = Instant::now();
     match roll_back(back, &failure.what) {
-        Ok(done) => Err(Error::Failed(format!(
-            "{failed}; traffic is back on the previous version, port {back} (rolled back by \
-             the watch in {}, of which the switch {}); the failed version keeps running on \
-             port {target} for inspection until the next deployment's stop",
-            show(began.elapsed()),
-            show(done.elapsed)
-        ))),
-        Err(e) => Err(Error::Failed(format!(
-            "{failed}; the previous version on port {back} cannot take the traffic back \
-             ({e}): traffic stays on port {target}; fix the app and deploy again"
-        ))),
+        Ok(done) => failed(WatchOutcome::RolledBack {
+            back,
+            took: began.elapsed(),
+            switch_took: done.elapsed,
+            target,
+        }),
+        Err(e) => failed(WatchOutcome::NotBack {
+            back,
+            source: Box::new(e),
+            target,
+        }),
     }
 }
 
@@ -238,12 +239,13 @@ pub fn refuse_rolled_back_again(ctx: &Context, target: u16) -> Result<()> {
     };
     match &last.rolled_back {
         Some(why) if last.deployment_id == ctx.deployment_id && last.previous == Some(target) => {
-            Err(Error::Failed(format!(
-                "refusing to switch: the watch rolled deployment {} back from port {target} \
-                 ({why}); port {} stays live; deploy again, or switch by hand (--force) to \
-                 try the failed version once more",
-                ctx.deployment_id, last.live
-            )))
+            Err(SwitchError::RolledBackAgain {
+                deployment: ctx.deployment_id.clone(),
+                target,
+                why: why.clone(),
+                live: last.live,
+            }
+            .into())
         }
         _ => Ok(()),
     }
