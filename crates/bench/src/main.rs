@@ -11,6 +11,7 @@ mod site;
 mod stats;
 mod supervised;
 mod timeline;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -31,6 +32,8 @@ Usage: bench [--deployments N] [--rate R] [--connections C] [--ready-ms MS] [--g
              [--legacy [N]] [--no-legacy-crash] [--no-netns] [--hook-logs DIR]
              [--json PATH] [--svg-dir DIR]
        bench --fleet [--deployments N] [--rate R] [--connections C] [--nginx PATH] ...
+       bench --supervised [ROUNDS]
+       bench --watch [N]   the watch after a switch: rollback times and failed requests
 
   --deployments N     deployments under load per mechanism (default 20)
   --rate R            total requests per second over all clients (default 1200)
@@ -526,6 +529,9 @@ fn finish(o: &Options, (mut phases, mut crashes, mechanisms): Measured, origin: 
 
 fn main() {
     if let Some(code) = supervised::when_asked() {
+        std::process::exit(code);
+    }
+    if let Some(code) = watch::when_asked() {
         std::process::exit(code);
     }
     let o = match options() {

@@ -107,6 +107,11 @@ impl Site {
 
     /// Writes portswap.yml: the fixture app, ready after `ready_ms`, with `extra` arguments.
     pub fn configure(&self, ready_ms: u64, extra: &[&str]) {
+        self.configure_with(ready_ms, extra, "")
+    }
+
+    /// [`Site::configure`] with `yaml` (more sections) at the end.
+    pub fn configure_with(&self, ready_ms: u64, extra: &[&str], yaml: &str) {
         let delay = ["--start-delay-ms".to_string(), ready_ms.to_string()];
         let mut command = hooks::fixture_command("{deployment_id}", &delay);
         command.extend(extra.iter().map(|s| s.to_string()));
@@ -115,7 +120,7 @@ impl Site {
              app:\n  artifacts: [\"revision/fixture-app\"]\n  command: {}\n  supervisor: process\n\
              health:\n  path: /health\n  timeout: 30s\n\
              nginx:\n  include: service-url.inc\n  test_command: {}\n  pid_file: {}\n\
-             stop:\n  grace: 5s\nstate:\n  dir: state\n  lock_wait: 5s\n{}",
+             stop:\n  grace: 5s\nstate:\n  dir: state\n  lock_wait: 5s\n{}{yaml}",
             self.ports[0],
             self.ports[1],
             yaml_list(&command),
