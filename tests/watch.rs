@@ -137,6 +137,10 @@ fn assert_rolled_back(site: &mut Site, outcome: Outcome, cause: &str) {
     );
     let status = site.hook("switch", &["--status"], None).ok().stdout;
     assert!(status.contains("rolled back by the watch"), "{status}");
+    assert!(
+        status.contains("watch after a switch: 20s every 100ms"),
+        "{status}"
+    );
     assert!(status.contains(cause), "{status}");
     let history = std::fs::read_to_string(site.state().join("history.log")).unwrap();
     let last = history.lines().last().unwrap();

@@ -70,6 +70,11 @@ pub fn render(ctx: &Context) -> Result<String> {
     };
     let _ = writeln!(out, "supervisor: {}", ctx.supervisor.kind());
     let _ = writeln!(out, "switch by: {}", ctx.config.switch.by.name());
+    let _ = writeln!(
+        out,
+        "watch after a switch: {}",
+        crate::watch::describe(&ctx.config.watch)
+    );
     for line in ctx.switcher.describe() {
         let _ = writeln!(out, "{line}");
     }

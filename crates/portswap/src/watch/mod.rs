@@ -231,6 +231,27 @@ fn passed(target: u16, duration: Duration, switched: &str, watched: &Watched) ->
     }
 }
 
+/// The watch as configured, in one line for the status view.
+pub fn describe(rules: &crate::config::Watch) -> String {
+    if rules.duration.is_zero() {
+        return "off (watch.duration 0s)".into();
+    }
+    let errors = rules.errors.as_ref().map_or(String::new(), |e| {
+        format!(
+            ", over {}% 5xx of at least {} answers in {} from {}",
+            e.max_5xx_percent,
+            e.min_requests,
+            show(e.window),
+            e.access_log.display()
+        )
+    });
+    format!(
+        "{} every {} (process or unit, health check{errors})",
+        show(rules.duration),
+        show(rules.interval)
+    )
+}
+
 /// Refuses to switch this deployment again once the watch rolled it back: a re-run of its
 /// `switch` would send traffic to the version that failed. A run by hand or `--force` may.
 pub fn refuse_rolled_back_again(ctx: &Context, target: u16) -> Result<()> {
