@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use portswap_testkit::hooks;
-use portswap_testkit::net;
 use portswap_testkit::supervised::SupervisedSite;
 use portswap_testkit::systemd::refused;
+use portswap_testkit::{net, netns};
 use support::{wait, Outcome, Settings, Site};
 
 /// The fixture's failures begin this long after it starts: after `start` and `health`
@@ -28,7 +28,21 @@ const WATCH: &str = "watch:\n  duration: 20s\n  interval: 100ms\n";
 /// A site where `good` is live and the watch is on for the next deployment, whose app runs
 /// with `bad_args`.
 fn good_then(bad_args: &[&str], watch: &str, nginx_extra: String) -> Site {
-    let mut site = Site::with_nginx(Settings::default(), |_| nginx_extra);
+    good_then_by(None, bad_args, watch, nginx_extra)
+}
+
+/// [`good_then`] with `switch.by` set.
+fn good_then_by(
+    by: Option<&'static str>,
+    bad_args: &[&str],
+    watch: &str,
+    nginx_extra: String,
+) -> Site {
+    let settings = Settings {
+        switch_by: by,
+        ..Settings::default()
+    };
+    let mut site = Site::with_nginx(settings, |_| nginx_extra);
     site.deploy_ok("good");
     site.set(|s| {
         s.app_args = bad_args.iter().map(|a| a.to_string()).collect();
@@ -129,7 +143,9 @@ fn assert_rolled_back(site: &mut Site, outcome: Outcome, cause: &str) {
     }
     drop(outcome);
     assert_eq!(site.live_version().as_deref(), Some("good"));
-    assert_eq!(site.included_port(), Some(site.ports[0]));
+    if site.settings.switch_by.is_none() {
+        assert_eq!(site.included_port(), Some(site.ports[0]));
+    }
     assert_eq!(
         site.version_on(site.ports[1]).as_deref(),
         Some("bad"),
@@ -195,10 +211,8 @@ fn a_crashing_version_is_rolled_back() {
     assert_eq!(site.live_version().as_deref(), Some("good"));
 }
 
-#[test]
-fn a_version_answering_5xx_through_nginx_is_rolled_back() {
-    let logs = tempfile::tempdir().unwrap();
-    let log = logs.path().join("watch.log");
+/// The watch's 5xx check with its access log, and the nginx lines that write it.
+fn error_watch(log: &std::path::Path) -> (String, String) {
     let watch = format!(
         "{WATCH}  access_log: {}\n  max_5xx_percent: 10\n  min_requests: 5\n  window: 1s\n",
         log.display()
@@ -207,6 +221,38 @@ fn a_version_answering_5xx_through_nginx_is_rolled_back() {
         "log_format portswap_watch '$upstream_addr $status'; access_log {} portswap_watch;",
         log.display()
     );
+    (watch, nginx)
+}
+
+#[test]
+fn in_nftables_mode_5xx_through_the_service_port_roll_back_to_the_previous_rule() {
+    netns::isolated("the watch in nftables mode", || {
+        let logs = tempfile::tempdir().unwrap();
+        let (watch, nginx) = error_watch(&logs.path().join("watch.log"));
+        let mut site = good_then_by(
+            Some("nftables"),
+            &["--errors-after-ms", FAILS_AFTER_MS],
+            &watch,
+            nginx,
+        );
+        up_to_switch(&site, "bad");
+        let traffic = site.traffic();
+        let outcome = site.hook("switch", &[], Some("bad"));
+        traffic.finish();
+        let listing = netns::nft(&["-n", "list", "table", "ip", "portswap"]).unwrap();
+        assert_eq!(
+            support::redirect_in(&listing),
+            Some((site.service_port, site.ports[0])),
+            "the rule sends the service port back to the previous slot"
+        );
+        assert_rolled_back(&mut site, outcome, "were 5xx");
+    });
+}
+
+#[test]
+fn a_version_answering_5xx_through_nginx_is_rolled_back() {
+    let logs = tempfile::tempdir().unwrap();
+    let (watch, nginx) = error_watch(&logs.path().join("watch.log"));
     let mut site = good_then(&["--errors-after-ms", FAILS_AFTER_MS], &watch, nginx);
     up_to_switch(&site, "bad");
     let traffic = site.traffic();
