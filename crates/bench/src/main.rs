@@ -30,7 +30,7 @@ const HELP: &str =
 Usage: bench [--deployments N] [--rate R] [--connections C] [--ready-ms MS] [--gap-ms MS]
              [--mechanisms LIST] [--nginx PATH] [--min-timeout T] [--directive D]...
              [--legacy [N]] [--no-legacy-crash] [--no-netns] [--hook-logs DIR]
-             [--json PATH] [--svg-dir DIR]
+             [--json PATH] [--svg-dir DIR] [--watch-rounds N]
        bench --fleet [--deployments N] [--rate R] [--connections C] [--nginx PATH] ...
        bench --supervised [ROUNDS]
        bench --watch [N]   the watch after a switch: rollback times and failed requests
@@ -54,6 +54,9 @@ Usage: bench [--deployments N] [--rate R] [--connections C] [--ready-ms MS] [--g
   --hook-logs DIR     run the hooks with RUST_LOG=debug and keep each hook's stderr in DIR
   --json PATH         where to write the JSON report (default target/bench-report.json)
   --svg-dir DIR       where to write one timeline SVG per mechanism (default target/bench)
+  --watch-rounds N    after the table, the watch after a switch: N rolled-back deployments
+                      per failure case and N healthy ones with and without a watch (default
+                      20, ~9 minutes; 0 skips; `bench --watch N` runs only that)
   --fleet             three hosts behind haproxy instead (see BENCHMARKS.md)
 
 Traffic goes to 127.0.0.1 only (and, with --fleet, to private veth addresses inside the
@@ -77,6 +80,7 @@ pub struct Options {
     json: String,
     svg_dir: PathBuf,
     fleet: bool,
+    watch_rounds: usize,
 }
 
 fn options() -> Result<Options, String> {
@@ -99,6 +103,7 @@ fn options() -> Result<Options, String> {
         json: "target/bench-report.json".into(),
         svg_dir: "target/bench".into(),
         fleet: false,
+        watch_rounds: 20,
     };
     let mut args = std::env::args().skip(1).peekable();
     while let Some(flag) = args.next() {
@@ -142,6 +147,7 @@ fn options() -> Result<Options, String> {
             "--json" => o.json = value()?,
             "--svg-dir" => o.svg_dir = value()?.into(),
             "--fleet" => o.fleet = true,
+            "--watch-rounds" => o.watch_rounds = number(value()?)? as usize,
             other => return Err(format!("unknown argument `{other}`; see --help")),
         }
     }
@@ -524,6 +530,14 @@ fn finish(o: &Options, (mut phases, mut crashes, mechanisms): Measured, origin: 
             Ok(None) => {}
             Err(e) => eprintln!("bench: cannot write the {} timeline: {e}", phase.name),
         }
+    }
+    if o.watch_rounds > 0 {
+        println!(
+            "
+The watch after a switch ({} rounds per case):",
+            o.watch_rounds
+        );
+        watch::run(o.watch_rounds);
     }
 }
 

@@ -314,7 +314,8 @@ pub fn when_asked() -> Option<i32> {
     Some(0)
 }
 
-fn run(rounds: usize) {
+/// The whole phase: the three failing cases, then the healthy one.
+pub fn run(rounds: usize) {
     let site = || {
         Site::new(
             "watch",
