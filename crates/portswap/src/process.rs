@@ -440,11 +440,16 @@ mod tests {
             .spawn()
             .unwrap();
         let process = ProcId::of(child.id() as i32).unwrap();
-        // Let the shell install its trap before the SIGTERM.
+        // Let the shell install its trap before the SIGTERM: SIGTERM's own bit in SigIgn
+        // (a shell may ignore other signals, e.g. SIGQUIT, from its start).
+        let term_bit = 1u64 << (libc::SIGTERM - 1);
         wait_for(Duration::from_secs(2), || {
             fs::read_to_string(format!("/proc/{}/status", process.pid)).is_ok_and(|s| {
-                s.lines()
-                    .any(|l| l.starts_with("SigIgn:") && !l.ends_with("0000000000000000"))
+                s.lines().any(|l| {
+                    l.strip_prefix("SigIgn:")
+                        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+                        .is_some_and(|m| m & term_bit != 0)
+                })
             })
         });
         let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
