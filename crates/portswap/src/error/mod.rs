@@ -131,3 +131,30 @@ impl Error {
         self.kind().exit_code()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every error says what failed with data of its own: no variant is only a `String`.
+    #[test]
+    fn no_variant_is_a_bare_string() {
+        for (file, text) in [
+            ("mod.rs", include_str!("mod.rs")),
+            ("config.rs", include_str!("config.rs")),
+            ("nginx.rs", include_str!("nginx.rs")),
+            ("refusal.rs", include_str!("refusal.rs")),
+            ("state.rs", include_str!("state.rs")),
+            ("supervisor.rs", include_str!("supervisor.rs")),
+            ("switch.rs", include_str!("switch.rs")),
+        ] {
+            for (i, line) in text.lines().enumerate() {
+                let bare = line
+                    .trim_start()
+                    .split_once("(String)")
+                    .is_some_and(|(name, _)| {
+                        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric())
+                    });
+                assert!(!bare, "error/{file}:{}: {line}", i + 1);
+            }
+        }
+    }
+}
