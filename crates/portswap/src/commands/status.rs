@@ -42,8 +42,7 @@ fn cgroup_line(ctx: &Context, port: u16) -> Option<String> {
     Some(format!(
         "cgroup {cgroup}: WARNING: pid {pid} lives in the cgroup of {}{whose}, not in a unit of \
          its own: it dies when that stops or restarts (the CodeDeploy agent's service: at \
-         every agent restart); the next deployment of this slot moves it (README: the app and \
-         the agent's cgroup)",
+         every agent restart); see docs/systemd.md, \"Apps and the agent's cgroup\"",
         unit.unwrap_or(&cgroup)
     ))
 }
