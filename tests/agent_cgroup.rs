@@ -255,6 +255,19 @@ fn hooks_as_a_user_move_to_user_units_that_survive_the_agent_and_a_reboot() {
         "{before}"
     );
 
+    // Asking for systemd explicitly without a running manager is refused, naming the fix.
+    configure(&site, "systemd");
+    let refused = site.hook("start", &[], Some("d-refused"));
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused
+            .verdict()
+            .contains(&format!("sudo loginctl enable-linger {HOOK_USER}")),
+        "{}",
+        refused.verdict()
+    );
+    configure(&site, "auto");
+
     // `sudo loginctl enable-linger ec2-user`, then deployments as usual.
     site.machine.enable_linger(HOOK_USER);
     let uid = site.machine.run_ok(&["id", "-u", HOOK_USER]);
