@@ -297,14 +297,22 @@ fn a_healthy_version_passes_the_watch_with_no_failed_request() {
 
 #[test]
 fn sigterm_during_the_watch_keeps_a_version_healthy_so_far() {
-    let site = good_then(&[], WATCH, String::new());
+    // A long interval: the signal must not wait for the next check (SIGKILL comes 5 s later).
+    let watch = "watch:\n  duration: 60s\n  interval: 20s\n";
+    let site = good_then(&[], watch, String::new());
     up_to_switch(&site, "new");
     let running = Running::switch(&site, "new");
     wait(Duration::from_secs(10), "the watch to begin", || {
         running.said("watching port")
     });
+    let signalled = Instant::now();
     running.signal(Signal::SIGTERM);
     let outcome = running.finish();
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "switch ended {:?} after SIGTERM",
+        signalled.elapsed()
+    );
     let verdict = outcome.last_line().to_string();
     println!("{verdict}");
     outcome.fails(143, "SIGTERM cut the watch short");

@@ -9,7 +9,8 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
 use std::time::Instant;
 
 use nix::libc;
@@ -45,23 +46,12 @@ impl ErrorLog {
     /// Opens the log (a regular file, no symbolic link) at its current end, to count answers
     /// for upstream port `port`; `Err` says why it cannot be read.
     pub fn open(rules: &ErrorWatch, port: u16) -> Result<ErrorLog, String> {
-        let path = &rules.access_log;
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
-        if !meta.is_file() {
-            return Err(format!("{} is not a regular file", path.display()));
-        }
+        let (file, len) = open_regular(&rules.access_log)?;
         Ok(ErrorLog {
             rules: rules.clone(),
             port,
             file,
-            offset: meta.len(),
+            offset: len,
             partial: Vec::new(),
             window: VecDeque::new(),
             total: Counts::default(),
@@ -101,11 +91,43 @@ impl ErrorLog {
         })
     }
 
+    /// What was appended since the last check; after a rotation that renamed the log (nginx
+    /// reopens it on USR1), the rest of the old file, then the new one from its start.
     fn read_new(&mut self) -> Counts {
+        let mut counts = self.read_appended();
+        if self.renamed() {
+            if let Ok((file, _)) = open_regular(&self.rules.access_log) {
+                log::info!(
+                    "{} was rotated: reading the new file from its start",
+                    self.rules.access_log.display()
+                );
+                self.file = file;
+                self.offset = 0;
+                self.partial.clear();
+                let more = self.read_appended();
+                counts.requests += more.requests;
+                counts.errors += more.errors;
+            }
+        }
+        counts
+    }
+
+    /// Whether the path now names another file than the one open.
+    fn renamed(&self) -> bool {
+        let (Ok(open), Ok(now)) = (
+            self.file.metadata(),
+            std::fs::symlink_metadata(&self.rules.access_log),
+        ) else {
+            return false;
+        };
+        (open.dev(), open.ino()) != (now.dev(), now.ino())
+    }
+
+    fn read_appended(&mut self) -> Counts {
         let len = self.file.metadata().map(|m| m.len()).unwrap_or(0);
         if len < self.offset {
             log::info!(
-                "{} shrank (rotated?): reading it from its start",
+                "{} shrank (truncated by a rotation?): reading it from its start",
                 self.rules.access_log.display()
             );
             self.offset = 0;
@@ -127,6 +149,23 @@ impl ErrorLog {
         let complete: Vec<u8> = self.partial.drain(..=end).collect();
         count(&complete, self.port)
     }
+}
+
+/// `path` opened for reading if it is a regular file (no symbolic link, no FIFO to block
+/// on), with its length.
+fn open_regular(path: &Path) -> Result<(File, u64), String> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    Ok((file, meta.len()))
 }
 
 /// The requests to `port` and the 5xx among them in whole log lines `text`.

@@ -109,8 +109,20 @@ pub fn watch(ctx: &Context, port: u16) -> std::result::Result<Watched, Failure> 
             // A slow probe: the next check comes at once, not in a burst to catch up.
             next = now;
         }
-        let end = started + rules.duration;
-        thread::sleep(next.min(end).saturating_duration_since(now));
+        pause_until(next.min(started + rules.duration));
+    }
+}
+
+/// Sleeps until `until`, in slices of at most 50 ms, ending early once a stopping signal is
+/// pending: the agent sends SIGKILL 5 s after SIGTERM, a long `watch.interval` must not
+/// outlast that.
+fn pause_until(until: Instant) {
+    while signals::pending().is_none() {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        thread::sleep(left.min(Duration::from_millis(50)));
     }
 }
 
