@@ -1,0 +1,125 @@
+//! Checking a parsed `portswap.yml`: turns the raw, all-optional sections into a `Config`
+//! with defaults applied, or the first error naming the key. One file per group of sections.
+
+mod app;
+mod health;
+mod routing;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{Config, RawConfig, RawSlot, Slot};
+use crate::error::{ConfigError, Error, Result};
+
+/// Checks the sections of the file at `path`; `dir` is the directory paths are taken from.
+pub(super) struct Checker<'a> {
+    pub(super) path: &'a Path,
+    pub(super) dir: &'a Path,
+}
+
+impl Checker<'_> {
+    fn err(&self, key: &str, msg: impl std::fmt::Display) -> Error {
+        ConfigError::key(self.path, key, msg).into()
+    }
+
+    fn path_of(&self, key: &str, value: &str) -> Result<PathBuf> {
+        if value.trim().is_empty() {
+            return Err(self.err(key, "must not be empty"));
+        }
+        Ok(self.dir.join(value))
+    }
+
+    fn argv(&self, key: &str, argv: Vec<String>) -> Result<Vec<String>> {
+        match argv.first() {
+            None => Err(self.err(
+                key,
+                "must list a program and its arguments, e.g. [\"nginx\", \"-t\"]",
+            )),
+            Some(program) if program.trim().is_empty() => {
+                Err(self.err(key, "the program (first item) is empty"))
+            }
+            Some(_) => Ok(argv),
+        }
+    }
+
+    pub(super) fn build(&self, raw: RawConfig) -> Result<Config> {
+        let slots = self.slots(raw.slots)?;
+        let state_dir = self.path_of(
+            "state.dir",
+            raw.state.dir.as_deref().unwrap_or("/var/lib/portswap"),
+        )?;
+        let app = self.app(raw.app, &state_dir)?;
+        let health = self.health(raw.health)?;
+        let nginx = self.nginx(raw.nginx)?;
+        let switch = self.switch(raw.switch, &slots)?;
+        let systemd = self.systemd(raw.systemd)?;
+        let watch = self.watch(raw.watch)?;
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            slots,
+            app,
+            health,
+            systemd,
+            nginx,
+            switch,
+            stop_grace: raw.stop.grace.unwrap_or(Duration::from_secs(10)),
+            state_dir,
+            lock_wait: raw.state.lock_wait.unwrap_or(Duration::from_secs(30)),
+            watch,
+        })
+    }
+
+    fn slots(&self, raw: Option<Vec<RawSlot>>) -> Result<[Slot; 2]> {
+        let Some(raw) = raw else {
+            return Ok([
+                Slot {
+                    port: 8081,
+                    profile: "real1".into(),
+                },
+                Slot {
+                    port: 8082,
+                    profile: "real2".into(),
+                },
+            ]);
+        };
+        let [a, b]: [RawSlot; 2] = raw.try_into().map_err(|v: Vec<RawSlot>| {
+            self.err(
+                "slots",
+                format!("must list exactly 2 slots, found {}", v.len()),
+            )
+        })?;
+        for (i, s) in [&a, &b].into_iter().enumerate() {
+            if s.port == 0 {
+                return Err(self.err(&format!("slots[{i}].port"), "must be 1 to 65535"));
+            }
+            if s.profile.trim().is_empty() {
+                return Err(self.err(&format!("slots[{i}].profile"), "must not be empty"));
+            }
+        }
+        if a.port == b.port {
+            return Err(self.err(
+                "slots[1].port",
+                format!(
+                    "duplicates slots[0].port {}; the slots need two ports",
+                    a.port
+                ),
+            ));
+        }
+        if a.profile == b.profile {
+            return Err(self.err(
+                "slots[1].profile",
+                format!("duplicates slots[0].profile `{}`", a.profile),
+            ));
+        }
+        Ok([
+            Slot {
+                port: a.port,
+                profile: a.profile,
+            },
+            Slot {
+                port: b.port,
+                profile: b.profile,
+            },
+        ])
+    }
+}

@@ -1,0 +1,92 @@
+//! The `switch` and `nginx` sections: how traffic is pointed at a slot.
+
+use std::time::Duration;
+
+use super::Checker;
+use crate::config::{By, Nginx, RawNginx, RawSwitch, Slot, Switch};
+use crate::error::Result;
+use crate::template::{self, Template};
+
+impl Checker<'_> {
+    pub(super) fn switch(&self, raw: RawSwitch, slots: &[Slot; 2]) -> Result<Switch> {
+        let by = match raw.by.as_deref() {
+            None | Some("nginx-reload") => By::NginxReload,
+            Some("nftables") => By::Nftables,
+            Some(other) => {
+                return Err(self.err(
+                    "switch.by",
+                    format!("`{other}` is not a mechanism; use nginx-reload or nftables"),
+                ))
+            }
+        };
+        let service_port = raw.service_port.unwrap_or(8080);
+        if service_port == 0 {
+            return Err(self.err("switch.service_port", "must be 1 to 65535"));
+        }
+        // The default only matters in nftables mode; a reload-mode host may use 8080 as a slot.
+        let checked = by == By::Nftables || raw.service_port.is_some();
+        if let Some(i) = slots.iter().position(|s| s.port == service_port) {
+            if checked {
+                return Err(self.err(
+                    "switch.service_port",
+                    format!(
+                        "{service_port} is slots[{i}].port; nginx proxies to the service port \
+                         and the kernel redirects it to a slot, so it must be a third port that \
+                         nothing listens on"
+                    ),
+                ));
+            }
+        }
+        let boot_unit_dir = self.path_of(
+            "switch.boot_unit_dir",
+            raw.boot_unit_dir
+                .as_deref()
+                .unwrap_or("/etc/systemd/system"),
+        )?;
+        Ok(Switch {
+            by,
+            service_port,
+            boot_unit_dir,
+        })
+    }
+
+    pub(super) fn nginx(&self, raw: RawNginx) -> Result<Nginx> {
+        let include = self.path_of(
+            "nginx.include",
+            raw.include
+                .as_deref()
+                .unwrap_or("/etc/nginx/conf.d/service-url.inc"),
+        )?;
+        let template = Template::new(raw.template.unwrap_or_else(|| template::DEFAULT.into()))
+            .map_err(|m| self.err("nginx.template", m))?;
+        let test_command = self.argv(
+            "nginx.test_command",
+            raw.test_command
+                .unwrap_or_else(|| vec!["nginx".into(), "-t".into(), "-q".into()]),
+        )?;
+        let reload_command = raw
+            .reload_command
+            .map(|argv| self.argv("nginx.reload_command", argv))
+            .transpose()?;
+        let pid_file = self.path_of(
+            "nginx.pid_file",
+            raw.pid_file.as_deref().unwrap_or("/run/nginx.pid"),
+        )?;
+        let reload_timeout = raw.reload_timeout.unwrap_or(Duration::from_secs(5));
+        if reload_timeout < Duration::from_millis(200) {
+            return Err(self.err(
+                "nginx.reload_timeout",
+                "must be at least 200ms (nginx itself needs ~110ms)",
+            ));
+        }
+        Ok(Nginx {
+            include,
+            template,
+            test_command,
+            reload_command,
+            pid_file,
+            reload_timeout,
+            quit_old_workers: raw.quit_old_workers.unwrap_or(true),
+        })
+    }
+}
