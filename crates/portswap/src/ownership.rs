@@ -28,6 +28,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::error::NotServing;
 use crate::procfs::{self, ProcId};
 use crate::state::AppRecord;
 
@@ -286,10 +287,10 @@ impl Slot<'_> {
     /// least one listens): what `health` and `switch` require before trusting an answer on
     /// the port. A co-listener (SO_REUSEPORT) that is not ours, or a listening socket no
     /// visible process holds, refuses: the kernel would split the traffic.
-    pub fn serves(&self) -> Result<(), String> {
+    pub fn serves(&self) -> Result<(), NotServing> {
         let inodes = procfs::listening_inodes(self.port);
         if inodes.is_empty() {
-            return Err(format!("nothing listens on port {}", self.port));
+            return Err(NotServing::Nothing { port: self.port });
         }
         if let Some(process) = self.recorded_running() {
             let held = procfs::socket_inodes(process.pid);
@@ -300,23 +301,21 @@ impl Slot<'_> {
         let mut held = Vec::new();
         for pid in procfs::listeners(self.port) {
             if self.proof(pid).is_none() {
-                return Err(format!(
-                    "port {} is answered by pid {pid} (`{}`), not by the app start launched",
-                    self.port,
-                    procfs::describe(pid)
-                ));
+                return Err(NotServing::Foreign {
+                    port: self.port,
+                    pid,
+                    command: procfs::describe(pid),
+                });
             }
             held.extend(procfs::socket_inodes(pid));
         }
         if held.is_empty() || !inodes.iter().all(|i| held.contains(i)) {
             return Err(match self.holder_of(&inodes) {
-                Holder::Unidentified { reason } => reason,
-                _ => format!(
-                    "port {} is listened on by a socket no process visible to uid {} holds \
-                     (another user's process); an answer there may not be the app's",
-                    self.port,
-                    nix::unistd::geteuid()
-                ),
+                Holder::Unidentified { reason } => NotServing::Unidentified { reason },
+                _ => NotServing::Hidden {
+                    port: self.port,
+                    uid: nix::unistd::geteuid().as_raw(),
+                },
             });
         }
         Ok(())

@@ -15,7 +15,7 @@ pub use config::{ConfigError, Exposure};
 pub use nginx::{NftError, NginxError};
 pub use refusal::{Refusal, UsageError};
 pub use state::{FileError, StateError};
-pub use supervisor::{ProbeError, SupervisorError};
+pub use supervisor::{NotServing, ProbeError, SupervisorError};
 pub use switch::{GoneOutcome, SwitchError, WatchOutcome};
 
 /// What the operator must do about an error; it decides the hook's exit code.

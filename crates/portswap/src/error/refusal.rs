@@ -1,6 +1,7 @@
 //! Bad flags, and the refusals (exit 4): acting could harm the live app, a foreign process or
 //! a switch that was cut short.
 
+use super::NotServing;
 use std::path::PathBuf;
 
 /// Bad command-line flags (exit 2).
@@ -75,7 +76,7 @@ pub enum Refusal {
         /// The HTTP status of the answer.
         status: u16,
         /// Who listens instead.
-        why: String,
+        why: NotServing,
     },
     /// `switch` to a port whose listener is not the slot's app.
     #[error("refusing to switch to port {port}: {why}; nginx unchanged")]
@@ -83,7 +84,7 @@ pub enum Refusal {
         /// The target port.
         port: u16,
         /// Who listens instead.
-        why: String,
+        why: NotServing,
     },
     /// `--rollback` while a port that is not a slot is live.
     #[error("port {port} is live and not a slot: portswap rolls back only between its slots")]

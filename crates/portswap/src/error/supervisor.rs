@@ -211,7 +211,7 @@ pub enum ProbeError {
     #[error("{why}")]
     NotOurs {
         /// Who listens instead.
-        why: String,
+        why: NotServing,
     },
     /// `health.timeout` ran out.
     #[error("not healthy after {} ({tries} probes); last: {last}", show(*timeout))]
@@ -222,5 +222,59 @@ pub enum ProbeError {
         tries: u32,
         /// The last probe's result.
         last: String,
+    },
+}
+
+/// Why the listener on a slot's port is not proven to be the slot's app: an answer from it
+/// proves nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotServing {
+    /// No socket listens on the port.
+    #[error("nothing listens on port {port}")]
+    Nothing {
+        /// The slot's port.
+        port: u16,
+    },
+    /// A process without proof of being the slot's app listens.
+    #[error("port {port} is answered by pid {pid} (`{command}`), not by the app start launched")]
+    Foreign {
+        /// The slot's port.
+        port: u16,
+        /// The listening process.
+        pid: i32,
+        /// Its command line, as `/proc` shows it.
+        command: String,
+    },
+    /// A listening socket that no process this hook can see holds.
+    #[error(
+        "port {port} is listened on by a socket no process visible to uid {uid} holds \
+         (another user's process); an answer there may not be the app's"
+    )]
+    Hidden {
+        /// The slot's port.
+        port: u16,
+        /// The hook's effective uid.
+        uid: u32,
+    },
+    /// The holder of the socket could not be read.
+    #[error("{reason}")]
+    Unidentified {
+        /// What could not be read, and where.
+        reason: String,
+    },
+    /// Under systemd: a listener outside the slot's unit.
+    #[error("port {port} is answered by pid {pid} (`{command}`), which is not in {unit} (cgroup {})",
+        cgroup.as_deref().unwrap_or("none: the unit is not running"))]
+    OutsideUnit {
+        /// The slot's port.
+        port: u16,
+        /// The listening process.
+        pid: i32,
+        /// Its command line, as `/proc` shows it.
+        command: String,
+        /// The slot's unit.
+        unit: String,
+        /// The unit's cgroup, when it runs.
+        cgroup: Option<String>,
     },
 }

@@ -9,7 +9,7 @@ pub mod systemd;
 use std::path::PathBuf;
 
 use crate::config::{Config, Slot, SupervisorChoice};
-use crate::error::{ConfigError, Result};
+use crate::error::{ConfigError, NotServing, Result};
 use crate::ownership::Holder;
 use crate::state::{AppRecord, StateDir};
 use crate::systemctl::Manager;
@@ -87,7 +87,7 @@ pub trait Supervisor {
 
     /// `Ok` when what listens on `port` is the app of this slot (so an answer there is its
     /// answer); else why not.
-    fn serves(&self, port: u16) -> std::result::Result<(), String>;
+    fn serves(&self, port: u16) -> std::result::Result<(), NotServing>;
 
     /// What the supervisor itself knows about the slot beyond the record, in one line, for
     /// the status view (systemd: the unit's state, also after a reboot); `None` when it

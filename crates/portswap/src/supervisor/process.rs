@@ -14,7 +14,7 @@ use super::{Launch, Supervisor};
 use crate::applog;
 use crate::config::Config;
 use crate::duration::show;
-use crate::error::{Refusal, Result, SupervisorError};
+use crate::error::{NotServing, Refusal, Result, SupervisorError};
 use crate::ownership::{self, Holder, UnitCgroup};
 use crate::process::{self, LaunchSpec};
 use crate::procfs::{self, ProcId};
@@ -200,7 +200,7 @@ impl Supervisor for ProcessSupervisor {
         (!record.process().is_alive()).then(|| applog::died(record, "has exited"))
     }
 
-    fn serves(&self, port: u16) -> std::result::Result<(), String> {
+    fn serves(&self, port: u16) -> std::result::Result<(), NotServing> {
         let record = self.state.app_record(port);
         let scope = self.scope(port);
         self.slot(port, record.as_ref(), scope.as_ref()).serves()

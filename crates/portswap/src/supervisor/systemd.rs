@@ -21,7 +21,7 @@ use super::process::ProcessSupervisor;
 use super::{Launch, Supervisor};
 use crate::config::{self, Config, Output};
 use crate::duration::show;
-use crate::error::{Error, Refusal, Result, SupervisorError};
+use crate::error::{Error, NotServing, Refusal, Result, SupervisorError};
 use crate::ownership::{self, Holder, UnitCgroup};
 use crate::procfs::{self, ProcId};
 use crate::state::{AppRecord, StateDir};
@@ -466,7 +466,7 @@ impl Supervisor for SystemdSupervisor {
         ))
     }
 
-    fn serves(&self, port: u16) -> std::result::Result<(), String> {
+    fn serves(&self, port: u16) -> std::result::Result<(), NotServing> {
         let unit = self.unit_cgroup(port);
         let record = self.state.app_record(port);
         let slot = ownership::Slot {
@@ -483,14 +483,13 @@ impl Supervisor for SystemdSupervisor {
             .collect();
         match outside.first() {
             None => Ok(()),
-            Some(pid) => Err(format!(
-                "port {port} is answered by pid {pid} (`{}`), which is not in {} (cgroup {})",
-                procfs::describe(*pid),
-                unit.name,
-                unit.cgroup
-                    .as_deref()
-                    .unwrap_or("none: the unit is not running")
-            )),
+            Some(&pid) => Err(NotServing::OutsideUnit {
+                port,
+                pid,
+                command: procfs::describe(pid),
+                unit: unit.name.clone(),
+                cgroup: unit.cgroup.clone(),
+            }),
         }
     }
 
