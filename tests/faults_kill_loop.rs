@@ -3,7 +3,8 @@
 //! most one temp file (a killed writer's) is left and the next write removes it, and a
 //! switch run to completion leaves nginx consistent with the include. Then, as CodeDeploy
 //! re-runs a deployment: whenever a kill left nginx and the include disagreeing, `switch`
-//! re-run with the same DEPLOYMENT_ID makes nginx serve what the include names.
+//! re-run with the same DEPLOYMENT_ID makes nginx serve what the include names. Variants: a
+//! re-run whose config test fails, and the first switch from reload mode into nftables mode.
 
 mod support;
 
@@ -11,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use portswap_testkit::bins;
-use support::{Rng, Site};
+use support::{Rng, Settings, Site};
 
 const ITERATIONS: usize = 500;
 
@@ -196,4 +197,150 @@ fn switch_killed_at_random_moments_never_leaves_a_broken_include() {
         disagreements > 0,
         "no kill left the include and nginx disagreeing in {tries} tries (seed {seed})"
     );
+}
+
+/// `switch` for `id` started and SIGKILLed after a random delay below `limit_us` (the fault
+/// itself, not a synchronisation). Whether it was killed or finished does not matter: the
+/// invariants below hold either way.
+fn switch_killed_after(site: &Site, id: &str, rng: &mut Rng, limit_us: u64) {
+    let mut child = portswap_testkit::hooks::command("switch", &site.config_path())
+        .env("DEPLOYMENT_ID", id)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_micros(rng.below(limit_us)));
+    let _ = child.kill();
+    child.wait().unwrap();
+}
+
+/// The version nginx serves, once it stops changing for a moment (a reload sent by a killed
+/// switch may still be handing over to new workers).
+fn settled_version(site: &Site) -> Option<String> {
+    let mut last = site.live_version();
+    let mut same = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while same < 5 && Instant::now() < deadline {
+        let now = site.live_version();
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+    last
+}
+
+#[test]
+fn a_killed_switch_rerun_whose_config_test_fails_keeps_the_intent_unless_nginx_agrees() {
+    // Issue: a resumed switch whose re-run fails its config test (an operator's half-finished
+    // edit elsewhere) must never clear the intent while the include names another port than
+    // nginx serves: the next `stop` would kill the app nginx serves.
+    let site = Site::new();
+    let [a, b] = site.ports;
+    site.deploy_ok("d-1");
+    site.run_until("d-2", "health");
+    let mut rng = Rng::from_clock();
+    let seed = rng.seed();
+    let (mut kept, mut cleared) = (0, 0);
+    for i in 0..30 {
+        // The deployment on the idle slot (the fixture answers its deployment id).
+        let idle = if site.included_port() == Some(a) {
+            b
+        } else {
+            a
+        };
+        let id = site.version_on(idle).unwrap();
+        switch_killed_after(&site, &id, &mut rng, 40_000);
+        site.set_key(
+            "nginx",
+            "test_command",
+            "[\"sh\", \"-c\", \"echo '[emerg] half-finished edit' >&2; exit 1\"]",
+        );
+        let rerun = site.hook("switch", &[], Some(&id));
+        let intent = site.state().join("switch-intent.yml").exists();
+        let included = site.included_port();
+        assert!(
+            included == Some(a) || included == Some(b),
+            "iteration {i} (seed {seed}): include {:?}",
+            site.include_text()
+        );
+        let served = settled_version(&site);
+        if intent {
+            kept += 1;
+            // The next deployment's stop must not take either app away.
+            site.hook("stop", &[], Some("d-x")).fails(4, "cut short");
+            assert!(site.version_on(a).is_some() && site.version_on(b).is_some());
+        } else {
+            cleared += 1;
+            assert_eq!(
+                served,
+                site.version_on(included.unwrap()),
+                "iteration {i} (seed {seed}): intent cleared, include names {included:?}, \
+                 nginx serves {served:?}; re-run: {}",
+                rerun.last_line()
+            );
+        }
+        // The config fixed, the same deployment's switch completes whatever was left.
+        site.write_config();
+        site.hook("switch", &[], Some(&id)).ok();
+        assert!(!site.state().join("switch-intent.yml").exists());
+        let included = site.included_port().unwrap();
+        assert_eq!(
+            settled_version(&site),
+            site.version_on(included),
+            "iteration {i} (seed {seed})"
+        );
+    }
+    println!("killed switch + failing re-run: intent kept {kept}, cleared {cleared} (seed {seed})");
+}
+
+#[test]
+fn the_first_switch_into_nftables_killed_at_random_moments_is_completed_by_its_rerun() {
+    // Issue: a switch killed on its way from reload mode into nftables mode leaves the include
+    // naming the service port with nginx not reloaded; the re-run must decide from what nginx
+    // has loaded, not from the file, and reload.
+    portswap_testkit::netns::isolated("first nftables switch kill loop", || {
+        let mut site = Site::with(Settings {
+            switch_by: Some("nginx-reload"),
+            ..Settings::default()
+        });
+        let service = site.service_port;
+        site.deploy_ok("d-1");
+        site.run_until("d-2", "health");
+        let mut rng = Rng::from_clock();
+        let seed = rng.seed();
+        for i in 0..20 {
+            site.set(|s| s.switch_by = Some("nftables"));
+            let live = site.included_port().unwrap();
+            let idle = if live == site.ports[0] {
+                site.ports[1]
+            } else {
+                site.ports[0]
+            };
+            let id = site.version_on(idle).unwrap();
+            switch_killed_after(&site, &id, &mut rng, 60_000);
+            site.hook("switch", &[], Some(&id)).ok();
+            assert_eq!(site.included_port(), Some(service), "seed {seed}");
+            let (_, slot) = support::redirect_in(
+                &portswap_testkit::netns::nft(&["-n", "list", "table", "ip", "portswap"]).unwrap(),
+            )
+            .unwrap();
+            // nginx goes through the rule: what answers is the rule's slot.
+            assert_eq!(
+                settled_version(&site),
+                site.version_on(slot),
+                "iteration {i} (seed {seed}): nginx does not follow the rule to {slot}"
+            );
+            // Back to reload mode for the next round: one switch by reload.
+            site.set(|s| s.switch_by = Some("nginx-reload"));
+            let idle = if slot == site.ports[0] {
+                site.ports[1]
+            } else {
+                site.ports[0]
+            };
+            let back = site.version_on(idle).unwrap();
+            site.hook("switch", &[], Some(&back)).ok();
+            let included = site.included_port().unwrap();
+            assert_ne!(included, service);
+            assert_eq!(settled_version(&site), site.version_on(included));
+        }
+    });
 }
