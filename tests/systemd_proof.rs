@@ -1,6 +1,7 @@
 //! Proof that cannot be forged under the systemd supervisor (issue 14), on a real systemd
 //! (testkit::systemd): a daemonizing unit never leaves a record naming pid 0, and the app log
-//! systemd appends to as root cannot be pointed at another file, nor block `start`.
+//! systemd appends to as root cannot be pointed at another file, nor block `start`, and a user
+//! unit named like a slot's unit is not taken for it.
 
 mod support;
 
@@ -336,4 +337,86 @@ fn both_supervisors_give_the_app_its_users_groups_and_the_same_environment() {
         .args(["-d", &user.name, &group])
         .status();
     let _ = std::process::Command::new("groupdel").arg(&group).status();
+}
+
+#[test]
+fn a_user_unit_named_like_the_slot_unit_gets_no_traffic_and_no_signal() {
+    // Issue 14, item 2: identity is the unit's full cgroup path, not a name. An unprivileged
+    // user runs a user unit called like the idle slot's unit (its cgroup's last component is
+    // `portswap-P.service`, under the user's manager) on the idle port after the slot's app
+    // went away.
+    let Some(site) = site("a user unit named like the slot unit") else {
+        return;
+    };
+    deploy_ok(&site, "d-1");
+    deploy_ok(&site, "d-2");
+    let live = site.live_port().unwrap();
+    let idle = *site.ports.iter().find(|p| **p != live).unwrap();
+    let unit = site.unit(idle);
+    site.machine.run_ok(&["systemctl", "stop", &unit]);
+    let uid = site.machine.add_user("mallory");
+    site.machine.enable_linger("mallory");
+    let fixture = portswap_testkit::bins::bin("fixture-app")
+        .display()
+        .to_string();
+    let runtime = format!("XDG_RUNTIME_DIR=/run/user/{uid}");
+    let port = idle.to_string();
+    let name = format!("--unit={unit}");
+    site.machine.run_ok(&[
+        "runuser",
+        "-u",
+        "mallory",
+        "--",
+        "env",
+        &runtime,
+        "systemd-run",
+        "--user",
+        "-q",
+        &name,
+        &fixture,
+        "--port",
+        &port,
+        "--version",
+        "evil",
+    ]);
+    let impostor = || {
+        portswap_testkit::net::http_get(idle, "/")
+            .ok()
+            .and_then(|r| r.header("X-App-Version").map(str::to_string))
+    };
+    portswap_testkit::net::wait_until(Duration::from_secs(10), "the user unit answers", || {
+        impostor().as_deref() == Some("evil")
+    })
+    .unwrap();
+    let cgroup = site.machine.run_ok(&[
+        "runuser",
+        "-u",
+        "mallory",
+        "--",
+        "env",
+        &runtime,
+        "systemctl",
+        "--user",
+        "show",
+        "-P",
+        "ControlGroup",
+        &unit,
+    ]);
+    assert!(cgroup.ends_with(&format!("/{unit}")), "{cgroup}");
+
+    fails(
+        site.hook("switch", &["--rollback"], None),
+        4,
+        "not by the app start launched",
+    );
+    assert_eq!(site.live_version().as_deref(), Some("d-2"));
+    // health sees the slot's own app gone (its unit stopped) before any answer counts.
+    let health = site.hook("health", &[], Some("d-1"));
+    assert_ne!(health.code, 0, "{}", health.stderr);
+    // stop for the next deployment finds a holder that is not the slot's app: refused, and
+    // the user's process keeps running (never signalled).
+    let stop = site.hook("stop", &[], Some("d-3"));
+    assert_eq!(stop.code, 4, "{}", stop.stderr);
+    assert_eq!(impostor().as_deref(), Some("evil"));
+    assert_eq!(site.live_version().as_deref(), Some("d-2"));
 }
