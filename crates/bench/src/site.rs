@@ -91,6 +91,11 @@ impl Site {
         }
     }
 
+    /// The state directory the hooks keep.
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
     /// The include file nginx reads.
     pub fn include(&self) -> PathBuf {
         self.dir.path().join("service-url.inc")
@@ -119,13 +124,15 @@ impl Site {
             "slots:\n  - {{ port: {}, profile: real1 }}\n  - {{ port: {}, profile: real2 }}\n\
              app:\n  artifacts: [\"revision/fixture-app\"]\n  command: {}\n  supervisor: process\n\
              health:\n  path: /health\n  timeout: 30s\n\
-             nginx:\n  include: service-url.inc\n  test_command: {}\n  pid_file: {}\n\
-             stop:\n  grace: 5s\nstate:\n  dir: state\n  lock_wait: 5s\n{}{yaml}",
+             nginx:\n  include: {}\n  test_command: {}\n  pid_file: {}\n\
+             stop:\n  grace: 5s\nstate:\n  dir: {}\n  lock_wait: 5s\n{}{yaml}",
             self.ports[0],
             self.ports[1],
             yaml_list(&command),
+            self.include().display(),
             yaml_list(&self.nginx.test_command()),
             self.nginx.pid_file().display(),
+            self.state().display(),
             self.switch_yaml,
         );
         fs::write(self.config(), text).expect("write portswap.yml");
@@ -204,6 +211,20 @@ impl Site {
                 "bench-cleanup",
                 origin,
             );
+        }
+    }
+}
+
+/// The apps a bench phase started end with it: a bench run leaves no process behind.
+impl Drop for Site {
+    fn drop(&mut self) {
+        for port in self.ports {
+            if let Some(pid) = hooks::recorded_pid(&self.state(), port) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
     }
 }
