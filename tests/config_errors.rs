@@ -238,6 +238,16 @@ const CASES: &[(&str, &str, &[&str])] = &[
         &["switch.service_port", "8082 is slots[1].port"],
     ),
     (
+        "template pointing nginx at [::1] (nftables)",
+        "{VALID}nginx:\n  template: \"set $service_url http://[::1]:{port};\"\nswitch:\n  by: nftables\n",
+        &["nginx.template", "[::1]", "127.0.0.1"],
+    ),
+    (
+        "template pointing nginx at localhost (nftables)",
+        "{VALID}nginx:\n  template: \"set $service_url http://localhost:{port};\"\nswitch:\n  by: nftables\n",
+        &["nginx.template", "localhost", "only connections to 127.0.0.1"],
+    ),
+    (
         "service port zero",
         "{VALID}switch:\n  by: nftables\n  service_port: 0\n",
         &["switch.service_port", "1 to 65535"],

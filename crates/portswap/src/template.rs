@@ -89,6 +89,27 @@ impl Template {
         Ok(Template(text))
     }
 
+    /// The text as configured.
+    pub fn text(&self) -> &str {
+        &self.0
+    }
+
+    /// The host written right before each `HOST:{port}` (`127.0.0.1`, `[::1]`, `localhost`):
+    /// where nginx connects. A `{port}` not preceded by `:` names no host and is skipped.
+    pub fn hosts(&self) -> Vec<&str> {
+        pieces(&self.0)
+            .windows(2)
+            .filter(|w| w[1].0 && w[1].1 == "port" && !w[0].0)
+            .filter_map(|w| w[0].1.strip_suffix(':'))
+            .map(|before| {
+                let start = before
+                    .rfind(|c: char| c.is_whitespace() || matches!(c, '/' | '"' | '\'' | '='))
+                    .map_or(0, |i| i + 1);
+                &before[start..]
+            })
+            .collect()
+    }
+
     /// The include file's content for `port`, ending with a newline.
     pub fn render(&self, port: u16) -> String {
         let mut text = expand(&self.0, |_| Some(port.to_string()));
@@ -153,6 +174,19 @@ mod tests {
         let t = Template::new("server 127.0.0.1:{port}; # {port}".into()).unwrap();
         assert_eq!(t.parse_port("server 127.0.0.1:1234; # 1234"), Ok(1234));
         assert!(t.parse_port("server 127.0.0.1:1234; # 99").is_err());
+    }
+
+    #[test]
+    fn names_the_host_before_each_port() {
+        let hosts = |text: &str| {
+            let t = Template::new(text.into()).unwrap();
+            t.hosts().iter().map(|h| h.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(hosts(DEFAULT), ["127.0.0.1"]);
+        assert_eq!(hosts("set $u http://[::1]:{port};"), ["[::1]"]);
+        assert_eq!(hosts("set $u \"http://localhost:{port}\";"), ["localhost"]);
+        assert_eq!(hosts("server 127.0.0.1:{port}; # {port}"), ["127.0.0.1"]);
+        assert_eq!(hosts("set $port {port};"), Vec::<String>::new());
     }
 
     #[test]

@@ -28,6 +28,10 @@ use crate::{fsio, procfs, sockdiag};
 /// portswap's own table; nothing else in the ruleset is read or written.
 pub const TABLE: &str = "ip portswap";
 
+/// The one address the rule matches (`ip daddr`): nginx must proxy to it (the include's
+/// template is checked at config load).
+pub const REDIRECTED_ADDRESS: &str = "127.0.0.1";
+
 /// File in the state directory holding the last applied ruleset, for the boot unit.
 pub const RULES_FILE: &str = "nftables.rules";
 
@@ -44,7 +48,7 @@ impl Redirect {
     /// The rule as nft prints it.
     pub fn rule(&self) -> String {
         format!(
-            "ip daddr 127.0.0.1 tcp dport {} redirect to :{}",
+            "ip daddr {REDIRECTED_ADDRESS} tcp dport {} redirect to :{}",
             self.service_port, self.slot
         )
     }

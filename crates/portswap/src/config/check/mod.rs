@@ -52,6 +52,7 @@ impl Checker<'_> {
         let health = self.health(raw.health)?;
         let nginx = self.nginx(raw.nginx)?;
         let switch = self.switch(raw.switch, &slots)?;
+        self.redirected_template(&nginx, &switch)?;
         let systemd = self.systemd(raw.systemd)?;
         let watch = self.watch(raw.watch)?;
         Ok(Config {

@@ -5,6 +5,7 @@ use std::time::Duration;
 use super::Checker;
 use crate::config::{By, Nginx, RawNginx, RawSwitch, Slot, Switch};
 use crate::error::Result;
+use crate::switcher::nftables::REDIRECTED_ADDRESS;
 use crate::template::{self, Template};
 
 impl Checker<'_> {
@@ -48,6 +49,32 @@ impl Checker<'_> {
             service_port,
             boot_unit_dir,
         })
+    }
+
+    /// In nftables mode nginx must connect where the rule redirects: its one rule matches
+    /// `ip daddr 127.0.0.1` only, so a template pointing nginx at `[::1]`, `localhost` or any
+    /// other host would send every request past the rule to a port nothing listens on (502).
+    pub(super) fn redirected_template(&self, nginx: &Nginx, switch: &Switch) -> Result<()> {
+        if switch.by != By::Nftables {
+            return Ok(());
+        }
+        match nginx
+            .template
+            .hosts()
+            .into_iter()
+            .find(|h| *h != REDIRECTED_ADDRESS)
+        {
+            Some(host) => Err(self.err(
+                "nginx.template",
+                format!(
+                    "`{}` points nginx at {host}, but switch.by nftables redirects only \
+                     connections to {REDIRECTED_ADDRESS} (an IPv4 rule): nothing would answer \
+                     there; write {REDIRECTED_ADDRESS}:{{port}}",
+                    nginx.template.text()
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     pub(super) fn nginx(&self, raw: RawNginx) -> Result<Nginx> {
