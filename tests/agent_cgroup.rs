@@ -12,6 +12,7 @@ use portswap_testkit::hooks::fixture_command;
 use portswap_testkit::net::{self, Load};
 use portswap_testkit::supervised::{SupervisedSite, AGENT_UNIT};
 use portswap_testkit::systemd::refused;
+use portswap_testkit::tools;
 
 /// The book's hook user (`runas: ec2-user`).
 const HOOK_USER: &str = "ec2-user";
@@ -19,6 +20,9 @@ const HOOK_USER: &str = "ec2-user";
 /// A site under systemd whose deployments the stand-in agent runs, with `app.supervisor`
 /// `supervisor`, hooks as `runas` (set-up (b)) or root.
 fn site(test: &str, supervisor: &str, runas: Option<&str>) -> Option<SupervisedSite> {
+    if runas.is_some() && !tools::need(test, &[&tools::SUDO]) {
+        return None;
+    }
     let mut site = match SupervisedSite::new() {
         Ok(site) => site,
         Err(why) => {

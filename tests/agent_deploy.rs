@@ -13,7 +13,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use portswap_testkit::agent::{Agent, AppSpec, DeploymentReport};
 use portswap_testkit::hooks::{self, yaml_list};
-use portswap_testkit::{bins, net, NginxSandbox};
+use portswap_testkit::{bins, net, tools, NginxSandbox};
 
 /// The repository's appspec.yml.
 fn repo_appspec() -> String {
@@ -522,6 +522,10 @@ fi
 
 #[test]
 fn a_book_style_host_migrates_legacy_stop_then_portswap_start_health_switch() {
+    let what = "the book's legacy stop.sh, then portswap";
+    if !tools::need(what, &[&tools::CURL, &tools::LSOF]) {
+        return;
+    }
     let host = Host::new();
     let [a, _] = host.ports;
     // The book's host: nginx points at the app's port from before blue-green (8080 there),

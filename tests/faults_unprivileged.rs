@@ -7,6 +7,7 @@ mod support;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
+use portswap_testkit::tools;
 use support::{chown_tree, Guarded, Settings, Site, TestUser};
 
 /// A site with `d-1` live and `d-2` started and healthy, readable by other users. The apps
@@ -77,7 +78,7 @@ fn reload_without_permission_names_the_sudoers_fix() {
     site.assert_nothing_half_written();
 
     // The same through a reload command the user may not run (sudo without a rule).
-    if std::path::Path::new("/usr/bin/sudo").exists() {
+    if tools::need("reload_command through sudo", &[&tools::SUDO]) {
         site.set_key(
             "nginx",
             "reload_command",
@@ -92,11 +93,6 @@ fn reload_without_permission_names_the_sudoers_fix() {
             out.last_line()
         );
         assert_eq!(site.include_text(), before);
-    } else {
-        portswap_testkit::skip(
-            "reload_command through sudo",
-            "sudo is not installed (apt-get install -y sudo)",
-        );
     }
     std::os::unix::fs::chown(site.root(), Some(0), Some(0)).unwrap();
     chown_tree(&site.state(), 0, 0);

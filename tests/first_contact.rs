@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use portswap_testkit::{bins, net};
+use portswap_testkit::{bins, net, tools};
 use support::{wait, Guarded, Site};
 
 /// Starts `argv` the way `nohup ... &` from a legacy script does: cwd `/`, no output, its own
@@ -152,6 +152,9 @@ fn a_book_style_include_naming_an_unmanaged_port_is_taken_over_and_that_app_neve
 
 #[test]
 fn an_unrelated_python_http_server_on_the_idle_port_is_refused_by_a_plain_stop() {
+    if !tools::need("an unrelated python3 -m http.server", &[&tools::PYTHON3]) {
+        return;
+    }
     let site = Site::new();
     let [_, b] = site.ports;
     // The app itself is `python3 -m http.server`: the interpreter proves nothing.

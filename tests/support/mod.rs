@@ -526,6 +526,9 @@ impl TestUser {
             portswap_testkit::skip(row, "needs root to create a throwaway user");
             return None;
         }
+        if !portswap_testkit::tools::need(row, &[&portswap_testkit::tools::USERADD]) {
+            return None;
+        }
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -536,15 +539,17 @@ impl TestUser {
         );
         let mut last = String::new();
         for _ in 0..20 {
-            match Command::new("useradd")
-                .args([
-                    "--system",
-                    "--no-create-home",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                    &name,
-                ])
-                .output()
+            match Command::new(portswap_testkit::tools::path(
+                &portswap_testkit::tools::USERADD,
+            ))
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                &name,
+            ])
+            .output()
             {
                 Ok(out) if out.status.success() => {
                     let user = nix::unistd::User::from_name(&name).ok().flatten()?;

@@ -64,6 +64,46 @@ pub fn ensure_built() {
     });
 }
 
+/// Builds test executables of the workspace (`$CARGO test --no-run` with `selection`, e.g.
+/// `["-p", "portswap-tests", "--test", "nftables"]`, in the profile and target of the running
+/// executable) and returns their paths, in cargo's order. Panics with cargo's output when the
+/// build fails.
+pub fn test_executables(selection: &[&str]) -> Vec<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut args = build_args(&bin_dir());
+    args.splice(
+        0..3,
+        [
+            "test".into(),
+            "--no-run".into(),
+            "--message-format=json".into(),
+        ],
+    );
+    args.extend(selection.iter().map(|s| s.to_string()));
+    let out = Command::new(&cargo)
+        .args(&args)
+        .current_dir(workspace_root())
+        .output()
+        .unwrap_or_else(|e| panic!("testkit: cannot run {cargo:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "testkit: cargo {} failed:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let value: serde_yaml::Value = serde_yaml::from_str(line).ok()?;
+            let test = value["profile"]["test"].as_bool() == Some(true);
+            value["executable"]
+                .as_str()
+                .filter(|_| test)
+                .map(PathBuf::from)
+        })
+        .collect()
+}
+
 /// The `cargo` arguments that rebuild the binaries into `profile_dir`
 /// (`<target-dir>[/<triple>]/<profile>`).
 fn build_args(profile_dir: &Path) -> Vec<String> {

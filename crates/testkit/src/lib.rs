@@ -10,6 +10,7 @@
 //! - [`skip`]: report a test branch the machine cannot run (visible; a failure under CI).
 //! - [`supervised`]: a whole host (nginx unit, slots, hooks) inside such a systemd.
 //! - [`systemd`]: a real systemd as PID 1 of private namespaces, booted and rebooted at will.
+//! - [`tools`]: the programs the suite runs (nft, sudo, ...), each test skipping visibly without.
 
 pub mod agent;
 pub mod bins;
@@ -21,6 +22,7 @@ pub mod nginx;
 pub mod skip;
 pub mod supervised;
 pub mod systemd;
+pub mod tools;
 
 pub use bins::{bin, ensure_built};
 pub use fixture::FixtureApp;

@@ -11,15 +11,21 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use nix::libc;
+
+use crate::tools;
 use nix::sched::{unshare, CloneFlags};
 
 /// Runs `body` in a fresh network namespace with `lo` up and returns its result (a panic in
-/// `body` is re-raised here). Prints `SKIPPED <what>: ...` and returns `None` where the
-/// machine refuses to create one (no CAP_SYS_ADMIN).
+/// `body` is re-raised here). Reports `what` as skipped (see [`skip`](crate::skip)) and
+/// returns `None` where the machine has no `nft` or refuses to create a namespace (no
+/// CAP_SYS_ADMIN).
 pub fn isolated<T: Send + 'static>(
     what: &str,
     body: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
+    if !tools::need(what, &[&tools::NFT]) {
+        return None;
+    }
     let handle = std::thread::spawn(move || {
         unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
         loopback_up().map_err(|e| format!("bringing lo up: {e}"))?;
@@ -28,7 +34,7 @@ pub fn isolated<T: Send + 'static>(
     match handle.join() {
         Ok(Ok(value)) => Some(value),
         Ok(Err(refused)) => {
-            println!("SKIPPED {what}: no private network namespace ({refused})");
+            crate::skip(what, &format!("no private network namespace ({refused})"));
             None
         }
         Err(panic) => std::panic::resume_unwind(panic),
@@ -63,18 +69,10 @@ pub(crate) fn loopback_up() -> io::Result<()> {
     }
 }
 
-/// The `nft` executable, or a panic saying how to install it.
+/// The `nft` executable, or a panic saying how to install it (tests check first with
+/// [`tools::need`], as [`isolated`] does).
 pub fn nft_binary() -> PathBuf {
-    ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
-        .map(PathBuf::from)
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "testkit: nft not found; install it with `apt-get install -y nftables` (Debian) \
-                 or `dnf install -y nftables` (Amazon Linux)"
-            )
-        })
+    tools::path(&tools::NFT)
 }
 
 /// Runs `nft ARGS` in the calling thread's namespace; its stdout, or its stderr as the error.

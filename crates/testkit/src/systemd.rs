@@ -36,6 +36,7 @@ use nix::libc;
 
 use crate::bins;
 use crate::net::{wait_every, wait_until};
+use crate::tools;
 
 /// Where machines keep their base directories.
 const BASE_PREFIX: &str = "/tmp/portswap-machine-";
@@ -405,8 +406,11 @@ impl Machine {
         if !nix::unistd::geteuid().is_root() {
             return Err("not root (a systemd machine needs CAP_SYS_ADMIN)".into());
         }
-        if !Path::new("/usr/lib/systemd/systemd").exists() {
-            return Err("no /usr/lib/systemd/systemd on this machine".into());
+        if let Some(tool) = [&tools::SYSTEMD, &tools::NSENTER]
+            .into_iter()
+            .find(|t| t.find().is_none())
+        {
+            return Err(tool.missing());
         }
         sweep();
         bins::ensure_built();
@@ -744,7 +748,7 @@ impl Drop for Machine {
     }
 }
 
-/// Boots a machine, or prints `SKIPPED: <test>: <why>` and returns `None` when this host
+/// Boots a machine, or prints `SKIPPED <test>: <why>` and returns `None` when this host
 /// refuses (not root, no namespaces, no systemd); see [`refused`].
 pub fn machine_or_skip(test: &str, shared: &[&Path]) -> Option<Machine> {
     match Machine::boot(shared) {
@@ -756,13 +760,13 @@ pub fn machine_or_skip(test: &str, shared: &[&Path]) -> Option<Machine> {
     }
 }
 
-/// A machine could not boot for `test`: prints `SKIPPED: <test>: <why>`, or panics when
-/// `PORTSWAP_TESTKIT_REQUIRE_SYSTEMD=1` (CI, where the tests must run).
+/// A machine could not boot for `test`: prints `SKIPPED <test>: <why>` (see
+/// [`skip`](crate::skip)), or panics when `PORTSWAP_TESTKIT_REQUIRE_SYSTEMD=1` or under CI.
 pub fn refused(test: &str, why: &str) {
     if std::env::var_os("PORTSWAP_TESTKIT_REQUIRE_SYSTEMD").is_some_and(|v| v != "0") {
         panic!("{test}: a systemd machine is required here but did not boot: {why}");
     }
-    println!("SKIPPED: {test}: no systemd machine on this host: {why}");
+    crate::skip(test, &format!("no systemd machine on this host: {why}"));
 }
 
 // -------------------------------------------------------------------------------------------
