@@ -6,7 +6,8 @@ use std::process::{Command, Stdio};
 
 use portswap_testkit::bins;
 
-const VALID: &str = "app:\n  command: [\"/bin/true\"]\nstate:\n  dir: state\n";
+/// `{DIR}` stands for the test's directory (host paths must be absolute).
+const VALID: &str = "app:\n  command: [\"/bin/true\"]\nstate:\n  dir: \"{DIR}/state\"\n";
 
 struct Run {
     code: i32,
@@ -17,7 +18,11 @@ fn run_with(config: &[u8], hook: &str, args: &[&str]) -> Run {
     bins::ensure_built();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portswap.yml");
-    fs::write(&path, config).unwrap();
+    match std::str::from_utf8(config) {
+        Ok(text) => fs::write(&path, text.replace("{DIR}", &dir.path().to_string_lossy())),
+        Err(_) => fs::write(&path, config),
+    }
+    .unwrap();
     let output = Command::new(bins::bin(hook))
         .arg("--config")
         .arg(&path)
@@ -272,6 +277,43 @@ const CASES: &[(&str, &str, &[&str])] = &[
         "app:\n  command: [x]\nstate:\n  dir: \"\"\n",
         &["state.dir", "empty"],
     ),
+    // Issue 17 item 3: a host path that every deployment shares, given relative, would
+    // resolve inside each deployment's own archive directory.
+    (
+        "relative state dir",
+        "app:\n  command: [x]\nstate:\n  dir: state\n",
+        &["state.dir: `state` is relative", "fix: an absolute path, e.g. `state.dir: /var/lib/portswap`"],
+    ),
+    (
+        "relative log dir",
+        "app:\n  command: [x]\n  log_dir: logs\nstate:\n  dir: /var/lib/portswap\n",
+        &["app.log_dir: `logs` is relative", "e.g. `app.log_dir: /var/log/portswap`"],
+    ),
+    (
+        "relative include",
+        "{VALID}nginx:\n  include: ./service-url.inc\n",
+        &["nginx.include: `./service-url.inc` is relative", "`nginx.include: /etc/nginx/conf.d/service-url.inc`"],
+    ),
+    (
+        "relative pid file",
+        "{VALID}nginx:\n  pid_file: nginx.pid\n",
+        &["nginx.pid_file: `nginx.pid` is relative", "`nginx.pid_file: /run/nginx.pid`"],
+    ),
+    (
+        "relative unit dir",
+        "{VALID}systemd:\n  unit_dir: units\n",
+        &["systemd.unit_dir: `units` is relative"],
+    ),
+    (
+        "relative boot unit dir",
+        "{VALID}switch:\n  boot_unit_dir: units\n",
+        &["switch.boot_unit_dir: `units` is relative"],
+    ),
+    (
+        "relative access log",
+        "{VALID}watch:\n  duration: 10s\n  access_log: access.log\n",
+        &["watch.access_log: `access.log` is relative"],
+    ),
     (
         "lock wait garbage",
         "app:\n  command: [x]\nstate:\n  lock_wait: forever\n",
@@ -369,7 +411,12 @@ fn configuration_is_found_by_env_var_beside_the_executable_or_reported_missing()
     );
     fs::write(
         hooks.join("portswap.yml"),
-        slots + "app:\n  command: [x]\nstate:\n  dir: ../state\nnginx:\n  include: ../none.inc\n",
+        slots
+            + &format!(
+                "app:\n  command: [x]\nstate:\n  dir: {}\nnginx:\n  include: {}\n",
+                dir.path().join("state").display(),
+                dir.path().join("none.inc").display()
+            ),
     )
     .unwrap();
     let out = Command::new(hooks.join("stop"))
@@ -381,7 +428,7 @@ fn configuration_is_found_by_env_var_beside_the_executable_or_reported_missing()
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
         dir.path().join("state").is_dir(),
-        "relative paths resolve against the config's directory"
+        "the configuration beside the executable was used"
     );
 
     let missing = dir.path().join("nope.yml");

@@ -435,3 +435,32 @@ fn start_checks_the_port_is_still_free_right_before_the_launch() {
     drop(listener);
     site.deploy_ok("d-2");
 }
+
+/// Issue 17 item 3: a portswap app of another state directory (another configuration on the
+/// host, or deployments made with a relative `state.dir`, each resolved inside its own
+/// archive) is not this configuration's, and `stop` says whose it is instead of calling it
+/// "not portswap's app". It is never signalled.
+#[test]
+fn stop_names_the_state_directory_of_a_portswap_app_of_another_configuration() {
+    let site = Site::new();
+    let [a, _] = site.ports;
+    site.deploy_ok("d-1");
+    site.deploy_ok("d-2");
+    let before = site.version_on(a);
+    assert_eq!(before.as_deref(), Some("d-1"));
+    let other = site.root().join("other-state");
+    site.set_key(
+        "state",
+        "dir",
+        &format!("{:?}", other.display().to_string()),
+    );
+    let out = site
+        .hook("stop", &[], Some("d-3"))
+        .fails(4, "of this state.dir");
+    let expected = format!(
+        "it is portswap's app of another state directory, {}",
+        site.state().display()
+    );
+    assert!(out.last_line().contains(&expected), "{}", out.last_line());
+    assert_eq!(site.version_on(a), before, "never signalled");
+}

@@ -16,9 +16,11 @@ fn never_healthy(dir: &std::path::Path, timeout: &str) -> std::path::PathBuf {
     let path = dir.join("portswap.yml");
     let text = format!(
         "slots: [{{port: {}, profile: a}}, {{port: {}, profile: b}}]\napp:\n  command: [x]\n\
-         health:\n  timeout: {timeout}\nnginx:\n  include: none.inc\nstate:\n  dir: state\n",
+         health:\n  timeout: {timeout}\nnginx:\n  include: {}\nstate:\n  dir: {}\n",
         net::free_port(),
-        net::free_port()
+        net::free_port(),
+        dir.join("none.inc").display(),
+        dir.join("state").display()
     );
     std::fs::write(&path, text).unwrap();
     path

@@ -184,9 +184,11 @@ impl Site {
             "slots:\n  - {{ port: {p0}, profile: real1 }}\n  - {{ port: {p1}, profile: real2 }}\n\
              app:\n  artifacts: [\"revision/fixture-app\"]\n  command: {cmd}\n  supervisor: process\n{user}\
              health:\n  path: /health\n  timeout: {ht}\n\
-             nginx:\n  include: service-url.inc\n  test_command: {test}\n  pid_file: {pid}\n\
+             nginx:\n  include: {include}\n  test_command: {test}\n  pid_file: {pid}\n\
              stop:\n  grace: {grace}\n\
-             state:\n  dir: state\n  lock_wait: {lw}\n{switch}{extra}",
+             state:\n  dir: {state}\n  lock_wait: {lw}\n{switch}{extra}",
+            include = self.include().display(),
+            state = self.state().display(),
             p0 = self.ports[0],
             p1 = self.ports[1],
             cmd = yaml_list(&app_command),
@@ -200,8 +202,9 @@ impl Site {
                 .settings
                 .switch_by
                 .map(|by| format!(
-                    "switch:\n  by: {by}\n  service_port: {}\n  boot_unit_dir: systemd\n",
-                    self.service_port
+                    "switch:\n  by: {by}\n  service_port: {}\n  boot_unit_dir: {}\n",
+                    self.service_port,
+                    self.root().join("systemd").display()
                 ))
                 .unwrap_or_default(),
             user = self

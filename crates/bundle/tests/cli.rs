@@ -81,3 +81,47 @@ fn an_invalid_config_is_named_as_given() {
         .join("build/portswap/portswap-revision.zip")
         .exists());
 }
+
+/// Issue 17 item 3: a relative host path would resolve inside each deployment's archive on
+/// the instance (from the third deployment on, `stop` met deployment 1's app as foreign):
+/// portswap-bundle refuses it before anything is packed, naming the key and the fix.
+#[test]
+fn relative_host_paths_are_refused_naming_the_key() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let original = fs::read_to_string(root.join("hooks/portswap.yml")).unwrap();
+    for (absolute, relative, key) in [
+        ("dir: /var/lib/portswap", "dir: state", "state.dir"),
+        ("log_dir: /var/log/portswap", "log_dir: logs", "app.log_dir"),
+        (
+            "include: /etc/nginx/conf.d/service-url.inc",
+            "include: service-url.inc",
+            "nginx.include",
+        ),
+        (
+            "pid_file: /run/nginx.pid",
+            "pid_file: ../nginx.pid",
+            "nginx.pid_file",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        fs::copy(root.join("appspec.yml"), dir.path().join("appspec.yml")).unwrap();
+        assert!(original.contains(absolute), "{absolute}");
+        fs::write(
+            dir.path().join("portswap.yml"),
+            original.replace(absolute, relative),
+        )
+        .unwrap();
+        fs::write(dir.path().join("app.jar"), "PK").unwrap();
+        let out = bundle(&["app.jar"], dir.path());
+        assert_eq!(out.status.code(), Some(2), "{key}: {out:?}");
+        let line = verdict(&out);
+        assert!(
+            line.starts_with("portswap bundle: FAILED (exit 2): portswap.yml: ")
+                && line.contains(&format!("{key}: `"))
+                && line.contains("is relative")
+                && line.contains(&format!("fix: an absolute path, e.g. `{key}: /")),
+            "{line}"
+        );
+        assert!(!dir.path().join("build/portswap/revision").exists());
+    }
+}

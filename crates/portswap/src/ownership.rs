@@ -89,6 +89,9 @@ pub enum Holder {
         pid: i32,
         /// Its command line.
         command: String,
+        /// The state directory named by the portswap marker it carries, when it is another
+        /// configuration's app (another `state.dir`, e.g. one that was relative).
+        other_state: Option<PathBuf>,
     },
     /// Something listens, but its process cannot be inspected (no permission to read its
     /// `/proc/PID/fd` or environment): neither free nor provably ours.
@@ -107,8 +110,16 @@ impl Holder {
                 "pid {} of this slot holds it ({proof:?})",
                 process.pid
             )),
-            Holder::Foreign { pid, command } => Some(format!(
-                "pid {pid} (`{command}`), which is not portswap's app, holds port {port}"
+            Holder::Foreign {
+                pid,
+                command,
+                other_state,
+            } => Some(format!(
+                "pid {pid} (`{command}`), which is not portswap's app{}, holds port {port}",
+                other_state
+                    .as_ref()
+                    .map(|dir| format!(" of this state.dir (it is that of {})", dir.display()))
+                    .unwrap_or_default()
             )),
             Holder::Unidentified { reason } => Some(reason.clone()),
         }
@@ -159,6 +170,21 @@ impl Slot<'_> {
             .ok()
             .and_then(|rest| rest.components().next())
             .is_some_and(|first| first.as_os_str().to_string_lossy().ends_with(&suffix))
+    }
+
+    /// The state directory in the portswap marker `pid` carries, when that is not this
+    /// slot's: the app of another configuration (another `state.dir`).
+    pub fn other_state_of(&self, pid: i32) -> Option<PathBuf> {
+        let value = procfs::environ_var(pid, MARKER_VAR)?;
+        let (_, dir) = value.split_once(':')?;
+        let dir = PathBuf::from(dir);
+        let same = |a: &Path, b: &Path| {
+            a == b
+                || fs::canonicalize(a)
+                    .ok()
+                    .is_some_and(|a| fs::canonicalize(b).ok() == Some(a))
+        };
+        (!same(&dir, self.state_dir)).then_some(dir)
     }
 
     fn carries_marker(&self, pid: i32) -> bool {
@@ -254,6 +280,7 @@ impl Slot<'_> {
             foreign.get_or_insert(Holder::Foreign {
                 pid: *pid,
                 command: procfs::describe(*pid),
+                other_state: self.other_state_of(*pid),
             });
         }
         foreign.unwrap_or_else(|| Holder::Unidentified {

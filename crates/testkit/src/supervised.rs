@@ -225,15 +225,17 @@ impl SupervisedSite {
              app:\n  artifacts: [\"revision/fixture-app\"]\n  command: {cmd}\n  supervisor: {supervisor}\n\
              \x20 env: {{ SECRET_TOKEN: {secret:?} }}\n\
              health:\n  path: /health\n  timeout: 10s\n\
-             nginx:\n  include: service-url.inc\n  test_command: {test}\n  pid_file: {pid}\n{reload}\
+             nginx:\n  include: {include}\n  test_command: {test}\n  pid_file: {pid}\n{reload}\
              stop:\n  grace: 5s\n\
-             state:\n  dir: state\n  lock_wait: 5s\n{extra}",
+             state:\n  dir: {state}\n  lock_wait: 5s\n{extra}",
             p0 = self.ports[0],
             p1 = self.ports[1],
             cmd = yaml_list(&command),
             secret = SECRET,
             test = yaml_list(&test),
             pid = self.root().join("nginx/nginx.pid").display(),
+            include = self.root().join("service-url.inc").display(),
+            state = self.state().display(),
         );
         fs::write(self.config(), text).expect("testkit: write portswap.yml");
     }

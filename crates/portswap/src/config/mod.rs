@@ -402,8 +402,8 @@ impl Config {
         Config::parse(&text, &absolute)
     }
 
-    /// Parses configuration text as if it were read from `path` (relative paths resolve
-    /// against its directory).
+    /// Parses configuration text as if it were read from `path` (relative artifact patterns
+    /// resolve against its directory; host paths must be absolute).
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
         // Editors on Windows start UTF-8 files with a byte-order mark; YAML allows it.
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -522,22 +522,22 @@ mod tests {
         assert!(c.watch.errors.is_none());
         let c = parse(
             "app: { command: [app] }\n\
-             watch: { duration: 30s, interval: 100ms, access_log: watch.log, max_5xx_percent: 2.5 }",
+             watch: { duration: 30s, interval: 100ms, access_log: /var/log/w.log, max_5xx_percent: 2.5 }",
         )
         .unwrap();
         assert_eq!(c.watch.duration, Duration::from_secs(30));
         let errors = c.watch.errors.unwrap();
-        assert_eq!(errors.access_log, Path::new("/etc/portswap/watch.log"));
+        assert_eq!(errors.access_log, Path::new("/var/log/w.log"));
         assert_eq!((errors.max_5xx_percent, errors.min_requests), (2.5, 20));
         for (text, key) in [
             ("watch: { interval: 0 }", "watch.interval"),
             ("watch: { max_5xx_percent: 5 }", "watch.access_log"),
             (
-                "watch: { access_log: a.log, max_5xx_percent: 100 }",
+                "watch: { access_log: /a.log, max_5xx_percent: 100 }",
                 "watch.max_5xx_percent",
             ),
             (
-                "watch: { access_log: a.log, window: 1ms, interval: 10ms }",
+                "watch: { access_log: /a.log, window: 1ms, interval: 10ms }",
                 "watch.window",
             ),
             ("watch: { durations: 1s }", "durations"),

@@ -75,6 +75,24 @@ pub enum ConfigError {
         /// What is wrong with it and, where there is one, the fix.
         problem: String,
     },
+    /// A relative path for a key that names a place on the host every deployment shares.
+    #[error(
+        "{}: {key}: `{}` is relative: it would resolve inside each deployment's own archive \
+         directory, so every deployment would see its own state; fix: an absolute path, e.g. \
+         `{key}: {example}`",
+        path.display(),
+        value.escape_debug()
+    )]
+    RelativeHostPath {
+        /// The file.
+        path: PathBuf,
+        /// The key, e.g. `state.dir`.
+        key: String,
+        /// The relative path given.
+        value: String,
+        /// An absolute path to offer (the key's default).
+        example: String,
+    },
     /// A value that a systemd unit file cannot carry.
     #[error("{what} `{}` holds a control character; a systemd unit cannot carry it", value.escape_debug())]
     UnitValue {

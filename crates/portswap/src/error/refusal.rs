@@ -38,9 +38,17 @@ pub enum Refusal {
     },
     /// A process that is not portswap's app holds the slot's port.
     #[error(
-        "port {port} is held by pid {pid} (`{command}`), which is not portswap's app{}; stop it \
-         yourself or pass --force to stop",
-        unit.as_ref().map(|u| format!(" (not in {u})")).unwrap_or_default()
+        "port {port} is held by pid {pid} (`{command}`), which is not portswap's app{}{}",
+        unit.as_ref().map(|u| format!(" (not in {u})")).unwrap_or_default(),
+        match other_state {
+            None => "; stop it yourself or pass --force to stop".to_string(),
+            Some(dir) => format!(
+                " of this state.dir: it is portswap's app of another state directory, {} \
+                 (another configuration on this host, or an earlier relative state.dir); stop \
+                 it with that configuration's hooks, or pass --force to stop",
+                dir.display()
+            ),
+        }
     )]
     Foreign {
         /// The slot's port.
@@ -51,6 +59,8 @@ pub enum Refusal {
         command: String,
         /// The slot's unit, when systemd supervises the app.
         unit: Option<String>,
+        /// The state directory of the portswap marker it carries, when another's.
+        other_state: Option<PathBuf>,
     },
     /// The port is listened on by a process this hook cannot identify.
     #[error("{reason}; nothing was {untouched}")]
@@ -196,6 +206,7 @@ mod tests {
                 pid: 77,
                 command: "python3 -m http.server".into(),
                 unit: unit.map(str::to_string),
+                other_state: None,
             })
         };
         assert_eq!(

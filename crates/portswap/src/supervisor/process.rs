@@ -110,16 +110,21 @@ impl Supervisor for ProcessSupervisor {
                 }
                 .into());
             }
-            Holder::Foreign { pid, command } if !force => {
+            Holder::Foreign {
+                pid,
+                command,
+                other_state,
+            } if !force => {
                 return Err(Refusal::Foreign {
                     port,
                     pid,
                     command,
                     unit: None,
+                    other_state,
                 }
                 .into());
             }
-            Holder::Foreign { pid, command } => {
+            Holder::Foreign { pid, command, .. } => {
                 log::warn!("--force: stopping foreign pid {pid} (`{command}`) on port {port}");
                 let process = ProcId::of(pid).ok_or(SupervisorError::Vanished { pid })?;
                 let leads = procfs::parent_and_group(pid).is_some_and(|(_, g)| g == pid);

@@ -285,12 +285,17 @@ impl Supervisor for SystemdSupervisor {
                 }
                 .into());
             }
-            Holder::Foreign { pid, command } if !force => {
+            Holder::Foreign {
+                pid,
+                command,
+                other_state,
+            } if !force => {
                 return Err(Refusal::Foreign {
                     port,
                     pid,
                     command: command.clone(),
                     unit: Some(unit.to_string()),
+                    other_state: other_state.clone(),
                 }
                 .into());
             }

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::Checker;
+use super::{Checker, UNIT_DIR};
 use crate::config::{App, Output, RawApp, RawSystemd, SupervisorChoice, Systemd};
 use crate::error::Result;
 use crate::template;
@@ -61,7 +61,7 @@ impl Checker<'_> {
             ));
         }
         let log_dir = match raw.log_dir {
-            Some(dir) => self.path_of("app.log_dir", &dir)?,
+            Some(dir) => self.host_path_of("app.log_dir", &dir, "/var/log/portswap")?,
             None => state_dir.join("logs"),
         };
         Ok(App {
@@ -101,9 +101,10 @@ impl Checker<'_> {
                 ),
             ));
         }
-        let unit_dir = self.path_of(
+        let unit_dir = self.host_path_of(
             "systemd.unit_dir",
-            raw.unit_dir.as_deref().unwrap_or("/etc/systemd/system"),
+            raw.unit_dir.as_deref().unwrap_or(UNIT_DIR),
+            UNIT_DIR,
         )?;
         let start_limit = raw.start_limit.unwrap_or(5);
         if start_limit == 0 {

@@ -65,7 +65,11 @@ impl Checker<'_> {
                     return Err(self.err("watch.window", "must be at least watch.interval"));
                 }
                 Some(ErrorWatch {
-                    access_log: self.path_of("watch.access_log", &log)?,
+                    access_log: self.host_path_of(
+                        "watch.access_log",
+                        &log,
+                        "/var/log/nginx/access.log",
+                    )?,
                     max_5xx_percent,
                     min_requests: raw.min_requests.unwrap_or(20).max(1),
                     window,

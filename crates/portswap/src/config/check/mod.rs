@@ -11,6 +11,12 @@ use std::time::Duration;
 use super::{Config, RawConfig, RawSlot, Slot};
 use crate::error::{ConfigError, Error, Result};
 
+/// `state.dir`'s default.
+const STATE_DIR: &str = "/var/lib/portswap";
+
+/// `systemd.unit_dir`'s and `switch.boot_unit_dir`'s default.
+const UNIT_DIR: &str = "/etc/systemd/system";
+
 /// Checks the sections of the file at `path`; `dir` is the directory paths are taken from.
 pub(super) struct Checker<'a> {
     pub(super) path: &'a Path,
@@ -29,6 +35,27 @@ impl Checker<'_> {
         Ok(self.dir.join(value))
     }
 
+    /// A path on the host that every deployment shares (state, logs, nginx's files, unit
+    /// directories): it must be absolute. A relative one would resolve against the
+    /// configuration's directory, which CodeDeploy makes anew for each deployment inside its
+    /// archive: each deployment would get its own state and lose sight of the apps the
+    /// earlier ones started. `example` is the fix offered (the key's default).
+    fn host_path_of(&self, key: &str, value: &str, example: &str) -> Result<PathBuf> {
+        if value.trim().is_empty() {
+            return Err(self.err(key, "must not be empty"));
+        }
+        if !Path::new(value).is_absolute() {
+            return Err(ConfigError::RelativeHostPath {
+                path: self.path.to_path_buf(),
+                key: key.to_string(),
+                value: value.to_string(),
+                example: example.to_string(),
+            }
+            .into());
+        }
+        Ok(PathBuf::from(value))
+    }
+
     fn argv(&self, key: &str, argv: Vec<String>) -> Result<Vec<String>> {
         match argv.first() {
             None => Err(self.err(
@@ -44,9 +71,10 @@ impl Checker<'_> {
 
     pub(super) fn build(&self, raw: RawConfig) -> Result<Config> {
         let slots = self.slots(raw.slots)?;
-        let state_dir = self.path_of(
+        let state_dir = self.host_path_of(
             "state.dir",
-            raw.state.dir.as_deref().unwrap_or("/var/lib/portswap"),
+            raw.state.dir.as_deref().unwrap_or(STATE_DIR),
+            STATE_DIR,
         )?;
         let app = self.app(raw.app, &state_dir)?;
         let health = self.health(raw.health)?;

@@ -2,11 +2,16 @@
 
 use std::time::Duration;
 
-use super::Checker;
+use super::{Checker, UNIT_DIR};
 use crate::config::{By, Nginx, RawNginx, RawSwitch, Slot, Switch};
 use crate::error::Result;
 use crate::switcher::nftables::REDIRECTED_ADDRESS;
 use crate::template::{self, Template};
+
+/// `nginx.include`'s default.
+const INCLUDE: &str = "/etc/nginx/conf.d/service-url.inc";
+/// `nginx.pid_file`'s default.
+const PID_FILE: &str = "/run/nginx.pid";
 
 impl Checker<'_> {
     pub(super) fn switch(&self, raw: RawSwitch, slots: &[Slot; 2]) -> Result<Switch> {
@@ -38,11 +43,10 @@ impl Checker<'_> {
                 ));
             }
         }
-        let boot_unit_dir = self.path_of(
+        let boot_unit_dir = self.host_path_of(
             "switch.boot_unit_dir",
-            raw.boot_unit_dir
-                .as_deref()
-                .unwrap_or("/etc/systemd/system"),
+            raw.boot_unit_dir.as_deref().unwrap_or(UNIT_DIR),
+            UNIT_DIR,
         )?;
         Ok(Switch {
             by,
@@ -78,11 +82,10 @@ impl Checker<'_> {
     }
 
     pub(super) fn nginx(&self, raw: RawNginx) -> Result<Nginx> {
-        let include = self.path_of(
+        let include = self.host_path_of(
             "nginx.include",
-            raw.include
-                .as_deref()
-                .unwrap_or("/etc/nginx/conf.d/service-url.inc"),
+            raw.include.as_deref().unwrap_or(INCLUDE),
+            INCLUDE,
         )?;
         let template = Template::new(raw.template.unwrap_or_else(|| template::DEFAULT.into()))
             .map_err(|m| self.err("nginx.template", m))?;
@@ -95,9 +98,10 @@ impl Checker<'_> {
             .reload_command
             .map(|argv| self.argv("nginx.reload_command", argv))
             .transpose()?;
-        let pid_file = self.path_of(
+        let pid_file = self.host_path_of(
             "nginx.pid_file",
-            raw.pid_file.as_deref().unwrap_or("/run/nginx.pid"),
+            raw.pid_file.as_deref().unwrap_or(PID_FILE),
+            PID_FILE,
         )?;
         let reload_timeout = raw.reload_timeout.unwrap_or(Duration::from_secs(5));
         if reload_timeout < Duration::from_millis(200) {
