@@ -417,3 +417,25 @@ fn commands_in_code_blocks_name_what_exists() {
     );
     assert!(checked >= 10, "only {checked} commands checked");
 }
+
+/// The Korean page for the book's readers is linked from README's first lines, and its
+/// commands for operating by hand are README's (a translation that lags gets caught here).
+#[test]
+fn the_korean_page_is_linked_first_and_runs_readmes_commands() {
+    let readme = Doc::read(&root().join("README.md"));
+    let top: Vec<&str> = readme.prose.lines().take(5).collect();
+    assert!(
+        top.iter().any(|l| l.contains("](docs/ko.md)")),
+        "README's first lines do not link docs/ko.md: {top:?}"
+    );
+    let korean = Doc::read(&root().join("docs/ko.md"));
+    let theirs: Vec<String> = commands(&readme).into_iter().map(|(_, c)| c).collect();
+    let ours = commands(&korean);
+    assert!(ours.len() >= 5, "docs/ko.md shows {} commands", ours.len());
+    for (line, command) in ours {
+        assert!(
+            theirs.contains(&command),
+            "docs/ko.md:{line}: `{command}` is not among README's commands"
+        );
+    }
+}
