@@ -279,6 +279,33 @@ const CASES: &[(&str, &str, &[&str])] = &[
     ),
     // Issue 17 item 3: a host path that every deployment shares, given relative, would
     // resolve inside each deployment's own archive directory.
+    // Issue 17 item 7: milliseconds written as a bare number are seconds; a value beyond
+    // what the key plausibly needs is refused with a hint at units.
+    (
+        "start check meant as ms",
+        "app:\n  command: [x]\n  start_check: 500\nstate:\n  dir: /var/lib/portswap\n",
+        &["app.start_check: 500s is more than 120s", "write e.g. `app.start_check: 500ms`"],
+    ),
+    (
+        "health timeout meant as ms",
+        "{VALID}health:\n  timeout: 60000\n",
+        &["health.timeout: 60000s is more than 3600s", "a number without a unit is seconds"],
+    ),
+    (
+        "grace beyond plausible",
+        "{VALID}stop:\n  grace: 20m\n",
+        &["stop.grace: 1200s is more than 600s"],
+    ),
+    (
+        "lock wait beyond plausible",
+        "app:\n  command: [x]\nstate:\n  dir: /var/lib/portswap\n  lock_wait: 5000\n",
+        &["state.lock_wait: 5000s is more than 3600s"],
+    ),
+    (
+        "reload timeout beyond plausible",
+        "{VALID}nginx:\n  reload_timeout: 5000\n",
+        &["nginx.reload_timeout: 5000s is more than 120s"],
+    ),
     (
         "relative state dir",
         "app:\n  command: [x]\nstate:\n  dir: state\n",
@@ -351,6 +378,41 @@ fn every_configuration_error_exits_2_naming_file_and_key() {
         failures.len(),
         CASES.len(),
         failures.join("\n")
+    );
+}
+
+/// Issue 17 item 7: `stop.grace: 0` and `state.lock_wait: 0` are valid but rarely meant: a
+/// warning says what they do.
+#[test]
+fn zero_grace_and_zero_lock_wait_are_warned_about() {
+    bins::ensure_built();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portswap.yml");
+    fs::write(
+        &path,
+        format!(
+            "app:\n  command: [x]\nstop:\n  grace: 0\nstate:\n  dir: {}\n  lock_wait: 0\n\
+             nginx:\n  include: {}\n",
+            dir.path().join("state").display(),
+            dir.path().join("none.inc").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(bins::bin("switch"))
+        .args(["--status", "--config"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("stop.grace is 0: stop sends SIGKILL right after SIGTERM"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("state.lock_wait is 0: a hook fails at once (exit 3)"),
+        "{stderr}"
     );
 }
 
@@ -457,6 +519,25 @@ fn help_and_version_for_every_hook() {
             help.status.success() && text.contains("Usage:") && text.contains("Exit codes"),
             "{hook}: {text}"
         );
+        // Issue 17 item 7: health names the default path, switch what --force skips.
+        let defaults = portswap::config::Config::parse(
+            "app: { command: [x] }",
+            std::path::Path::new("/etc/portswap/portswap.yml"),
+        )
+        .unwrap();
+        match hook {
+            "health" => assert!(
+                text.contains(&format!("default\n{}", defaults.health.path))
+                    || text.contains(&format!("default {}", defaults.health.path)),
+                "{text}"
+            ),
+            "switch" => assert!(
+                text.contains("--force         skip the target's health check")
+                    && text.contains("never switches to a port where nothing listens"),
+                "{text}"
+            ),
+            _ => {}
+        }
         let version = Command::new(bins::bin(hook))
             .arg("--version")
             .output()

@@ -198,19 +198,77 @@ fn rollback_returns_to_the_previous_port_after_probing_it() {
     site.deploy_ok("d-1");
     site.deploy_ok("d-2");
     let out = site.hook("switch", &["--rollback"], None).ok();
-    assert!(out.last_line().contains("rollback"), "{}", out.last_line());
+    assert!(
+        out.last_line().contains("rollback to deployment d-1"),
+        "{}",
+        out.last_line()
+    );
     assert_all_requests_reach(&site, "d-1");
     site.hook("switch", &["--rollback"], None).ok();
     assert_all_requests_reach(&site, "d-2");
 
+    // Nothing runs on the previous slot any more: refused at once, naming the deployment
+    // that is gone, with no hint at --force, which never switches to a dead port either
+    // (issue 17 item 6).
     site.hook("stop", &[], None).ok();
+    for args in [
+        &["--rollback"][..],
+        &["--rollback", "--force"],
+        &["--force"],
+    ] {
+        let started = std::time::Instant::now();
+        let refused = site
+            .hook("switch", args, None)
+            .fails(4, "nothing listens there");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{args:?}: refused at once, not after a health wait"
+        );
+        let line = refused.last_line();
+        assert!(line.contains("nginx unchanged"), "{line}");
+        if args[0] == "--rollback" {
+            assert!(
+                line.contains("deployment d-1, the previous version, is gone"),
+                "{line}"
+            );
+            assert!(!line.contains("pass --force"), "{line}");
+        }
+        assert_all_requests_reach(&site, "d-2");
+    }
+}
+
+/// Issue 17 items 6 and 8: a deployment whose switch never ran (or failed) left its app on
+/// the idle slot, where the previous version was: `--rollback` refuses it, naming it, and
+/// `--rollback --force` is the way to switch to it anyway; a rollback names its deployment.
+#[test]
+fn rollback_refuses_a_version_that_never_went_live_unless_forced() {
+    let site = Site::new();
+    site.deploy_ok("d-1");
+    site.deploy_ok("d-2");
+    for hook in ["stop", "start", "health"] {
+        site.hook(hook, &[], Some("d-3")).ok();
+    }
     let refused = site
         .hook("switch", &["--rollback"], None)
-        .fails(1, "not healthy");
+        .fails(4, "it runs deployment d-3, which never went live");
     assert!(
-        refused.last_line().contains("nginx unchanged"),
+        refused.last_line().contains("--rollback --force"),
         "{}",
         refused.last_line()
+    );
+    assert_all_requests_reach(&site, "d-2");
+    let forced = site.hook("switch", &["--rollback", "--force"], None).ok();
+    assert!(
+        forced.last_line().contains("rollback to deployment d-3"),
+        "{}",
+        forced.last_line()
+    );
+    assert_all_requests_reach(&site, "d-3");
+    let back = site.hook("switch", &["--rollback"], None).ok();
+    assert!(
+        back.last_line().contains("rollback to deployment d-2"),
+        "{}",
+        back.last_line()
     );
     assert_all_requests_reach(&site, "d-2");
 }

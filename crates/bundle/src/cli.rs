@@ -20,6 +20,7 @@ const VERDICT: Hook = Hook {
     about: "",
     switches: &[],
     takes_port: false,
+    exits: &[],
 };
 
 const HELP: &str = "Checks and packs a CodeDeploy revision for portswap: appspec.yml, hooks/{stop,start,health,switch}

@@ -23,7 +23,13 @@ pub struct Hook {
     pub switches: &'static [(&'static str, &'static str)],
     /// Whether it takes `--port PORT`.
     pub takes_port: bool,
+    /// What exit codes 0, 1 and 4 mean for this hook (`--help`; 2, 3 and the signals are
+    /// the same for every hook). Continuation lines start with [`EXIT_INDENT`].
+    pub exits: &'static [(u8, &'static str)],
 }
+
+/// The indentation of a continued line of an exit code's meaning in `--help`.
+pub const EXIT_INDENT: &str = "\n               ";
 
 /// Parsed command line.
 #[derive(Debug, Default, Clone)]
@@ -130,11 +136,32 @@ fn help(hook: &Hook) -> String {
         text.push_str(&format!("  {name:<15} {about}\n"));
     }
     text.push_str(
-        "  -h, --help      print this help\n  -V, --version   print the version\n\nExit codes: 0 done, 1 failed, \
-         2 bad configuration, flags or state, 3 another hook holds the lock, 4 refused (live slot,\nforeign \
-         process, or a switch cut short), 143/130/129 stopped by SIGTERM/SIGINT/SIGHUP.\nLogs go to stderr (RUST_LOG=debug for more); the last line is the \
-         verdict.\n",
+        "  -h, --help      print this help\n  -V, --version   print the version\n\nExit codes:\n",
     );
+    let common: [(&str, &str); 3] = [
+        (
+            "2",
+            "bad configuration, flags or state on disk (the verdict names the file and the key)",
+        ),
+        ("3", "another hook holds the lock (waited state.lock_wait)"),
+        (
+            "129/130/143",
+            "stopped by SIGHUP/SIGINT/SIGTERM (ssh session closed, Ctrl-C, the CodeDeploy hook\n               \
+             timeout)",
+        ),
+    ];
+    let own = hook
+        .exits
+        .iter()
+        .map(|(code, text)| (code.to_string(), *text));
+    let mut codes: Vec<(String, &str)> = own
+        .chain(common.iter().map(|(c, t)| (c.to_string(), *t)))
+        .collect();
+    codes.sort_by(|a, b| (a.0.len(), &a.0).cmp(&(b.0.len(), &b.0)));
+    for (code, meaning) in codes {
+        text.push_str(&format!("  {code:<12} {meaning}\n"));
+    }
+    text.push_str("Logs go to stderr (RUST_LOG=debug for more); the last line is the verdict.\n");
     text
 }
 
@@ -242,6 +269,7 @@ mod tests {
         about: "x",
         switches: &[("--force", "f")],
         takes_port: true,
+        exits: &[(0, "done")],
     };
 
     fn args(list: &[&str]) -> Result<Parsed> {
@@ -275,6 +303,40 @@ mod tests {
             Err(Error::Usage(UsageError::Flag { .. }))
         ));
         assert!(help(&HOOK).contains("--force"));
+    }
+
+    /// Issue 17 item 7: every hook's `--help` lists the exit codes it returns with its own
+    /// meaning of each, in order, within 100 columns.
+    #[test]
+    fn help_lists_each_hooks_exit_codes_within_100_columns() {
+        use crate::commands::{health, start, stop, switch};
+        for hook in [&stop::HOOK, &start::HOOK, &health::HOOK, &switch::HOOK] {
+            let text = help(hook);
+            for line in text.lines() {
+                assert!(line.chars().count() <= 100, "{}: {line}", hook.name);
+            }
+            let exits = &text[text.find("Exit codes:\n").expect("exit codes")..];
+            let listed: Vec<&str> = exits
+                .lines()
+                .skip(1)
+                .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+                .map(|l| l.split_whitespace().next().unwrap())
+                .collect();
+            assert_eq!(
+                listed,
+                ["0", "1", "2", "3", "4", "129/130/143"],
+                "{}",
+                hook.name
+            );
+            for (code, meaning) in hook.exits {
+                let first = meaning.split('\n').next().unwrap();
+                assert!(
+                    exits.contains(&format!("  {code:<12} {first}")),
+                    "{}: {code}",
+                    hook.name
+                );
+            }
+        }
     }
 
     #[test]

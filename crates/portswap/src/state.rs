@@ -80,6 +80,14 @@ pub struct SwitchRecord {
     /// (agent 2.x names local deployments `local-<pid>`). Absent in older records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<AppStamp>,
+    /// The app that served on `previous` when the switch began: the version `--rollback`
+    /// may go back to (a later app on that slot never went live). Absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_app: Option<AppStamp>,
+    /// The deployment that started that app, to name it once it is gone. Absent in older
+    /// records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_deployment: Option<String>,
     /// In an intent: the include as it was before the switch touched anything, so a failed
     /// completion puts that back rather than what the cut-short run left. Absent in older
     /// records.
@@ -335,6 +343,22 @@ impl StateDir {
     /// The last switch, if recorded and readable.
     pub fn switch_record(&self) -> Option<SwitchRecord> {
         self.read_record(&self.switch_record_path())
+    }
+
+    /// True when `history.log` records a switch to `port` by `deployment` at or after
+    /// `since` (seconds since the epoch): that deployment's app went live there.
+    pub fn went_live(&self, port: u16, deployment: &str, since: u64) -> bool {
+        let text = std::fs::read_to_string(self.dir.join("history.log")).unwrap_or_default();
+        text.lines().any(|line| {
+            let words: Vec<&str> = line.split(' ').collect();
+            matches!(
+                words.as_slice(),
+                [at, "switch", _, "->", live, "deployment", id, ..]
+                    if at.parse::<u64>().is_ok_and(|at| at >= since)
+                        && live.parse::<u16>() == Ok(port)
+                        && *id == deployment
+            )
+        })
     }
 
     /// Records a switch and appends a line to `history.log`.

@@ -9,11 +9,24 @@ use crate::{applog, health};
 /// The `health` binary.
 pub const HOOK: Hook = Hook {
     name: "health",
-    about: "Probes the new version on the idle slot (http://127.0.0.1:PORT/PATH) until it is healthy,\n\
-            fails at once if the app process died, and gives up after health.timeout. nginx is not\n\
-            touched. CodeDeploy: ValidateService, before switch.",
+    about: "Probes the new version on the idle slot (http://127.0.0.1:PORT/PATH, health.path, default\n\
+            /health) until it is healthy, fails at once if the app process died, and gives up after\n\
+            health.timeout (default 60s). nginx is not touched. CodeDeploy: ValidateService, before\n\
+            switch.",
     switches: &[],
     takes_port: false,
+    exits: &[
+        (0, "the idle slot answered its health check"),
+        (
+            1,
+            "not healthy within health.timeout (the verdict shows the last probe), or the\n               \
+             app died or was restarted",
+        ),
+        (
+            4,
+            "refused: what answers on the idle port is not the app start launched",
+        ),
+    ],
 };
 
 /// Runs `health`.

@@ -21,6 +21,19 @@ pub const HOOK: Hook = Hook {
             CodeDeploy: ApplicationStart.",
     switches: &[],
     takes_port: false,
+    exits: &[
+        (0, "the new version runs on the idle slot (it lived through app.start_check)"),
+        (
+            1,
+            "the app could not be launched or exited (the verdict shows its log), or the\n               \
+             release could not be staged; nothing of it is left running",
+        ),
+        (
+            4,
+            "refused: a process that is not this configuration's app holds the idle port, or\n               \
+             a switch was cut short",
+        ),
+    ],
 };
 
 /// Runs `start`.

@@ -12,6 +12,19 @@ pub const HOOK: Hook = Hook {
             success. CodeDeploy: ApplicationStop.",
     switches: &[("--force", "also stop the live slot, or a foreign process on the port")],
     takes_port: true,
+    exits: &[
+        (0, "the slot's app is stopped, or nothing ran there"),
+        (
+            1,
+            "the app did not stop (its port still held after SIGTERM and SIGKILL), or a\n               \
+             system call failed",
+        ),
+        (
+            4,
+            "refused, nothing signalled: the live slot, a process that is not this\n               \
+             configuration's app, or a switch cut short (without --force)",
+        ),
+    ],
 };
 
 /// Runs `stop`.

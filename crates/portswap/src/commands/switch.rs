@@ -7,10 +7,10 @@ use super::{status, Context};
 use crate::cli::{self, Args, Hook};
 use crate::config::Health;
 use crate::duration::show;
-use crate::error::{Error, GoneOutcome, ProbeError, Refusal, Result, SwitchError};
+use crate::error::{Error, GoneOutcome, NotServing, ProbeError, Refusal, Result, SwitchError};
 use crate::health;
 use crate::signals;
-use crate::state::{self, Before, SwitchRecord};
+use crate::state::{self, AppStamp, Before, SwitchRecord};
 use crate::switcher::nginx::NginxSwitcher;
 use crate::switcher::{Fallback, Live, Switched};
 use crate::watch;
@@ -25,8 +25,16 @@ pub const HOOK: Hook = Hook {
             replaced instead, with no reload. The old version keeps running for rollback.\n\
             CodeDeploy: ValidateService, after health.",
     switches: &[
-        ("--rollback", "switch back to the previous port (after a health probe of it)"),
-        ("--force", "switch even if the target does not answer its health check"),
+        (
+            "--rollback",
+            "switch back to the version that served before the last switch (after a health\n                  \
+             probe of it); it lives only until the next deployment's ApplicationStop",
+        ),
+        (
+            "--force",
+            "skip the target's health check (and, with --rollback, the check that it served\n                  \
+             before); never switches to a port where nothing listens",
+        ),
         ("--status", "print the live port and each slot's app, change nothing"),
         (
             "--restore",
@@ -35,6 +43,24 @@ pub const HOOK: Hook = Hook {
         ),
     ],
     takes_port: false,
+    exits: &[
+        (
+            0,
+            "nginx sends new requests to the target (or the status was shown, or the rule\n               \
+             restored)",
+        ),
+        (
+            1,
+            "the target failed its health check, nginx rejected the config or the reload\n               \
+             failed (the include put back), or the watch rolled back",
+        ),
+        (
+            4,
+            "refused, nginx unchanged: nothing or not the slot's app listens on the target,\n               \
+             --rollback to a version that never went live, another deployment's app, a\n               \
+             switch cut short",
+        ),
+    ],
 };
 
 /// Runs `switch`.
@@ -116,6 +142,12 @@ pub fn run(args: &Args) -> Result<String> {
     if !rollback && !args.force && !ctx.manual {
         watch::refuse_rolled_back_again(&ctx, target)?;
     }
+    if resumed.is_none() && (rollback || args.force) {
+        listening_target(&ctx, target, rollback)?;
+    }
+    if rollback && !args.force {
+        went_live(&ctx, target)?;
+    }
     if args.force {
         log::warn!("--force: not checking the health of port {target}");
     } else {
@@ -139,6 +171,14 @@ pub fn run(args: &Args) -> Result<String> {
         // Completing the watch's own rollback, cut short: still that rollback.
         rolled_back: resumed.as_ref().and_then(|i| i.rolled_back.clone()),
         app: ctx.state.app_record(target).map(|r| r.stamp()),
+        previous_app: match &pending {
+            Some(p) => p.previous_app,
+            None => app_on(&ctx, previous).map(|(stamp, _)| stamp),
+        },
+        previous_deployment: match &pending {
+            Some(p) => p.previous_deployment.clone(),
+            None => app_on(&ctx, previous).map(|(_, id)| id),
+        },
         before: match &pending {
             Some(p) => p.before.clone(),
             None => Some(before_now(&ctx)?),
@@ -164,7 +204,11 @@ pub fn run(args: &Args) -> Result<String> {
     };
     let verdict = format!(
         "all new requests now go to port {target} ({was}{}{}, by {}); switch took {} ({} supervisor)",
-        if rollback { ", rollback" } else { "" },
+        match ctx.state.app_record(target).filter(|_| rollback) {
+            Some(app) => format!(", rollback to deployment {}", app.deployment_id),
+            None if rollback => ", rollback".to_string(),
+            None => String::new(),
+        },
         if resumed.is_some() {
             ", completing a switch that was cut short"
         } else {
@@ -201,6 +245,8 @@ fn watch_rollback(ctx: &Context, from: u16, to: u16, why: &str) -> Result<Switch
         at: state::now_secs(),
         rolled_back: Some(why.to_string()),
         app: ctx.state.app_record(to).map(|r| r.stamp()),
+        previous_app: app_on(ctx, Some(from)).map(|(stamp, _)| stamp),
+        previous_deployment: app_on(ctx, Some(from)).map(|(_, id)| id),
         before: Some(before_now(ctx)?),
     };
     switch_recorded(ctx, &intent, &Fallback::AsFound)
@@ -308,6 +354,8 @@ fn back_from_gone_target(ctx: &Context, intent: &SwitchRecord, why: Error) -> Er
         deployment_id: ctx.deployment_id.clone(),
         at: state::now_secs(),
         app: ctx.state.app_record(back).map(|r| r.stamp()),
+        previous_app: None,
+        previous_deployment: None,
         before: intent.before.clone(),
         rolled_back: None,
     };
@@ -418,8 +466,71 @@ fn check_target(ctx: &Context, port: u16, rollback: bool) -> Result<()> {
         Error::from(SwitchError::TargetUnhealthy {
             port,
             source: Box::new(e),
+            listening: ctx.supervisor.serves(port).is_ok(),
         })
     })
+}
+
+/// `--rollback` and `--force` go only to a port where the slot's app listens: refused at
+/// once otherwise (no health wait, and `--force` never points nginx at a dead port).
+fn listening_target(ctx: &Context, port: u16, rollback: bool) -> Result<()> {
+    match ctx.supervisor.serves(port) {
+        Ok(()) => Ok(()),
+        Err(NotServing::Nothing { .. }) => Err(Refusal::NothingListens {
+            port,
+            deployment: ctx
+                .state
+                .app_record(port)
+                .map(|r| r.deployment_id)
+                .or_else(|| {
+                    ctx.state
+                        .switch_record()
+                        .filter(|last| last.previous == Some(port))
+                        .and_then(|last| last.previous_deployment)
+                }),
+            rollback,
+        }
+        .into()),
+        Err(why) => Err(Refusal::NotOursToSwitch { port, why }.into()),
+    }
+}
+
+/// `--rollback` goes back only to a version that served: the app on `port` is the one the
+/// last switch recorded on its previous port, or `history.log` has its deployment's switch
+/// to `port` since it started (records of older versions name no app: then one started
+/// before that switch). A later app there (a deployment whose health or switch failed)
+/// never went live.
+fn went_live(ctx: &Context, port: u16) -> Result<()> {
+    let Some(app) = ctx.state.app_record(port) else {
+        return Ok(());
+    };
+    let recorded = ctx.state.switch_record().is_some_and(|last| {
+        last.previous == Some(port)
+            && match last.previous_app {
+                Some(stamp) => stamp == app.stamp(),
+                None => app.started_at < last.at,
+            }
+    });
+    let live_before = recorded
+        || ctx
+            .state
+            .went_live(port, &app.deployment_id, app.started_at);
+    match live_before {
+        true => Ok(()),
+        false => Err(Refusal::NeverLive {
+            port,
+            deployment: app.deployment_id,
+        }
+        .into()),
+    }
+}
+
+/// The app that serves on `previous` now and its deployment, for the record of a switch
+/// away from it.
+fn app_on(ctx: &Context, previous: Option<u16>) -> Option<(AppStamp, String)> {
+    ctx.state
+        .app_record(previous?)
+        .map(|r| (r.stamp(), r.deployment_id))
 }
 
 /// Why the app on `port` is not a target now (gone, restarted, or failing its check).

@@ -102,6 +102,42 @@ pub enum Refusal {
         /// The live port.
         port: u16,
     },
+    /// `--rollback` or `--force` to a slot where nothing listens: never an OK for a dead
+    /// port, and no hint at `--force`, which skips only the health check.
+    #[error(
+        "refusing to switch to port {port}: nothing listens there{}; nginx unchanged",
+        match (rollback, deployment) {
+            (true, Some(d)) => format!(
+                " (deployment {d}, the previous version, is gone: it lives only until the next \
+                 deployment's ApplicationStop)"
+            ),
+            (true, None) => " (the previous version is gone: it lives only until the next \
+                 deployment's ApplicationStop)"
+                .to_string(),
+            (false, _) => " (--force skips only the health check)".to_string(),
+        }
+    )]
+    NothingListens {
+        /// The target port.
+        port: u16,
+        /// The deployment its slot record names, if any.
+        deployment: Option<String>,
+        /// True for `--rollback`.
+        rollback: bool,
+    },
+    /// `--rollback` to an app that never served: it started after the last switch (a
+    /// deployment whose health or switch failed).
+    #[error(
+        "refusing to roll back to port {port}: it runs deployment {deployment}, which never went \
+         live (the version that served before is gone); pass --rollback --force to switch to \
+         it anyway; nginx unchanged"
+    )]
+    NeverLive {
+        /// The target port.
+        port: u16,
+        /// The deployment that started the app there.
+        deployment: String,
+    },
     /// `--rollback` with nothing live.
     #[error("nothing is live yet: nothing to roll back to")]
     NothingToRollBack,

@@ -25,14 +25,16 @@ pub enum SwitchError {
     },
     /// The target does not pass its health check (or was restarted since `health`).
     #[error(
-        "refusing to switch to port {port}, it is not healthy: {source}; nginx unchanged \
-         (--force overrides)"
+        "refusing to switch to port {port}, it is not healthy: {source}; nginx unchanged{}",
+        if *listening { " (--force overrides)" } else { "" }
     )]
     TargetUnhealthy {
         /// The target port.
         port: u16,
         /// Why.
         source: Box<Error>,
+        /// Whether something of ours listens there: only then can `--force` switch to it.
+        listening: bool,
     },
     /// The watch's rollback target does not become healthy.
     #[error("it is not healthy: {source}")]

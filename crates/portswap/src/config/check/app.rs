@@ -71,7 +71,12 @@ impl Checker<'_> {
             env: raw.env,
             log_dir,
             user: raw.user,
-            start_check: raw.start_check.unwrap_or(Duration::from_millis(250)),
+            start_check: self.duration(
+                "app.start_check",
+                raw.start_check,
+                Duration::from_millis(250),
+                Duration::from_secs(120),
+            )?,
             keep_releases,
             supervisor: match raw.supervisor.as_deref() {
                 None | Some("auto") => SupervisorChoice::Auto,
@@ -123,7 +128,12 @@ impl Checker<'_> {
                     ))
                 }
             },
-            restart_delay: raw.restart_delay.unwrap_or(Duration::from_millis(100)),
+            restart_delay: self.duration(
+                "systemd.restart_delay",
+                raw.restart_delay,
+                Duration::from_millis(100),
+                Duration::from_secs(300),
+            )?,
             start_limit,
         })
     }

@@ -23,7 +23,12 @@ impl Checker<'_> {
                 ));
             }
         }
-        let timeout = raw.timeout.unwrap_or(Duration::from_secs(60));
+        let timeout = self.duration(
+            "health.timeout",
+            raw.timeout,
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+        )?;
         if timeout.is_zero() {
             return Err(self.err("health.timeout", "must be more than 0"));
         }
@@ -36,7 +41,12 @@ impl Checker<'_> {
     }
 
     pub(super) fn watch(&self, raw: RawWatch) -> Result<Watch> {
-        let duration = raw.duration.unwrap_or(Duration::ZERO);
+        let duration = self.duration(
+            "watch.duration",
+            raw.duration,
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        )?;
         let interval = raw.interval.unwrap_or(Duration::from_millis(250));
         if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&interval) {
             return Err(self.err("watch.interval", "must be 10ms to 60s"));
@@ -60,7 +70,12 @@ impl Checker<'_> {
                         format!("{max_5xx_percent} must be at least 0 and below 100"),
                     ));
                 }
-                let window = raw.window.unwrap_or(Duration::from_secs(5));
+                let window = self.duration(
+                    "watch.window",
+                    raw.window,
+                    Duration::from_secs(5),
+                    Duration::from_secs(3600),
+                )?;
                 if window < interval {
                     return Err(self.err("watch.window", "must be at least watch.interval"));
                 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{Config, RawConfig, RawSlot, Slot};
+use crate::duration::show;
 use crate::error::{ConfigError, Error, Result};
 
 /// `state.dir`'s default.
@@ -56,6 +57,31 @@ impl Checker<'_> {
         Ok(PathBuf::from(value))
     }
 
+    /// A duration key, `default` when absent, refused above `max`, the most the key
+    /// plausibly needs: `health.timeout: 60000` meant as milliseconds is 16 hours.
+    fn duration(
+        &self,
+        key: &str,
+        raw: Option<Duration>,
+        default: Duration,
+        max: Duration,
+    ) -> Result<Duration> {
+        let value = raw.unwrap_or(default);
+        if value > max {
+            return Err(self.err(
+                key,
+                format!(
+                    "{} is more than {}, the most it plausibly needs; a number without a unit \
+                     is seconds: for milliseconds write e.g. `{key}: {}ms`",
+                    show(value),
+                    show(max),
+                    value.as_secs()
+                ),
+            ));
+        }
+        Ok(value)
+    }
+
     fn argv(&self, key: &str, argv: Vec<String>) -> Result<Vec<String>> {
         match argv.first() {
             None => Err(self.err(
@@ -82,6 +108,32 @@ impl Checker<'_> {
         let switch = self.switch(raw.switch, &slots)?;
         self.redirected_template(&nginx, &switch)?;
         let systemd = self.systemd(raw.systemd)?;
+        let stop_grace = self.duration(
+            "stop.grace",
+            raw.stop.grace,
+            Duration::from_secs(10),
+            Duration::from_secs(600),
+        )?;
+        if stop_grace.is_zero() {
+            log::warn!(
+                "{}: stop.grace is 0: stop sends SIGKILL right after SIGTERM, the app gets no \
+                 time to finish its requests",
+                self.path.display()
+            );
+        }
+        let lock_wait = self.duration(
+            "state.lock_wait",
+            raw.state.lock_wait,
+            Duration::from_secs(30),
+            Duration::from_secs(3600),
+        )?;
+        if lock_wait.is_zero() {
+            log::warn!(
+                "{}: state.lock_wait is 0: a hook fails at once (exit 3) while another holds \
+                 the lock",
+                self.path.display()
+            );
+        }
         let watch = self.watch(raw.watch)?;
         Ok(Config {
             path: self.path.to_path_buf(),
@@ -91,9 +143,9 @@ impl Checker<'_> {
             systemd,
             nginx,
             switch,
-            stop_grace: raw.stop.grace.unwrap_or(Duration::from_secs(10)),
+            stop_grace,
             state_dir,
-            lock_wait: raw.state.lock_wait.unwrap_or(Duration::from_secs(30)),
+            lock_wait,
             watch,
         })
     }

@@ -103,7 +103,12 @@ impl Checker<'_> {
             raw.pid_file.as_deref().unwrap_or(PID_FILE),
             PID_FILE,
         )?;
-        let reload_timeout = raw.reload_timeout.unwrap_or(Duration::from_secs(5));
+        let reload_timeout = self.duration(
+            "nginx.reload_timeout",
+            raw.reload_timeout,
+            Duration::from_secs(5),
+            Duration::from_secs(120),
+        )?;
         if reload_timeout < Duration::from_millis(200) {
             return Err(self.err(
                 "nginx.reload_timeout",
