@@ -1,7 +1,8 @@
 //! Inputs a user or an attacker controls (issue 8, items 2, 4, 7, 8): `DEPLOYMENT_ID` with
 //! control characters, blank or not UTF-8; a configuration with a byte-order mark; records
 //! written by a newer portswap; health bodies that are not UTF-8; links and FIFOs planted at
-//! the app log; `switch --status` on a host with no state yet.
+//! the app log; `switch --status` on a host with no state yet; an over-long `DEPLOYMENT_ID`, a
+//! huge or deeply nested configuration (issue 17 item 8).
 
 mod support;
 
@@ -288,4 +289,54 @@ fn the_app_log_is_handed_to_the_app_user_by_descriptor_never_by_path() {
         0,
         "root's file was handed to the app user through a swapped-in link"
     );
+}
+
+#[test]
+fn an_over_long_deployment_id_is_refused_by_every_hook_before_it_changes_anything() {
+    // Issue 17 item 8: a 300-byte id made `start` fail "File name too long" after the idle
+    // slot was stopped; a 5,000-byte one made a verdict CodeDeploy's last 2048 characters
+    // could not show.
+    let site = Site::new();
+    site.deploy_ok("d-1");
+    site.deploy_ok("d-2");
+    let [a, b] = site.ports;
+    let include = site.include_text();
+    for length in [300, 5000] {
+        let id = "d".repeat(length);
+        for hook in ["stop", "start", "health", "switch"] {
+            let out = site
+                .hook(hook, &[], Some(&id))
+                .fails(2, &format!("DEPLOYMENT_ID is {length} bytes"));
+            assert!(
+                out.stderr.len() < 2048,
+                "{hook}: {} bytes",
+                out.stderr.len()
+            );
+        }
+        // Nothing changed: both versions run, nginx still serves d-2.
+        assert_eq!(site.version_on(a).as_deref(), Some("d-1"));
+        assert_eq!(site.version_on(b).as_deref(), Some("d-2"));
+        assert_eq!(site.include_text(), include);
+    }
+    // An id at the limit still deploys.
+    site.deploy_ok(&"e".repeat(128));
+}
+
+#[test]
+fn a_huge_or_deeply_nested_configuration_is_refused_before_parsing() {
+    // Issue 17 item 8: a 120 KB deeply nested file took the YAML parser 20-28 s to refuse.
+    let site = Site::new();
+    let good = fs::read_to_string(site.config_path()).unwrap();
+    let nested = format!("{good}\nx: {}{}\n", "[".repeat(30_000), "]".repeat(30_000));
+    fs::write(site.config_path(), nested).unwrap();
+    site.hook("switch", &["--status"], None)
+        .fails(2, "nested more than 16 deep");
+    let huge = format!("{good}\n# {}\n", "padding ".repeat(20_000));
+    fs::write(site.config_path(), huge).unwrap();
+    site.hook("switch", &["--status"], None)
+        .fails(2, "a portswap.yml is at most 65536 bytes");
+    // Brackets in quotes and comments are not nesting.
+    let quoted = format!("{good}\n# [[[[[[[[[[[[[[[[[[[[\n");
+    fs::write(site.config_path(), quoted).unwrap();
+    site.hook("switch", &["--status"], None).ok();
 }

@@ -257,7 +257,27 @@ pub fn verdict<E: Failure>(hook: &Hook, result: std::result::Result<&String, &E>
             e.kind().exit_code()
         ),
     };
-    line.replace('\n', " | ")
+    bounded(&line.replace('\n', " | "))
+}
+
+/// The longest verdict line, in characters: CodeDeploy shows a hook's last 2048 bytes, and the
+/// lines logged before the verdict deserve some of them.
+const MAX_VERDICT: usize = 1000;
+
+/// `line` within [`MAX_VERDICT`] characters: an over-long one keeps its start (what failed)
+/// and its end (the advice), and says how much was left out between.
+fn bounded(line: &str) -> String {
+    let count = line.chars().count();
+    if count <= MAX_VERDICT {
+        return line.to_string();
+    }
+    let (head, tail) = (MAX_VERDICT * 2 / 3, MAX_VERDICT / 4);
+    let start: String = line.chars().take(head).collect();
+    let end: String = line.chars().skip(count - tail).collect();
+    format!(
+        "{start} [... {} characters left out ...] {end}",
+        count - head - tail
+    )
 }
 
 #[cfg(test)]
@@ -274,6 +294,19 @@ mod tests {
 
     fn args(list: &[&str]) -> Result<Parsed> {
         parse(&HOOK, list.iter().map(OsString::from).collect())
+    }
+
+    #[test]
+    fn an_over_long_verdict_keeps_its_start_and_end_within_the_bound() {
+        let long = format!("start {} end", "x".repeat(5000));
+        let line = bounded(&long);
+        assert!(line.chars().count() <= MAX_VERDICT + 60, "{}", line.len());
+        assert!(
+            line.starts_with("start x") && line.ends_with("x end"),
+            "{line}"
+        );
+        assert!(line.contains("characters left out"), "{line}");
+        assert_eq!(bounded("short"), "short");
     }
 
     #[test]

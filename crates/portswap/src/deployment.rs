@@ -6,8 +6,14 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::OnceLock;
 
+use crate::error::UsageError;
+
 /// The environment variable the CodeDeploy agent sets for every hook.
 pub const ENV_VAR: &str = "DEPLOYMENT_ID";
+/// The longest id taken (escaped), far above CodeDeploy's `d-XXXXXXXXX` and the 2.x agent's
+/// `local-<pid>`: it names release directories (a file name is at most 255 bytes) and is
+/// echoed in every log line and verdict (CodeDeploy shows only a hook's last 2048 bytes).
+pub const MAX_LEN: usize = 128;
 
 /// The deployment a hook runs for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +24,9 @@ pub struct Deployment {
     /// names the release and the records but is never compared with another hook's id
     /// (two hooks run by hand do not share one).
     pub manual: bool,
+    /// The length in bytes of an id longer than [`MAX_LEN`]; `id` then holds only its
+    /// start, and every hook refuses to run ([`Deployment::refuse_too_long`]).
+    pub too_long: Option<usize>,
 }
 
 impl Deployment {
@@ -26,14 +35,36 @@ impl Deployment {
     pub fn from_value(value: Option<&OsStr>, now: u64) -> Deployment {
         let given = value.map(OsStr::as_bytes);
         match given.filter(|raw| !raw.iter().all(u8::is_ascii_whitespace)) {
-            Some(raw) => Deployment {
-                id: escape(raw),
-                manual: false,
-            },
+            Some(raw) => {
+                let id = escape(raw);
+                let too_long = (id.len() > MAX_LEN).then_some(raw.len());
+                let id = match too_long {
+                    Some(_) => format!("{}...", id.chars().take(32).collect::<String>()),
+                    None => id,
+                };
+                Deployment {
+                    id,
+                    manual: false,
+                    too_long,
+                }
+            }
             None => Deployment {
                 id: format!("manual-{now}"),
                 manual: true,
+                too_long: None,
             },
+        }
+    }
+
+    /// Refuses an id longer than [`MAX_LEN`], before a hook changes anything.
+    pub fn refuse_too_long(&self) -> Result<(), UsageError> {
+        match self.too_long {
+            Some(length) => Err(UsageError::DeploymentIdTooLong {
+                start: self.id.clone(),
+                length,
+                limit: MAX_LEN,
+            }),
+            None => Ok(()),
         }
     }
 }

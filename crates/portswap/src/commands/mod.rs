@@ -43,6 +43,8 @@ impl Context {
     }
 
     fn load(args: &Args, create_state: bool) -> Result<Context> {
+        let deployment = deployment::current();
+        deployment.refuse_too_long()?;
         let path = config::locate(args.config.as_deref())?;
         let config = Config::load(&path)?;
         log::debug!("configuration {}", path.display());
@@ -53,7 +55,6 @@ impl Context {
         };
         state.refuse_special_files([config.slots[0].port, config.slots[1].port])?;
         fsio::refuse_special(&config.nginx.include)?;
-        let deployment = deployment::current();
         let switcher = switcher::for_config(&config, &state);
         let supervisor = supervisor::for_config(&config, &state)?;
         Ok(Context {

@@ -372,6 +372,40 @@ fn must_exist(path: &Path, source: &'static str) -> Result<PathBuf> {
     }
 }
 
+/// The largest portswap.yml read (a full one is ~3 KB).
+const MAX_BYTES: u64 = 64 * 1024;
+/// The deepest nesting of flow collections (`[ ]`, `{ }`) accepted; portswap's deepest is 2.
+const MAX_DEPTH: usize = 16;
+
+/// The line where flow collections nest deeper than [`MAX_DEPTH`], if they do: checked before
+/// the YAML parser, which takes seconds on a deeply nested file before it refuses it.
+/// Brackets inside quotes and comments do not count.
+fn too_deep(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    for (n, line) in text.lines().enumerate() {
+        let mut quote = None;
+        let mut previous = ' ';
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), _) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(c),
+                (None, '#') if previous.is_whitespace() => break,
+                (None, '[' | '{') => {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        return Some(n + 1);
+                    }
+                }
+                (None, ']' | '}') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            previous = c;
+        }
+    }
+    None
+}
+
 impl Config {
     /// Reads and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Config> {
@@ -386,8 +420,20 @@ impl Config {
             .metadata()
             .map_err(|e| Error::io("cannot stat", path, e))?;
         check_ownership(path, &meta)?;
+        if meta.len() > MAX_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_path_buf(),
+                size: meta.len(),
+                limit: MAX_BYTES,
+            }
+            .into());
+        }
         let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(cannot)?;
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(&mut file, MAX_BYTES + 1),
+            &mut bytes,
+        )
+        .map_err(cannot)?;
         let text = String::from_utf8(bytes).map_err(|e| ConfigError::NotUtf8 {
             path: path.to_path_buf(),
             offset: e.utf8_error().valid_up_to(),
@@ -407,6 +453,22 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
         // Editors on Windows start UTF-8 files with a byte-order mark; YAML allows it.
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        if text.len() as u64 > MAX_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_path_buf(),
+                size: text.len() as u64,
+                limit: MAX_BYTES,
+            }
+            .into());
+        }
+        if let Some(line) = too_deep(text) {
+            return Err(ConfigError::TooDeep {
+                path: path.to_path_buf(),
+                line,
+                limit: MAX_DEPTH,
+            }
+            .into());
+        }
         let raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
         } else {

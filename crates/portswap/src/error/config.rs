@@ -57,6 +57,27 @@ pub enum ConfigError {
         /// Where the first invalid byte is.
         offset: usize,
     },
+    /// Larger than any portswap.yml needs: refused before parsing.
+    #[error("{}: {size} bytes; a portswap.yml is at most {limit} bytes", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The most that is read.
+        limit: u64,
+    },
+    /// Brackets nested deeper than any portswap.yml needs: refused before parsing (a
+    /// deeply nested file takes the YAML parser many seconds).
+    #[error("{}:{line}: [ ] or {{ }} nested more than {limit} deep", path.display())]
+    TooDeep {
+        /// The file.
+        path: PathBuf,
+        /// The line where the nesting passes the limit.
+        line: usize,
+        /// The deepest nesting accepted.
+        limit: usize,
+    },
     /// Not YAML, or YAML that does not fit the schema (unknown or duplicate key, wrong type).
     #[error("{}: {source}", path.display())]
     Syntax {

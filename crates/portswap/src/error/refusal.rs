@@ -15,6 +15,16 @@ pub enum UsageError {
         /// What is wrong with the command line.
         problem: String,
     },
+    /// `DEPLOYMENT_ID` longer than any deployment id.
+    #[error("DEPLOYMENT_ID is {length} bytes ({start}); at most {limit} are taken")]
+    DeploymentIdTooLong {
+        /// Its first characters, escaped.
+        start: String,
+        /// Its length in bytes.
+        length: usize,
+        /// The most taken.
+        limit: usize,
+    },
     /// `--port` names no slot.
     #[error("--port {port} is not a slot ({} or {})", slots[0], slots[1])]
     NotASlot {
