@@ -39,6 +39,7 @@ fn timed(hook: &'static str, origin: Instant, work: impl FnOnce() -> bool) -> Ho
         took: clock.elapsed(),
         ok,
         verdict: String::new(),
+        timings: Vec::new(),
     }
 }
 

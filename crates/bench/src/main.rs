@@ -324,6 +324,7 @@ pub fn phase(
         old_answers: old,
         fresh_per_deployment,
         last_on_kept: Spread::of(&kept_last),
+        switch_steps: stats::switch_steps(runs),
         timeline: timeline_of(&marks, versions, &all),
         behaviours: samples
             .iter()

@@ -41,6 +41,10 @@ pub struct Phase {
     /// Per switch with any: the send time (from the switch start) of the last old-version
     /// answer on a kept connection.
     pub last_on_kept: Spread,
+    /// Where the successful switches' time went: each step the hook logged (probe, checks,
+    /// config test, reload, workers' handover, ...), `total` (the hook's own timer), and
+    /// `process` (the rest: exec, exit), over the switches.
+    pub switch_steps: Vec<(String, Spread)>,
     pub timeline: Option<Timeline>,
     pub behaviours: Vec<BehaviourStats>,
 }
@@ -336,6 +340,18 @@ impl Report {
         for (hook, s) in &phase.hooks {
             let _ = writeln!(out, "  {hook:<7} p50/max: {} / {} ms", ms(s.p50), ms(s.max));
         }
+        if !phase.switch_steps.is_empty() {
+            let steps: Vec<String> = phase
+                .switch_steps
+                .iter()
+                .map(|(step, s)| format!("{step} {}", ms(s.p50)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  where the switch's time goes, p50 ms: {}",
+                steps.join(", ")
+            );
+        }
         let _ = writeln!(
             out,
             "switch start -> first answer by the new version through nginx p50/max: {} / {} ms",
@@ -474,6 +490,7 @@ impl Report {
                     "deploy_wall": s(&p.wall),
                     "hooks": hooks,
                     "switch_first_new_answer": s(&p.first_new_answer),
+                    "switch_steps": p.switch_steps.iter().map(|(step, d)| (step.clone(), s(d))).collect::<serde_json::Map<String, Value>>(),
                     "switch_last_old_answer": s(&p.last_old_answer),
                     "stale_after_switch": p.stale,
                     "old_answer_on_connection_opened_after_switch": p.old_answers.on_fresh_connection,
@@ -603,6 +620,7 @@ mod tests {
                 },
                 fresh_per_deployment: vec![0, 0],
                 last_on_kept: spread,
+                switch_steps: vec![("probe".into(), spread)],
                 timeline: None,
                 behaviours: vec![stats],
             }],

@@ -21,6 +21,9 @@ pub struct HookRun {
     pub ok: bool,
     /// Its verdict line.
     pub verdict: String,
+    /// Where its time went, as the hook logged it (`portswap::timings`): each step with its
+    /// milliseconds, `total` last; empty when it logged none.
+    pub timings: Vec<(String, f64)>,
 }
 
 /// A temporary host for one bench phase.
@@ -150,6 +153,12 @@ impl Site {
         command.args(args).env("DEPLOYMENT_ID", deployment);
         if self.hook_logs.is_some() {
             command.env("RUST_LOG", "debug");
+        } else {
+            // Only the line that says where the hook's time goes.
+            command.env(
+                "RUST_LOG",
+                format!("info,{}=debug", portswap::timings::TARGET),
+            );
         }
         let started = origin.elapsed();
         let clock = Instant::now();
@@ -169,12 +178,18 @@ impl Site {
             );
         }
         let verdict = stderr.lines().last().unwrap_or("").to_string();
+        let timings = stderr
+            .lines()
+            .rev()
+            .find_map(portswap::timings::parse)
+            .unwrap_or_default();
         HookRun {
             hook,
             started,
             took,
             ok: output.status.success(),
             verdict,
+            timings,
         }
     }
 

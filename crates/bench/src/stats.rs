@@ -331,9 +331,74 @@ pub fn hook_spreads(runs: &[Vec<HookRun>]) -> Vec<(&'static str, Spread)> {
         .collect()
 }
 
+/// Where the successful switches' time went: each step their timings line names, in the
+/// order they first appear, then `process`: what the hook's own `total` leaves of the time
+/// the bench measured (exec, loading, exit).
+pub fn switch_steps(runs: &[Vec<HookRun>]) -> Vec<(String, Spread)> {
+    let switches: Vec<&HookRun> = runs
+        .iter()
+        .flatten()
+        .filter(|r| r.hook == "switch" && r.ok && !r.timings.is_empty())
+        .collect();
+    let mut names: Vec<String> = Vec::new();
+    for run in &switches {
+        for (step, _) in &run.timings {
+            if !names.contains(step) {
+                names.push(step.clone());
+            }
+        }
+    }
+    let of_ms = |ms: f64| Duration::from_secs_f64(ms.max(0.0) / 1000.0);
+    let mut out: Vec<(String, Spread)> = names
+        .into_iter()
+        .map(|name| {
+            let values: Vec<Duration> = switches
+                .iter()
+                .map(|r| {
+                    let ms = r
+                        .timings
+                        .iter()
+                        .find(|(s, _)| *s == name)
+                        .map_or(0.0, |t| t.1);
+                    of_ms(ms)
+                })
+                .collect();
+            (name, Spread::of(&values))
+        })
+        .collect();
+    let outside: Vec<Duration> = switches
+        .iter()
+        .filter_map(|r| {
+            let total = r.timings.iter().find(|(s, _)| s == "total")?.1;
+            Some(r.took.saturating_sub(of_ms(total)))
+        })
+        .collect();
+    if !outside.is_empty() {
+        out.push(("process".into(), Spread::of(&outside)));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn switch_steps_in_order_with_the_process_time() {
+        let run = |probe: f64, total: f64| HookRun {
+            hook: "switch",
+            started: Duration::ZERO,
+            took: Duration::from_millis(30),
+            ok: true,
+            verdict: String::new(),
+            timings: vec![("probe".into(), probe), ("total".into(), total)],
+        };
+        let steps = switch_steps(&[vec![run(1.0, 20.0)], vec![run(3.0, 26.0)]]);
+        let names: Vec<&str> = steps.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["probe", "total", "process"]);
+        assert_eq!(steps[0].1.max, Duration::from_millis(3));
+        assert_eq!(steps[2].1.max, Duration::from_millis(10));
+    }
 
     #[test]
     fn percentiles() {

@@ -217,6 +217,7 @@ fn utc_now() -> String {
 /// Runs a hook binary: parses flags, sets up logging and SIGTERM handling, runs `body`, and
 /// ends with the one-line verdict and the matching exit code.
 pub fn run(hook: &'static Hook, body: fn(&Args) -> Result<String>) -> ExitCode {
+    crate::timings::begin();
     let parsed = parse(hook, std::env::args_os().skip(1).collect());
     let args = match parsed {
         Ok(Parsed::Help) => {

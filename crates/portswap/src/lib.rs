@@ -3,6 +3,7 @@
 //! wrappers over [`commands`]; everything else here is one concern per module.
 
 pub mod applog;
+pub mod bounded;
 pub mod budget;
 pub mod cgroups;
 pub mod cli;
@@ -24,6 +25,7 @@ pub mod supervisor;
 pub mod switcher;
 pub mod systemctl;
 pub mod template;
+pub mod timings;
 pub mod unitfile;
 pub mod users;
 pub mod watch;

@@ -13,6 +13,7 @@ use crate::signals;
 use crate::state::{self, AppStamp, Before, SwitchRecord};
 use crate::switcher::nginx::NginxSwitcher;
 use crate::switcher::{Fallback, Live, Switched};
+use crate::timings::{self, timed};
 use crate::watch;
 
 /// The `switch` binary.
@@ -63,8 +64,14 @@ pub const HOOK: Hook = Hook {
     ],
 };
 
-/// Runs `switch`.
+/// Runs `switch`; where its time went is logged at the end ([`timings`]).
 pub fn run(args: &Args) -> Result<String> {
+    let result = switch(args);
+    timings::log();
+    result
+}
+
+fn switch(args: &Args) -> Result<String> {
     if args.status {
         let ctx = Context::unlocked(args)?;
         cli::say(std::io::stdout(), &status::render(&ctx)?);
@@ -74,6 +81,10 @@ pub fn run(args: &Args) -> Result<String> {
     if args.restore {
         return restore(&ctx);
     }
+    timings::note_since_begin("setup");
+    // The config test of what is on disk runs while the target is checked.
+    timed("test ahead", || ctx.switcher.prepare());
+    let deciding = std::time::Instant::now();
     let now = ctx.live()?;
     let (live, idle) = ctx.sides_of(now);
     let live_port = live.map(|s| s.port);
@@ -151,6 +162,7 @@ pub fn run(args: &Args) -> Result<String> {
     if args.force {
         log::warn!("--force: not checking the health of port {target}");
     } else {
+        timings::note("decide", deciding.elapsed());
         let probed = std::time::Instant::now();
         if let Some(intent) = &resumed {
             let usable = same_app(&ctx, intent).and_then(|()| target_health(&ctx, target, false));
@@ -160,8 +172,9 @@ pub fn run(args: &Args) -> Result<String> {
         } else {
             check_target(&ctx, target, rollback)?;
         }
+        timings::note("probe", probed.elapsed());
         log::debug!("port {target} is healthy ({})", show(probed.elapsed()));
-        ours(&ctx, target)?;
+        timed("ownership", || ours(&ctx, target))?;
     }
     let intent = SwitchRecord {
         live: target,
@@ -185,6 +198,7 @@ pub fn run(args: &Args) -> Result<String> {
         },
     };
     let fallback = fallback_for(&ctx, pending.as_ref());
+    timings::note_since_begin("until the switch");
     let switched = signals::critical_then(
         || switch_recorded(&ctx, &intent, &fallback),
         |result| match result {
@@ -192,6 +206,7 @@ pub fn run(args: &Args) -> Result<String> {
             Err(e) => format!("the switch had failed: {e}"),
         },
     )?;
+    timings::note_since_begin("switched");
     log::info!("{}", switched.detail);
     let was = match (now, &resumed) {
         (_, Some(_)) => previous.map_or("nothing live".to_string(), |p| format!("was {p}")),
@@ -218,6 +233,10 @@ pub fn run(args: &Args) -> Result<String> {
         show(switched.elapsed),
         ctx.supervisor.kind()
     );
+    let verdict = match &switched.caveat {
+        Some(caveat) => format!("{verdict}; {caveat}"),
+        None => verdict,
+    };
     if rollback || intent.rolled_back.is_some() || ctx.config.watch.duration.is_zero() {
         return Ok(verdict);
     }
@@ -419,7 +438,7 @@ fn already_live(ctx: &Context, live_port: Option<u16>, idle_port: u16) -> Option
 /// With a cut-short switch pending, nothing found on failure proves what nginx serves (the
 /// cut-short run may have reloaded): the intent stays.
 fn switch_recorded(ctx: &Context, intent: &SwitchRecord, fallback: &Fallback) -> Result<Switched> {
-    ctx.state.save_switch_intent(intent).map_err(|e| {
+    timed("intent", || ctx.state.save_switch_intent(intent)).map_err(|e| {
         Error::from(SwitchError::IntentNotSaved {
             source: Box::new(e),
         })
@@ -444,11 +463,11 @@ fn switch_recorded(ctx: &Context, intent: &SwitchRecord, fallback: &Fallback) ->
         before: None,
         ..intent.clone()
     };
-    let saved = ctx.state.save_switch(&record);
+    let saved = timed("record", || ctx.state.save_switch(&record));
     // Without the completed record the intent stays: a re-run completes the switch again
     // instead of taking it as done.
     if ctx.state.switch_record().as_ref() == Some(&record) {
-        if let Err(e) = ctx.state.clear_switch_intent() {
+        if let Err(e) = timed("record", || ctx.state.clear_switch_intent()) {
             log::warn!("{e}");
         }
     }

@@ -16,6 +16,17 @@ pub enum NginxError {
         /// `nginx.pid_file`.
         pid_file: PathBuf,
     },
+    /// The pid file is empty: nginx is not running (`nginx -t` creates it so when nginx is
+    /// down, and leaves it).
+    #[error(
+        "nginx is not running: pid file {} is empty (as `nginx -t` leaves it while nginx is \
+         down); start nginx first",
+        pid_file.display()
+    )]
+    EmptyPidFile {
+        /// `nginx.pid_file`.
+        pid_file: PathBuf,
+    },
     /// The pid file holds no pid.
     #[error("nginx pid file {} holds `{text}`, not a pid", pid_file.display())]
     BadPidFile {

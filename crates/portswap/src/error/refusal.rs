@@ -232,6 +232,94 @@ pub enum Refusal {
         /// Its description.
         command: String,
     },
+    /// nginx's configuration (as `nginx -T` shows it) never includes `nginx.include`.
+    #[error(
+        "nginx does not read {}: no `include` in the configuration it tested ({}) names that \
+         file, so a switch would change nothing nginx serves; fix: include it where nginx \
+         proxies to the app (README, step 1), or set nginx.include to the file nginx \
+         includes; nothing changed",
+        include.display(),
+        config.display()
+    )]
+    IncludeNotRead {
+        /// `nginx.include`.
+        include: PathBuf,
+        /// The main configuration file nginx tested.
+        config: PathBuf,
+    },
+    /// A `set` of the include's variable that nginx runs after the include's.
+    #[error(
+        "{at}: `{directive}` {how} {}, and overrides what the include sets: nginx would keep \
+         proxying where that line says; fix: remove it (the include must be the last to set \
+         that variable); nothing changed",
+        include.display()
+    )]
+    IncludeOverridden {
+        /// `nginx.include`.
+        include: PathBuf,
+        /// Where the overriding directive is (`file:line`).
+        at: String,
+        /// The directive, as nginx reads it.
+        directive: String,
+        /// Where it stands relative to the include.
+        how: String,
+    },
+    /// `nginx.pid_file` is not the pid file of the configuration nginx tested.
+    #[error(
+        "nginx.pid_file is {}, but the configuration nginx tested ({}) writes its master's \
+         pid to {}: a reload of the master named in {} would not load what was tested; fix: \
+         set nginx.pid_file to {}, or nginx.test_command to that other nginx (`-c`, `-p`); \
+         nothing changed",
+        pid_file.display(),
+        config.display(),
+        written.display(),
+        pid_file.display(),
+        written.display()
+    )]
+    PidFileElsewhere {
+        /// `nginx.pid_file`.
+        pid_file: PathBuf,
+        /// The main configuration file nginx tested.
+        config: PathBuf,
+        /// Where that configuration's master writes its pid.
+        written: PathBuf,
+    },
+    /// The master named by `nginx.pid_file` runs another configuration than the one tested.
+    #[error(
+        "nginx.pid_file {} names master pid {master}, which runs {}, but the config test \
+         read {}: a reload would not load what was tested; fix: give nginx.test_command that \
+         master's `-c` (and `-p`), or nginx.pid_file the pid file of the nginx tested; \
+         nothing changed",
+        pid_file.display(),
+        running.display(),
+        tested.display()
+    )]
+    OtherMaster {
+        /// `nginx.pid_file`.
+        pid_file: PathBuf,
+        /// The master it names.
+        master: i32,
+        /// The configuration file that master runs.
+        running: PathBuf,
+        /// The configuration file the test read.
+        tested: PathBuf,
+    },
+    /// Two nginx masters serve (a binary upgrade in progress or left half-done).
+    #[error(
+        "a second nginx master, pid {other} ({how}), runs beside pid {master}: nginx is in the \
+         middle of a binary upgrade and both masters' workers accept connections, so a reload \
+         of one leaves the other serving the old port; fix: finish the upgrade (`kill -QUIT \
+         {other}`) or roll it back (`kill -HUP {other}`, then `kill -QUIT {master}`), then \
+         retry; nothing changed"
+    )]
+    SecondMaster {
+        /// The master `nginx.pid_file` names.
+        master: i32,
+        /// The other master.
+        other: i32,
+        /// How it was found.
+        how: String,
+    },
 }
 
 /// `port N`, or `none` when there is no port.
@@ -284,5 +372,29 @@ mod tests {
         });
         assert_eq!(usage.to_string(), "--port 9 is not a slot (8081 or 8082)");
         assert_eq!(usage.exit_code(), 2);
+        let second = Error::from(Refusal::SecondMaster {
+            master: 20,
+            other: 10,
+            how: "/run/nginx.pid.oldbin".into(),
+        });
+        assert!(second.to_string().starts_with(
+            "a second nginx master, pid 10 (/run/nginx.pid.oldbin), runs beside pid 20: nginx \
+             is in the middle of a binary upgrade"
+        ));
+        assert_eq!(second.exit_code(), 4);
+        let overridden = Error::from(Refusal::IncludeOverridden {
+            include: "/etc/nginx/conf.d/service-url.inc".into(),
+            at: "/etc/nginx/conf.d/app.conf:12".into(),
+            directive: "set $service_url http://127.0.0.1:9000".into(),
+            how: "comes after the include of".into(),
+        });
+        assert_eq!(
+            overridden.to_string(),
+            "/etc/nginx/conf.d/app.conf:12: `set $service_url http://127.0.0.1:9000` comes \
+             after the include of /etc/nginx/conf.d/service-url.inc, and overrides what the \
+             include sets: nginx would keep proxying where that line says; fix: remove it (the \
+             include must be the last to set that variable); nothing changed"
+        );
+        assert_eq!(overridden.exit_code(), 4);
     }
 }

@@ -11,7 +11,8 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::nginx_dump::{NginxDump, Reading};
+use super::nginx_conf;
+use super::nginx_dump::{self, NginxDump};
 use super::workers::Workers;
 use crate::config::By;
 use crate::duration::show;
@@ -74,39 +75,25 @@ impl NginxInfo {
     }
 }
 
-/// A running `nginx -V -T` ([`Reading`]), started early so it overlaps with the switch.
-pub struct Probe(Reading);
-
-impl Probe {
-    /// Starts asking nginx (as `test_command` runs it) for its version and configuration.
-    pub fn start(test_command: &[String]) -> Probe {
-        Probe(Reading::start(test_command))
-    }
-
-    /// Its answer, waiting at most the reader's limit; an error says why nothing could be
-    /// learnt.
-    pub fn finish(self) -> Result<NginxInfo, String> {
-        self.0.finish().map(|dump| NginxInfo::of(&dump))
-    }
-
-    /// After a reload: with `keepalive_min_timeout` in effect, waits for the old workers'
-    /// kept connections ([`wait_for_old_workers`]) and returns what happened; otherwise logs
-    /// what nginx told (debug) or why it could not be asked (info), and returns `None`.
-    /// Neither the answer nor the wait goes past `limit`, so the switch keeps its budget.
-    pub fn after_reload(self, master: Option<i32>, limit: Instant) -> Option<String> {
-        match self.0.finish_by(limit).map(|dump| NginxInfo::of(&dump)) {
-            Ok(NginxInfo {
-                min_timeout: Some(t),
-                ..
-            }) => master.map(|m| wait_for_old_workers(m, t, limit)),
-            Ok(info) => {
-                log::debug!("keep-alive: {}", info.behaviour());
-                None
-            }
-            Err(e) => {
-                log::info!("keep-alive behaviour of nginx unknown: {e}");
-                None
-            }
+/// After a reload, given nginx's dump of the configuration it loaded: with
+/// `keepalive_min_timeout` in effect, waits for the kept connections of `retired` (the
+/// workers this reload replaced, [`wait_for_old_workers`]) and returns what happened;
+/// otherwise logs what nginx told (debug) and returns `None`. The wait never goes past
+/// `limit`.
+pub fn after_reload(
+    dump: &NginxDump,
+    master: i32,
+    retired: &[i32],
+    limit: Instant,
+) -> Option<String> {
+    match NginxInfo::of(dump) {
+        NginxInfo {
+            min_timeout: Some(t),
+            ..
+        } => Some(wait_for_old_workers(master, retired, t, limit)),
+        info => {
+            log::debug!("keep-alive: {}", info.behaviour());
+            None
         }
     }
 }
@@ -120,8 +107,8 @@ pub fn status(by: By, test_command: &[String]) -> String {
                 service port)"
             .into();
     }
-    match Probe::start(test_command).finish() {
-        Ok(info) => info.behaviour(),
+    match nginx_dump::read(test_command) {
+        Ok(dump) => NginxInfo::of(&dump).behaviour(),
         Err(e) => format!("unknown: {e}"),
     }
 }
@@ -153,56 +140,38 @@ pub fn parse_nginx_time(value: &str) -> Option<Duration> {
     Some(Duration::from_millis(total))
 }
 
-/// The largest non-zero `keepalive_min_timeout` in an `nginx -T` dump (comments and quotes
-/// handled; any context counts).
+/// The largest non-zero `keepalive_min_timeout` in an `nginx -T` dump (read by
+/// [`nginx_conf`]: comments and quotes as nginx reads them; any context counts).
 pub fn parse_min_timeout(dump: &str) -> Option<Duration> {
-    let mut tokens = Vec::new();
-    let mut chars = dump.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '#' => while chars.next_if(|c| *c != '\n').is_some() {},
-            ';' | '{' | '}' => tokens.push(c.to_string()),
-            '"' | '\'' => {
-                let mut word = String::new();
-                while let Some(q) = chars.next() {
-                    match q {
-                        '\\' => word.extend(chars.next()),
-                        q if q == c => break,
-                        q => word.push(q),
-                    }
-                }
-                tokens.push(word);
-            }
-            c if c.is_whitespace() => {}
-            c => {
-                let mut word = c.to_string();
-                while let Some(n) = chars.next_if(|n| !n.is_whitespace() && !";{}".contains(*n)) {
-                    word.push(n);
-                }
-                tokens.push(word);
-            }
-        }
-    }
     let mut best: Option<Duration> = None;
-    for (i, window) in tokens.windows(3).enumerate() {
-        let at_start = i == 0 || matches!(tokens[i - 1].as_str(), ";" | "{" | "}");
-        if at_start && window[0] == "keepalive_min_timeout" && window[2] == ";" {
-            if let Some(t) = parse_nginx_time(&window[1]).filter(|t| !t.is_zero()) {
+    nginx_conf::walk(&nginx_conf::parse(dump), &mut |d| {
+        if let ("keepalive_min_timeout", [value], None) = (d.name(), d.args(), &d.block) {
+            if let Some(t) = parse_nginx_time(value).filter(|t| !t.is_zero()) {
                 best = best.max(Some(t));
             }
         }
-    }
+    });
     best
 }
 
-/// With `keepalive_min_timeout` in effect, waits until the old workers of `master` have
-/// closed their kept connections and exited, for at most the directive's value (plus
-/// 100 ms) and never past `limit`. Returns a line for the log saying what happened.
-pub fn wait_for_old_workers(master: i32, min_timeout: Duration, limit: Instant) -> String {
+/// With `keepalive_min_timeout` in effect, waits until `retired` (the workers of `master`
+/// that this switch's reload replaced) have closed their kept connections and exited, for at
+/// most the directive's value (plus 100 ms) and never past `limit`. Workers still shutting
+/// down from earlier reloads are not this switch's: they are not waited for. Returns a line
+/// for the log saying what happened.
+pub fn wait_for_old_workers(
+    master: i32,
+    retired: &[i32],
+    min_timeout: Duration,
+    limit: Instant,
+) -> String {
     let started = Instant::now();
     let deadline = limit.min(started + min_timeout + Duration::from_millis(100));
     loop {
-        let left = Workers::of(master).shutting_down;
+        let left: Vec<i32> = Workers::of(master)
+            .all()
+            .filter(|pid| retired.contains(pid))
+            .collect();
         if left.is_empty() {
             return format!(
                 "keepalive_min_timeout {}: the old workers answered their kept connections \

@@ -6,7 +6,9 @@ pub mod boot_unit;
 pub mod keepalive;
 pub mod nftables;
 pub mod nginx;
+pub mod nginx_conf;
 pub mod nginx_dump;
+pub mod nginx_follows;
 pub mod upstreams;
 mod workers;
 
@@ -23,6 +25,8 @@ pub struct Switched {
     pub elapsed: Duration,
     /// One line for the log: what was done.
     pub detail: String,
+    /// What the switch could not check, for the verdict (`None`: everything was checked).
+    pub caveat: Option<String>,
 }
 
 /// What the routing goes back to when a switch fails.
@@ -108,6 +112,10 @@ impl Live {
 pub trait Switcher {
     /// Where traffic goes now ([`Live::Nothing`] before the first deployment).
     fn live(&self) -> Result<Live>;
+
+    /// Starts what [`Switcher::switch_to`] may do ahead, while the switch's own checks run
+    /// (nginx: the config test of the configuration on disk); dropped if no switch follows.
+    fn prepare(&self) {}
 
     /// Sends all new traffic to `port` and returns only once no new request can reach the
     /// previous port. On failure the routing goes back to `fallback`, and the error says

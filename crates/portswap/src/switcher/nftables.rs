@@ -499,15 +499,19 @@ impl Switcher for NftablesSwitcher {
             show(applied),
             show(started.elapsed() - applied)
         );
+        let mut caveat = None;
         if needs_include {
             // First switch in this mode (or nginx has not loaded the include): point nginx
             // at the service port and reload it.
             match self.route.nginx.switch_to(self.service_port(), fallback) {
-                Ok(reloaded) => detail.push_str(&format!(
-                    "; nginx pointed at port {} ({})",
-                    self.service_port(),
-                    reloaded.detail
-                )),
+                Ok(reloaded) => {
+                    detail.push_str(&format!(
+                        "; nginx pointed at port {} ({})",
+                        self.service_port(),
+                        reloaded.detail
+                    ));
+                    caveat = reloaded.caveat;
+                }
                 Err(failed) => {
                     let mut undone = put_back(&nft, previous, failed.error);
                     undone.proven &= failed.proven;
@@ -517,7 +521,11 @@ impl Switcher for NftablesSwitcher {
         }
         let elapsed = started.elapsed();
         self.keep_for_boot(&nft, next);
-        Ok(Switched { elapsed, detail })
+        Ok(Switched {
+            elapsed,
+            detail,
+            caveat,
+        })
     }
 
     fn restore(&self, recorded: u16) -> Result<String> {
@@ -607,6 +615,10 @@ impl Switcher for ReloadSwitcher {
             }
         }
         self.route.nginx.live()
+    }
+
+    fn prepare(&self) {
+        self.route.nginx.prepare()
     }
 
     fn switch_to(&self, port: u16, fallback: &Fallback) -> Result<Switched, Unswitched> {

@@ -1,30 +1,47 @@
-//! The nginx switch: rewrite the include atomically, test the config, reload, and wait until
-//! every worker from before the reload has stopped accepting.
+//! The nginx switch: rewrite the include atomically, test the config and read nginx's dump
+//! of it in one `nginx -V -T` run, check that nginx follows the include, reload, and wait
+//! until every worker from before the reload has stopped accepting.
 
-use std::io::Read;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::keepalive::Probe;
+use super::nginx_dump::{self, NginxDump};
 use super::workers::Workers;
-use super::{Fallback, Live, Switched, Switcher, Unswitched};
+use super::{keepalive, nginx_follows, Fallback, Live, Switched, Switcher, Unswitched};
+use crate::bounded::{self, Failed, Ran, Running};
 use crate::config::{Config, Nginx};
 use crate::duration::show;
 use crate::error::{Error, NginxError, Result};
 use crate::process::resolve_program;
+use crate::timings::{self, timed};
 use crate::{fsio, procfs};
+
+/// What the config test learnt: nginx's dump of the configuration it tested, or why there
+/// is none (`nginx.test_command` has no `-t`, or a wrapper such as sudo allows only `-t`).
+type Tested = std::result::Result<NginxDump, String>;
 
 /// Switches by rewriting nginx's include file and reloading nginx.
 #[derive(Debug, Clone)]
 pub struct NginxSwitcher {
     nginx: Nginx,
     ports: [u16; 2],
+    /// The config test started ahead ([`Switcher::prepare`]), while the switch's own checks
+    /// run.
+    ahead: Arc<Mutex<Option<Ahead>>>,
+}
+
+/// A config test of the configuration as it is on disk, started before the switch's checks
+/// (the include then was one render of the template): the running `nginx -V -T`.
+#[derive(Debug)]
+struct Ahead {
+    argv: Vec<String>,
+    running: Running,
+    started: Instant,
 }
 
 impl NginxSwitcher {
@@ -33,6 +50,65 @@ impl NginxSwitcher {
         NginxSwitcher {
             nginx: config.nginx.clone(),
             ports: [config.slots[0].port, config.slots[1].port],
+            ahead: Arc::default(),
+        }
+    }
+
+    /// Starts `nginx -V -T` on the configuration as it is, when the include is one render of
+    /// the template: the new include differs only in its port, so this run is the new
+    /// configuration's test too, and it overlaps with the checks before the switch.
+    fn test_ahead(&self) {
+        let Some(argv) = nginx_dump::argv(&self.nginx.test_command) else {
+            return;
+        };
+        let Ok(Some(include)) = self.read_include() else {
+            return;
+        };
+        let renders = std::str::from_utf8(&include)
+            .is_ok_and(|text| self.nginx.template.parse_port(text).is_ok());
+        let Ok(program) = resolve_program(&argv[0]) else {
+            return;
+        };
+        if !renders {
+            return;
+        }
+        if let Ok(running) = Running::start(&program, &argv[1..], true) {
+            let ahead = Ahead {
+                argv,
+                running,
+                started: Instant::now(),
+            };
+            *self.ahead.lock().unwrap_or_else(|e| e.into_inner()) = Some(ahead);
+        }
+    }
+
+    /// The dump of the test started ahead, when it passed with an include that is one render
+    /// of the template (the one before this switch, or the one it just wrote: nginx may have
+    /// read either) or without the include; `None` (the test runs again) otherwise.
+    fn tested_ahead(&self) -> Option<NginxDump> {
+        let ahead = self
+            .ahead
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        let deadline = ahead.started + self.nginx.reload_timeout;
+        match ahead.running.finish(deadline) {
+            Ok(ran) if ran.status.success() => {
+                let dump = NginxDump::of(&ran);
+                let renders = nginx_follows::text_of(&dump, self.include())
+                    .is_none_or(|text| self.nginx.template.parse_port(text).is_ok());
+                renders.then_some(dump)
+            }
+            Ok(ran) => {
+                log::debug!(
+                    "`{}` ahead of the switch failed ({}): {}; testing after the write",
+                    ahead.argv.join(" "),
+                    ran.status,
+                    nginx_dump::last_line(&ran)
+                );
+                None
+            }
+            Err(_) => None,
         }
     }
 
@@ -86,6 +162,12 @@ impl NginxSwitcher {
             })
         })?;
         let text = String::from_utf8_lossy(&bytes);
+        if text.trim().is_empty() {
+            return Err(NginxError::EmptyPidFile {
+                pid_file: pid_file.to_path_buf(),
+            }
+            .into());
+        }
         let pid: i32 = text.trim().parse().map_err(|_| {
             Error::from(NginxError::BadPidFile {
                 pid_file: pid_file.to_path_buf(),
@@ -102,99 +184,63 @@ impl NginxSwitcher {
         Ok(pid)
     }
 
-    /// Runs `argv` (the config test or the reload command) in its own process group,
-    /// bounded by `nginx.reload_timeout`: a command still running then (a hung sudo or
-    /// systemctl) is killed with its whole group, and the error names it.
-    fn run(&self, what: &str, argv: &[String]) -> Result<()> {
+    /// Runs `argv` (the config test or the reload command) to its end, bounded by
+    /// `nginx.reload_timeout` ([`bounded`]: its own process group, outputs read while it
+    /// runs, killed with its group when still running then).
+    fn run_bounded(&self, what: &str, argv: &[String], keep_stdout: bool) -> Result<Ran> {
         let program = resolve_program(&argv[0])?;
-        let mut child = Command::new(&program)
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .map_err(|source| NginxError::Spawn {
-                what: what.to_string(),
-                argv: argv.to_vec(),
-                source,
-            })?;
         let limit = self.nginx.reload_timeout;
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(1))
-                }
-                Ok(None) => {
-                    let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(NginxError::Hung {
-                        what: what.to_string(),
-                        argv: argv.to_vec(),
-                        limit,
-                    }
-                    .into());
-                }
-                Err(e) => {
-                    return Err(NginxError::Wait {
-                        what: what.to_string(),
-                        argv: argv.to_vec(),
-                        source: e,
-                    }
-                    .into())
-                }
-            }
-        };
-        // What it wrote to stderr (nginx -t: a few lines, far below the pipe's capacity);
-        // non-blocking, so a daemonized child keeping the pipe open cannot hold us.
-        let mut stderr = Vec::new();
-        if let Some(mut pipe) = child.stderr.take() {
-            let _ = nix::fcntl::fcntl(
-                pipe.as_raw_fd(),
-                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-            );
-            let _ = pipe.read_to_end(&mut stderr);
-        }
-        let output = std::process::Output {
-            status,
-            stdout: Vec::new(),
-            stderr,
-        };
-        if output.status.success() {
-            return Ok(());
-        }
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        // nginx -t prints the reason (`[emerg] ...`) first and `... test failed` last.
-        let detail = stderr
-            .lines()
-            .find(|l| {
-                ["[emerg]", "[alert]", "[crit]", "[error]"]
-                    .iter()
-                    .any(|t| l.contains(t))
+        bounded::run(&program, &argv[1..], keep_stdout, Instant::now() + limit).map_err(|failed| {
+            let (what, argv) = (what.to_string(), argv.to_vec());
+            Error::from(match failed {
+                Failed::Spawn(source) => NginxError::Spawn { what, argv, source },
+                Failed::Hung => NginxError::Hung { what, argv, limit },
+                Failed::Wait(source) => NginxError::Wait { what, argv, source },
             })
-            .or_else(|| stderr.lines().rev().find(|l| !l.trim().is_empty()))
-            .unwrap_or("no output")
-            .trim()
-            .to_string();
-        let hint = if detail.contains("sudo")
-            || detail.contains("not permitted")
-            || detail.contains("Permission denied")
-        {
-            "; allow it for this user in sudoers (see docs/non-root.md)"
-        } else {
-            ""
-        };
-        Err(NginxError::Command {
-            what: what.to_string(),
-            argv: argv.to_vec(),
-            status: output.status.to_string(),
-            detail,
-            hint,
+        })
+    }
+
+    /// Runs `argv` and fails unless it succeeds; the error carries nginx's reason.
+    fn run(&self, what: &str, argv: &[String]) -> Result<()> {
+        let ran = self.run_bounded(what, argv, false)?;
+        match ran.status.success() {
+            true => Ok(()),
+            false => Err(command_failed(what, argv, &ran)),
         }
-        .into())
+    }
+
+    /// The config test: `nginx.test_command` with `-t` turned into `-T` and `-V` added, one
+    /// nginx run that tests the configuration and dumps it. When that form cannot run where
+    /// the plain test can (a sudo rule for `nginx -t -q` only), the plain test runs and the
+    /// dump is missing; so it is when `test_command` has no `-t`.
+    fn config_test(&self) -> Result<Tested> {
+        const WHAT: &str = "nginx config test";
+        let test = &self.nginx.test_command;
+        let Some(dump_argv) = nginx_dump::argv(test) else {
+            self.run(WHAT, test)?;
+            return Ok(Err(format!(
+                "nginx.test_command `{}` has no -t",
+                test.join(" ")
+            )));
+        };
+        let ran = self.run_bounded(WHAT, &dump_argv, true)?;
+        if ran.status.success() {
+            return Ok(Ok(NginxDump::of(&ran)));
+        }
+        // nginx's own verdict on a configuration it rejects, or a signal: the test failed.
+        let stderr = String::from_utf8_lossy(&ran.stderr);
+        if stderr.contains("test failed") || ran.status.signal().is_some() {
+            return Err(command_failed(WHAT, &dump_argv, &ran));
+        }
+        let why = format!(
+            "`{}` failed ({}): {}",
+            dump_argv.join(" "),
+            ran.status,
+            nginx_dump::last_line(&ran)
+        );
+        log::info!("{why}; running the config test as configured");
+        self.run(WHAT, test)?;
+        Ok(Err(why))
     }
 
     fn reload(&self, master: i32) -> Result<()> {
@@ -236,20 +282,36 @@ impl NginxSwitcher {
         }
     }
 
-    fn switch_steps(&self, port: u16, previous: &Option<Vec<u8>>) -> Result<String, Unswitched> {
-        let master = self.master()?;
-        let written = Instant::now();
-        fsio::write_atomic(
-            self.include(),
-            self.nginx.template.render(port).as_bytes(),
-            0o644,
-        )?;
-        log::debug!("include written in {}", show(written.elapsed()));
+    /// The include written, tested with nginx's dump of it, checked and reloaded; returns
+    /// the master, the workers the reload replaced, the dump, and a line for the log.
+    fn switch_steps(&self, port: u16, previous: &Option<Vec<u8>>) -> Result<Steps, Unswitched> {
+        let master = timed("nginx master", || self.master())?;
+        timed("checks", || {
+            nginx_follows::refuse_second_master(master, &self.nginx.pid_file)
+        })?;
+        timed("include", || {
+            fsio::write_atomic(
+                self.include(),
+                self.nginx.template.render(port).as_bytes(),
+                0o644,
+            )
+        })?;
         let tested = Instant::now();
-        if let Err(e) = self.run("nginx config test", &self.nginx.test_command) {
-            return Err(self.undone(previous, e, true));
-        }
+        let dump = match self.tested_ahead() {
+            Some(dump) => Ok(dump),
+            None => match self.config_test() {
+                Ok(dump) => dump,
+                Err(e) => return Err(self.undone(previous, e, true)),
+            },
+        };
         let test_time = tested.elapsed();
+        timings::note("config test", test_time);
+        if let Ok(dump) = &dump {
+            let followed = timed("checks", || nginx_follows::check(dump, &self.nginx, master));
+            if let Err(e) = followed {
+                return Err(self.undone(previous, e, true));
+            }
+        }
         let before = Workers::of(master);
         let reload_started = Instant::now();
         if let Err(e) = self.reload(master) {
@@ -264,9 +326,13 @@ impl NginxSwitcher {
         );
         let mut now;
         let mut retired = !self.nginx.quit_old_workers;
+        let mut ready: Option<Instant> = None;
         let deadline = reload_started + self.nginx.reload_timeout;
         let done = loop {
             now = Workers::of(master);
+            if ready.is_none() && now.replacements_ready(&before) {
+                ready = Some(Instant::now());
+            }
             if now.reload_done(&before) {
                 break true;
             }
@@ -323,14 +389,64 @@ impl NginxSwitcher {
                 proven: settled,
             });
         }
-        Ok(format!(
+        let ready = ready.unwrap_or_else(Instant::now);
+        timings::note("reload", ready - reload_started);
+        timings::note("handover", ready.elapsed());
+        let detail = format!(
             "config test {}, reload {} (workers {:?} -> {:?})",
             show(test_time),
             show(reload_started.elapsed()),
             before.serving,
             now.serving
-        ))
+        );
+        Ok(Steps {
+            master,
+            retired: before.serving,
+            dump,
+            detail,
+        })
     }
+}
+
+/// What [`NginxSwitcher::switch_steps`] leaves for the rest of the switch.
+struct Steps {
+    master: i32,
+    retired: Vec<i32>,
+    dump: Tested,
+    detail: String,
+}
+
+/// A command that ran and failed: its status and the line of its stderr that says why
+/// (nginx prints the reason, `[emerg] ...`, first and `... test failed` last).
+fn command_failed(what: &str, argv: &[String], ran: &Ran) -> Error {
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    let detail = stderr
+        .lines()
+        .find(|l| {
+            ["[emerg]", "[alert]", "[crit]", "[error]"]
+                .iter()
+                .any(|t| l.contains(t))
+        })
+        .or_else(|| stderr.lines().rev().find(|l| !l.trim().is_empty()))
+        .unwrap_or("no output")
+        .trim()
+        .to_string();
+    let hint = if detail.contains("sudo")
+        || detail.contains("not permitted")
+        || detail.contains("Permission denied")
+    {
+        "; allow it for this user in sudoers (see docs/non-root.md)"
+    } else {
+        ""
+    };
+    NginxError::Command {
+        what: what.to_string(),
+        argv: argv.to_vec(),
+        status: ran.status.to_string(),
+        detail,
+        hint,
+    }
+    .into()
 }
 
 impl NginxSwitcher {
@@ -377,6 +493,10 @@ impl NginxSwitcher {
 }
 
 impl Switcher for NginxSwitcher {
+    fn prepare(&self) {
+        self.test_ahead();
+    }
+
     /// A well-formed include naming a port that is not a slot is [`Live::Unmanaged`]; an
     /// include that does not parse is refused (state error).
     fn live(&self) -> Result<Live> {
@@ -389,19 +509,33 @@ impl Switcher for NginxSwitcher {
 
     fn switch_to(&self, port: u16, fallback: &Fallback) -> Result<Switched, Unswitched> {
         let started = Instant::now();
-        let probe = Probe::start(&self.nginx.test_command);
         let previous = match fallback {
             Fallback::AsFound => self.read_include()?,
             Fallback::Recorded { include, .. } => include.clone(),
         };
-        let mut detail = self.switch_steps(port, &previous)?;
+        let steps = self.switch_steps(port, &previous)?;
+        let mut detail = steps.detail;
         let limit = started + self.nginx.reload_timeout;
-        if let Some(note) = probe.after_reload(self.master().ok(), limit) {
-            detail = format!("{detail}; {note}");
-        }
+        let caveat = match &steps.dump {
+            Ok(dump) => {
+                let note = timed("keep-alive wait", || {
+                    keepalive::after_reload(dump, steps.master, &steps.retired, limit)
+                });
+                if let Some(note) = note {
+                    detail = format!("{detail}; {note}");
+                }
+                None
+            }
+            Err(why) => Some(format!(
+                "not checked: nginx's loaded configuration ({why}): that nginx reads the \
+                 include and nothing overrides it, nor whether old workers keep idle \
+                 keep-alive connections"
+            )),
+        };
         Ok(Switched {
             elapsed: started.elapsed(),
             detail,
+            caveat,
         })
     }
 }

@@ -1,20 +1,18 @@
 //! Reading nginx's version and loaded configuration (`nginx -V -T`), run like
 //! `nginx.test_command` so the same binary, prefix and configuration file are used, and
-//! bounded in time: the one reader for the keep-alive detection and the upstream pool check.
+//! bounded in time ([`crate::bounded`]: its own process group, outputs read while it runs,
+//! killed and reaped on every way out). `-T` tests the configuration too: the switch takes
+//! its config test from this one run ([`super::nginx`]); the upstream pool check, the
+//! keep-alive detection and the checks that nginx follows the include read its dump.
 
-use std::fs::File;
-use std::io::{ErrorKind, Read};
-use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Stdio};
-use std::thread;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
-
-use crate::duration::show;
+use crate::bounded::{self, Failed, Ran};
 use crate::process::resolve_program;
 
-/// How long `nginx -V -T` may take before it is killed and the answer is "unknown".
+/// How long `nginx -V -T` may take, outside a switch, before it is killed and the answer is
+/// "unknown".
 pub const LIMIT: Duration = Duration::from_secs(3);
 
 /// The argv that asks nginx for its version and configuration: `test_command` with its `-t`
@@ -36,108 +34,105 @@ pub fn argv(test_command: &[String]) -> Option<Vec<String>> {
     found.then_some(argv)
 }
 
-/// What `nginx -V -T` printed.
+/// What `nginx -V -T` printed: the version and build on stderr, the configuration on stdout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NginxDump {
-    text: String,
+    stderr: String,
+    stdout: String,
 }
 
 impl NginxDump {
+    /// The dump of a run that succeeded.
+    pub fn of(ran: &Ran) -> NginxDump {
+        NginxDump {
+            stderr: String::from_utf8_lossy(&ran.stderr).into_owned(),
+            stdout: String::from_utf8_lossy(&ran.stdout).into_owned(),
+        }
+    }
+
     /// `major.minor.patch` from `nginx version: nginx/1.22.1 (Ubuntu)`, when it can be read.
     pub fn version(&self) -> Option<(u32, u32, u32)> {
-        parse_version(&self.text)
+        parse_version(&self.stderr).or_else(|| parse_version(&self.stdout))
     }
 
     /// The loaded configuration: every file, each after its `# configuration file` line.
     pub fn config(&self) -> &str {
-        self.text
+        self.stdout
             .find("# configuration file ")
-            .map_or("", |at| &self.text[at..])
+            .map_or("", |at| &self.stdout[at..])
+    }
+
+    /// Every file of the loaded configuration with its text, the main file first.
+    pub fn files(&self) -> Vec<(PathBuf, &str)> {
+        const HEADER: &str = "# configuration file ";
+        let text = self.config();
+        let mut starts: Vec<usize> = text.match_indices(HEADER).map(|(at, _)| at).collect();
+        starts.retain(|at| *at == 0 || text[..*at].ends_with('\n'));
+        let mut files = Vec::with_capacity(starts.len());
+        for (i, at) in starts.iter().enumerate() {
+            let end = starts.get(i + 1).copied().unwrap_or(text.len());
+            let block = &text[at + HEADER.len()..end];
+            let (first, body) = block.split_once('\n').unwrap_or((block, ""));
+            let path = first.strip_suffix(':').unwrap_or(first);
+            files.push((PathBuf::from(path), body));
+        }
+        files
+    }
+
+    /// The value of `--name=VALUE` in nginx's `configure arguments`, when given.
+    pub fn configure(&self, name: &str) -> Option<&str> {
+        let line = self
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("configure arguments:"))?;
+        let key = format!("--{name}=");
+        line.split_whitespace()
+            .find_map(|arg| arg.strip_prefix(key.as_str()))
     }
 }
 
-/// A running `nginx -V -T`, started early so it overlaps with other work. Its stdout and
-/// stderr share one non-blocking pipe, read until EOF or [`LIMIT`] (no thread).
-pub struct Reading {
-    started: Instant,
-    run: Result<(Child, File), String>,
-}
-
-impl Reading {
-    /// Starts asking nginx (as `test_command` runs it) for its version and configuration.
-    pub fn start(test_command: &[String]) -> Reading {
-        Reading {
-            started: Instant::now(),
-            run: spawn(test_command),
-        }
-    }
-
-    /// Its answer, waiting at most until `limit` or [`LIMIT`] after the start, whichever
-    /// comes first; an error says why nothing could be learnt.
-    pub fn finish_by(self, limit: Instant) -> Result<NginxDump, String> {
-        let deadline = limit.min(self.started + LIMIT);
-        let (mut child, mut pipe) = self.run?;
-        let mut text = Vec::new();
-        let mut buf = [0u8; 8192];
-        loop {
-            match pipe.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => text.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    if Instant::now() > deadline {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        return Err(format!(
-                            "`nginx -V -T` took over {}",
-                            show(deadline.saturating_duration_since(self.started))
-                        ));
-                    }
-                    thread::sleep(Duration::from_millis(1));
-                }
-                Err(e) => return Err(format!("`nginx -V -T`: {e}")),
-            }
-        }
-        let status = child.wait().map_err(|e| format!("`nginx -V -T`: {e}"))?;
-        let text = String::from_utf8_lossy(&text).into_owned();
-        if !status.success() {
-            let last = text.lines().rev().find(|l| !l.trim().is_empty());
-            return Err(format!(
-                "`nginx -V -T` failed ({status}): {}",
-                last.unwrap_or("no output").trim()
-            ));
-        }
-        Ok(NginxDump { text })
-    }
-
-    /// Its answer, waiting at most [`LIMIT`] after the start.
-    pub fn finish(self) -> Result<NginxDump, String> {
-        let limit = self.started + LIMIT;
-        self.finish_by(limit)
+/// Why the dump could not be had.
+pub fn failure(argv: &[String], failed: Failed, limit: Duration) -> String {
+    match failed {
+        Failed::Spawn(e) => format!("`{}` could not run: {e}", argv.join(" ")),
+        Failed::Hung => format!(
+            "`{}` took over {}",
+            argv.join(" "),
+            crate::duration::show(limit)
+        ),
+        Failed::Wait(e) => format!("`{}`: {e}", argv.join(" ")),
     }
 }
 
-/// Reads nginx's version and configuration, bounded by [`LIMIT`].
+/// The last line `nginx -V -T` wrote to stderr (its reason when it failed).
+pub fn last_line(ran: &Ran) -> String {
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no output")
+        .trim()
+        .to_string()
+}
+
+/// Reads nginx's version and configuration, bounded by [`LIMIT`]; an error says why nothing
+/// could be learnt.
 pub fn read(test_command: &[String]) -> Result<NginxDump, String> {
-    Reading::start(test_command).finish()
-}
-
-fn spawn(test_command: &[String]) -> Result<(Child, File), String> {
     let argv = argv(test_command)
         .ok_or_else(|| format!("nginx.test_command `{}` has no -t", test_command.join(" ")))?;
     let program = resolve_program(&argv[0]).map_err(|e| e.to_string())?;
-    let failed = |e: &dyn std::fmt::Display| format!("`{}` could not run: {e}", argv.join(" "));
-    let (read, write) = nix::unistd::pipe().map_err(|e| failed(&e))?;
-    fcntl(read.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(|e| failed(&e))?;
-    let stderr = write.try_clone().map_err(|e| failed(&e))?;
-    // The command (holding the write ends) is dropped here, so EOF comes when nginx exits.
-    let child = Command::new(program)
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(write)
-        .stderr(stderr)
-        .spawn()
-        .map_err(|e| failed(&e))?;
-    Ok((child, File::from(read)))
+    let ran = bounded::run(&program, &argv[1..], true, Instant::now() + LIMIT)
+        .map_err(|failed| failure(&argv, failed, LIMIT))?;
+    if !ran.status.success() {
+        return Err(format!(
+            "`{}` failed ({}): {}",
+            argv.join(" "),
+            ran.status,
+            last_line(&ran)
+        ));
+    }
+    Ok(NginxDump::of(&ran))
 }
 
 /// `1.22.1` from `nginx version: nginx/1.22.1 (Ubuntu)`.
@@ -220,11 +215,25 @@ mod tests {
     #[test]
     fn the_configuration_starts_at_its_first_file() {
         let dump = NginxDump {
-            text: "nginx version: nginx/1.29.7\nconfigure arguments: --x\n\
-                   # configuration file /x/n.conf:\nhttp {}\n"
+            stderr: "nginx version: nginx/1.29.7\nconfigure arguments: --prefix=/usr/share/nginx \
+                     --conf-path=/etc/nginx/nginx.conf\n"
+                .into(),
+            stdout: "# configuration file /x/n.conf:\nhttp { include /x/a.inc; }\n\n\
+                     # configuration file /x/a.inc:\nset $a 1; # configuration file no\n"
                 .into(),
         };
         assert_eq!(dump.version(), Some((1, 29, 7)));
-        assert_eq!(dump.config(), "# configuration file /x/n.conf:\nhttp {}\n");
+        assert!(dump
+            .config()
+            .starts_with("# configuration file /x/n.conf:\nhttp"));
+        let files = dump.files();
+        assert_eq!(files.len(), 2);
+        assert_eq!(
+            files[0],
+            (PathBuf::from("/x/n.conf"), "http { include /x/a.inc; }\n\n")
+        );
+        assert_eq!(files[1].0, PathBuf::from("/x/a.inc"));
+        assert_eq!(dump.configure("conf-path"), Some("/etc/nginx/nginx.conf"));
+        assert_eq!(dump.configure("pid-path"), None);
     }
 }

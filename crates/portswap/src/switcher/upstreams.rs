@@ -2,7 +2,7 @@
 //! keeps idle connections to the service port would keep using the old slot after an nftables
 //! switch, since a NAT rule only decides where *new* connections go.
 
-use super::nginx_dump;
+use super::{nginx_conf, nginx_dump};
 use crate::error::{NginxError, Result};
 
 /// An `upstream {}` block in nginx's configuration (`nginx -T`) that lists the service port
@@ -10,70 +10,38 @@ use crate::error::{NginxError, Result};
 /// switch. A block with `keepalive N` (N > 0) does; one without the directive does from nginx
 /// 1.29.7 on (`pools_by_default`), where `keepalive 0;` turns it off.
 pub fn pooled_upstream(config: &str, service_port: u16, pools_by_default: bool) -> Option<String> {
-    let text: String = config
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join("\n");
     let targets = [
         format!("127.0.0.1:{service_port}"),
         format!("localhost:{service_port}"),
     ];
-    let mut depth = 0usize;
-    let mut statement = String::new();
-    // (name, depth, lists the service port, keepalive value)
-    let mut upstream: Option<(String, usize, bool, Option<String>)> = None;
-    for c in text.chars() {
-        match c {
-            '{' => {
-                depth += 1;
-                let words: Vec<&str> = statement.split_whitespace().collect();
-                if upstream.is_none() && words.first() == Some(&"upstream") {
-                    let name = words.get(1).unwrap_or(&"").to_string();
-                    upstream = Some((name, depth, false, None));
-                }
-                statement.clear();
-            }
-            ';' => {
-                let words: Vec<&str> = statement.split_whitespace().collect();
-                if let Some((_, at, lists, keepalive)) = upstream.as_mut() {
-                    if *at == depth {
-                        match words.as_slice() {
-                            ["server", addr, ..] if targets.iter().any(|t| t == addr) => {
-                                *lists = true
-                            }
-                            ["keepalive", value, ..] => *keepalive = Some(value.to_string()),
-                            _ => {}
-                        }
-                    }
-                }
-                statement.clear();
-            }
-            '}' => {
-                if let Some((name, at, lists, keepalive)) = upstream.take() {
-                    let pools = match keepalive.as_deref() {
-                        Some(value) => value != "0",
-                        None => pools_by_default,
-                    };
-                    if at == depth && lists && pools {
-                        return Some(format!(
-                            "upstream {name} (server 127.0.0.1:{service_port}, keepalive {})",
-                            keepalive
-                                .as_deref()
-                                .unwrap_or("on by default since nginx 1.29.7")
-                        ));
-                    }
-                    if at != depth {
-                        upstream = Some((name, at, lists, keepalive));
-                    }
-                }
-                depth = depth.saturating_sub(1);
-                statement.clear();
-            }
-            _ => statement.push(c),
+    let mut found = None;
+    nginx_conf::walk(&nginx_conf::parse(config), &mut |d| {
+        let Some(block) = d.block.as_ref().filter(|_| d.name() == "upstream") else {
+            return;
+        };
+        let lists = block
+            .iter()
+            .any(|s| s.name() == "server" && s.args().first().is_some_and(|a| targets.contains(a)));
+        let keepalive = block
+            .iter()
+            .rev()
+            .find(|s| s.name() == "keepalive")
+            .and_then(|s| s.args().first().cloned());
+        let pools = match keepalive.as_deref() {
+            Some(value) => value != "0",
+            None => pools_by_default,
+        };
+        if lists && pools && found.is_none() {
+            found = Some(format!(
+                "upstream {} (server 127.0.0.1:{service_port}, keepalive {})",
+                d.args().first().map_or("", String::as_str),
+                keepalive
+                    .as_deref()
+                    .unwrap_or("on by default since nginx 1.29.7")
+            ));
         }
-    }
-    None
+    });
+    found
 }
 
 /// True when nginx `version` keeps upstream connections by default (1.29.7 and later).
@@ -146,5 +114,13 @@ mod tests {
         assert!(pooled_upstream(nested_other, 8080, false)
             .unwrap()
             .contains("upstream b"));
+        // A `#` inside quotes is no comment: it hides nothing after it (issue 15, item 9).
+        let quoted_hash = "server { return 200 \"#\"; }\nupstream app { server 127.0.0.1:8080; \
+                           keepalive 4; }";
+        assert!(pooled_upstream(quoted_hash, 8080, false)
+            .unwrap()
+            .contains("keepalive 4"));
+        let quoted_server = "upstream app { server \"127.0.0.1:8080\"; keepalive '8'; }";
+        assert!(pooled_upstream(quoted_server, 8080, false).is_some());
     }
 }

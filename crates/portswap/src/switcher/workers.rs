@@ -29,6 +29,11 @@ impl Workers {
         workers
     }
 
+    /// Every worker, serving or shutting down.
+    pub fn all(&self) -> impl Iterator<Item = i32> + '_ {
+        self.serving.iter().chain(&self.shutting_down).copied()
+    }
+
     /// True once the reload has started as many new workers as there were before: they set
     /// their title only after their listening sockets are in their event loop, so they accept.
     pub fn replacements_ready(&self, before: &Workers) -> bool {
