@@ -646,3 +646,215 @@ fn a_first_nftables_switch_killed_before_the_reload_is_completed_by_a_rerun_that
         }
     });
 }
+
+/// The ephemeral ports of this namespace (`net.ipv4.ip_local_port_range` is per namespace):
+/// few enough that every one of them can be given a TIME_WAIT socket on a slot.
+const NARROW_RANGE: std::ops::RangeInclusive<u16> = 40000..=40063;
+
+fn narrow_the_ephemeral_ports() {
+    std::fs::write(
+        "/proc/sys/net/ipv4/ip_local_port_range",
+        format!("{} {}", NARROW_RANGE.start(), NARROW_RANGE.end()),
+    )
+    .unwrap();
+}
+
+/// One HTTP/1.0 request to 127.0.0.1:`slot` from 127.0.0.1:`from` (0: any port), read to
+/// the end: the app answers and closes first, so the slot keeps a TIME_WAIT socket of exactly
+/// these ports (as behind the example server block, HTTP/1.0 to the upstream).
+fn app_closes_first(slot: u16, from: u16) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut stream = connected_from(slot, from)?;
+    stream.write_all(b"GET /health HTTP/1.0\r\n\r\n")?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    Ok(())
+}
+
+/// A connection to 127.0.0.1:`port` from 127.0.0.1:`from` (0: any port), reads bounded.
+fn connected_from(port: u16, from: u16) -> std::io::Result<TcpStream> {
+    use nix::sys::socket::{
+        bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    bind(raw, &SockaddrIn::new(127, 0, 0, 1, from))?;
+    connect(raw, &SockaddrIn::new(127, 0, 0, 1, port))?;
+    let stream = TcpStream::from(fd);
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    Ok(stream)
+}
+
+/// Issue 15 item 5: under load, the confirmation probe's own port was used moments ago by
+/// another client of the service port, redirected to the live slot, whose app closed first
+/// (nginx's HTTP/1.0 to the upstream): that slot holds a TIME_WAIT socket with the probe's
+/// exact ports. Only the probe's own connection counts: every switch succeeds. Clients that
+/// connect to the slots directly from the same ports (health probes) make NAT change the
+/// probe's port on the way; that too is followed.
+#[test]
+fn time_wait_sockets_of_the_probes_ports_on_the_old_slot_do_not_fail_the_switch() {
+    isolated("nftables probe under TIME_WAIT", || {
+        narrow_the_ephemeral_ports();
+        let site = nftables_site();
+        let service = site.service_port;
+        site.deploy_ok("d-1");
+        // Load: HTTP/1.0 clients, each closed by the app first, through the service port and
+        // on both slots directly (not through nginx: its upstream connections, closed by
+        // nginx, would use up the few ports towards the service port).
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let load = {
+            let (stop, [a, b]) = (stop.clone(), site.ports);
+            std::thread::spawn(move || {
+                let mut requests = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for port in [service, a, b] {
+                        requests += u64::from(app_closes_first(port, 0).is_ok());
+                    }
+                }
+                requests
+            })
+        };
+        for (i, id) in ["d-2", "d-3", "d-4", "d-5"].into_iter().enumerate() {
+            // Every ephemeral port has a TIME_WAIT socket on the live slot, whatever port the
+            // probe gets.
+            let filled = NARROW_RANGE
+                .filter(|p| app_closes_first(service, *p).is_ok())
+                .count();
+            assert!(
+                filled > NARROW_RANGE.len() / 2,
+                "only {filled} ports filled"
+            );
+            site.deploy_ok(id);
+            let want = site.ports[(i + 1) % 2];
+            assert_eq!(rule(), Some((service, want)), "{id}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let requests = load.join().unwrap();
+        assert_eq!(site.live_version().as_deref(), Some("d-5"));
+        println!(
+            "4 switches with a TIME_WAIT on every ephemeral port of the live slot, {requests} \
+             HTTP/1.0 requests beside them"
+        );
+    });
+}
+
+/// One HTTP/1.0 `GET /` to 127.0.0.1:`port` from 127.0.0.1:`from`: the version that
+/// answered (`X-App-Version`).
+fn version_from(port: u16, from: u16) -> Result<String, String> {
+    let mut stream = connected_from(port, from).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    let response =
+        read_response(&mut BufReader::new(stream)).map_err(|e| format!("answer: {e}"))?;
+    Ok(response
+        .header("X-App-Version")
+        .unwrap_or("none")
+        .to_string())
+}
+
+/// Issue 15 item 6: the old version ends some connections with a RST; conntrack keeps their
+/// entries 10 s and a new connection from the same client port would reopen one onto the
+/// old slot, whatever the rule says. After an OK switch, no new connection reaches the old
+/// version: neither one reusing the port of a connection reset before the switch, nor one
+/// under load reusing the port of a request in flight at the switch and reset after it.
+#[test]
+fn after_an_ok_switch_no_new_connection_reaches_the_old_version_despite_resets() {
+    isolated("nftables stale conntrack", || {
+        let site = Site::with(Settings {
+            switch_by: Some("nftables"),
+            app_args: vec!["--reset-every".into(), "3".into()],
+            ..Settings::default()
+        });
+        let [a, _] = site.ports;
+        let service = site.service_port;
+        site.deploy_ok("d-1");
+        site.run_until("d-2", "health");
+        // Right before the switch (a CLOSE entry lives 10 s): connections from these ports,
+        // every third one reset by d-1.
+        let reused: Vec<u16> = (0..24).map(|_| portswap_testkit::free_port()).collect();
+        for &p in &reused {
+            assert_eq!(version_from(service, p).as_deref(), Ok("d-1"));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let stale = portswap::conntrack::to_port(service, deadline)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.answered_by == a && e.state == portswap::conntrack::TcpState::Reset)
+            .count();
+        assert!(stale >= reused.len() / 4, "only {stale} reset entries");
+
+        // Load on other client ports, each used again and again, through the switch.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let loaders: Vec<_> = (0..4)
+            .map(|_| {
+                let ports: Vec<u16> = (0..8).map(|_| portswap_testkit::free_port()).collect();
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut seen = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        for &p in &ports {
+                            let sent = std::time::Instant::now();
+                            seen.push((sent, version_from(service, p)));
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let switch = site.hook("switch", &[], Some("d-2")).ok();
+        let returned = std::time::Instant::now();
+        let cleaned = switch.stderr.lines().find(|l| l.contains("conntrack"));
+        println!("{}", cleaned.unwrap_or(switch.last_line()));
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let seen: Vec<_> = loaders
+            .into_iter()
+            .flat_map(|l| l.join().unwrap())
+            .collect();
+
+        let reopened: Vec<u16> = reused
+            .iter()
+            .copied()
+            .filter(|p| version_from(service, *p).as_deref() != Ok("d-2"))
+            .collect();
+        assert_eq!(
+            reopened,
+            Vec::<u16>::new(),
+            "ports that reached the old version"
+        );
+        // A client port still in this side's TIME_WAIT cannot connect again at once
+        // (`connect: ...`): no request, no answer.
+        let after: Vec<_> = seen
+            .iter()
+            .filter(|(sent, v)| {
+                *sent > returned && !v.as_ref().is_err_and(|e| e.starts_with("connect:"))
+            })
+            .collect();
+        let old: Vec<_> = after
+            .iter()
+            .filter(|(_, v)| v.as_deref() != Ok("d-2"))
+            .map(|(_, v)| v.clone())
+            .collect();
+        println!(
+            "{stale} reset entries before the switch; {} requests under load, {} sent after \
+             the switch returned, {} of them not answered by d-2",
+            seen.len(),
+            after.len(),
+            old.len()
+        );
+        assert!(!after.is_empty());
+        assert_eq!(
+            old,
+            Vec::<Result<String, String>>::new(),
+            "after the switch"
+        );
+    });
+}

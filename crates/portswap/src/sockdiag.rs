@@ -8,22 +8,20 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::libc;
-use nix::sys::socket::{
-    recv, sendto, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
-};
+use nix::sys::socket::SockProtocol;
+
+use crate::netlink::{self, errno, field, messages, short, NLMSG_DONE, NLMSG_ERROR};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 const TCP_LISTEN: u8 = 10;
+/// The kernel's TCP states a fresh connection's accepted socket is in (`include/net/tcp_states.h`).
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_SYN_RECV: u8 = 3;
 const NO_COOKIE: u32 = u32::MAX;
-/// nlmsghdr (16 bytes) + inet_diag_req_v2 (56 bytes).
-const REQUEST_LEN: usize = 72;
-/// The length of nlmsghdr, which precedes every message's payload.
-const HEADER_LEN: usize = 16;
+/// inet_diag_req_v2.
+const REQUEST_LEN: usize = 56;
 
 /// The inodes of the IPv4 and IPv6 TCP sockets listening on `port`.
 pub fn listening_inodes(port: u16) -> io::Result<Vec<u64>> {
@@ -37,7 +35,7 @@ pub fn listening_inodes(port: u16) -> io::Result<Vec<u64>> {
 /// Every IPv4 and IPv6 TCP socket listening on this host (its network namespace): port and
 /// inode.
 pub fn listening_sockets() -> io::Result<Vec<(u16, u64)>> {
-    let mut diag = Diag::open()?;
+    let mut diag = open()?;
     let mut inodes = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
         let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
@@ -65,7 +63,7 @@ pub fn listening_sockets() -> io::Result<Vec<(u16, u64)>> {
 /// 127.0.0.1:`remote` (an accepted connection, or one still in the handshake); `None` when
 /// there is no such socket.
 pub fn loopback_tcp_state(local: u16, remote: u16) -> io::Result<Option<u8>> {
-    let mut diag = Diag::open()?;
+    let mut diag = open()?;
     diag.send(&request(
         libc::AF_INET as u8,
         libc::NLM_F_REQUEST as u16,
@@ -87,55 +85,31 @@ pub fn loopback_tcp_state(local: u16, remote: u16) -> io::Result<Option<u8>> {
     Ok((s.state != TCP_LISTEN && s.remote == remote).then_some(s.state))
 }
 
-/// A netlink socket to the kernel's socket diagnostics, with room for a reply.
-struct Diag {
-    fd: OwnedFd,
-    buf: Vec<u8>,
+/// True when 127.0.0.1:`local` holds a connection from 127.0.0.1:`remote` that is being
+/// set up or is open (SYN_RECV or ESTABLISHED): a fresh connection's server side. A socket
+/// of that 4-tuple in TIME_WAIT (or any closing state) is an earlier connection that used
+/// the same client port, not this one.
+pub fn loopback_accepted(local: u16, remote: u16) -> io::Result<bool> {
+    Ok(matches!(
+        loopback_tcp_state(local, remote)?,
+        Some(TCP_ESTABLISHED | TCP_SYN_RECV)
+    ))
 }
 
-impl Diag {
-    fn open() -> io::Result<Diag> {
-        let fd = socket(
-            AddressFamily::Netlink,
-            SockType::Datagram,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkSockDiag,
-        )?;
-        Ok(Diag {
-            fd,
-            buf: vec![0; 32 * 1024],
-        })
-    }
-
-    fn send(&self, request: &[u8]) -> io::Result<()> {
-        let kernel = NetlinkAddr::new(0, 0);
-        sendto(self.fd.as_raw_fd(), request, &kernel, MsgFlags::empty())?;
-        Ok(())
-    }
-
-    /// One datagram of replies.
-    fn recv(&mut self) -> io::Result<&[u8]> {
-        let n = recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::empty())?;
-        if n == 0 {
-            return Err(short());
-        }
-        Ok(&self.buf[..n])
-    }
+/// A netlink socket to the kernel's socket diagnostics.
+fn open() -> io::Result<netlink::Socket> {
+    netlink::Socket::open(SockProtocol::NetlinkSockDiag, 32 * 1024)
 }
 
 /// nlmsghdr + inet_diag_req_v2 for TCP sockets of `family` in `states` (a bit per state)
 /// matching `id` (an inet_diag_sockid; ignored by dumps).
-fn request(family: u8, flags: u16, states: u32, id: [u8; 48]) -> [u8; REQUEST_LEN] {
+fn request(family: u8, flags: u16, states: u32, id: [u8; 48]) -> Vec<u8> {
     let mut m = [0u8; REQUEST_LEN];
-    m[0..4].copy_from_slice(&(REQUEST_LEN as u32).to_ne_bytes());
-    m[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    m[6..8].copy_from_slice(&flags.to_ne_bytes());
-    m[8..12].copy_from_slice(&1u32.to_ne_bytes()); // sequence; bytes 12..16: port id 0 (kernel)
-    m[16] = family;
-    m[17] = libc::IPPROTO_TCP as u8;
-    m[20..24].copy_from_slice(&states.to_ne_bytes());
-    m[24..].copy_from_slice(&id);
-    m
+    m[0] = family;
+    m[1] = libc::IPPROTO_TCP as u8;
+    m[4..8].copy_from_slice(&states.to_ne_bytes());
+    m[8..].copy_from_slice(&id);
+    netlink::request(SOCK_DIAG_BY_FAMILY, flags, &m)
 }
 
 /// The inet_diag_sockid of the connection 127.0.0.1:`local` <-> 127.0.0.1:`remote`.
@@ -150,32 +124,6 @@ fn loopback_id(local: u16, remote: u16) -> [u8; 48] {
     id[40..44].copy_from_slice(&NO_COOKIE.to_ne_bytes());
     id[44..48].copy_from_slice(&NO_COOKIE.to_ne_bytes());
     id
-}
-
-/// The (type, payload) of each netlink message in one datagram.
-fn messages(data: &[u8]) -> io::Result<Vec<(u16, &[u8])>> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + HEADER_LEN <= data.len() {
-        let len = u32::from_ne_bytes(field(data, at)?) as usize;
-        if len < HEADER_LEN || at + len > data.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "malformed netlink reply",
-            ));
-        }
-        out.push((
-            u16::from_ne_bytes(field(data, at + 4)?),
-            &data[at + HEADER_LEN..at + len],
-        ));
-        at += (len + 3) & !3;
-    }
-    Ok(out)
-}
-
-/// The errno of an NLMSG_ERROR payload (0 for an acknowledgement).
-fn errno(payload: &[u8]) -> io::Result<i32> {
-    Ok(-i32::from_ne_bytes(field(payload, 0)?))
 }
 
 /// What we read of an inet_diag_msg.
@@ -195,18 +143,6 @@ impl Socket {
             inode: u32::from_ne_bytes(field(msg, 68).ok()?),
         })
     }
-}
-
-/// `N` bytes of `bytes` at `at`.
-fn field<const N: usize>(bytes: &[u8], at: usize) -> io::Result<[u8; N]> {
-    bytes
-        .get(at..at + N)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(short)
-}
-
-fn short() -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, "short sock_diag reply")
 }
 
 #[cfg(test)]
@@ -237,6 +173,25 @@ mod tests {
     }
 
     #[test]
+    fn a_time_wait_socket_of_the_same_ports_is_not_an_accepted_connection() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let server = listener.local_addr().unwrap().port();
+        let client = TcpStream::connect((Ipv4Addr::LOCALHOST, server)).unwrap();
+        let mine = client.local_addr().unwrap().port();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(loopback_accepted(server, mine).unwrap());
+        // The server closes first: its side lingers in TIME_WAIT once the client closes too.
+        drop(accepted);
+        drop(client);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while loopback_tcp_state(server, mine).unwrap() != Some(6) {
+            assert!(std::time::Instant::now() < deadline, "no TIME_WAIT");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(!loopback_accepted(server, mine).unwrap());
+    }
+
+    #[test]
     fn lists_the_listeners_of_a_port_in_both_families() {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -255,21 +210,10 @@ mod tests {
     }
 
     #[test]
-    fn splits_a_datagram_into_messages_and_refuses_a_torn_one() {
-        let mut data = Vec::new();
-        for (kind, payload) in [(NLMSG_ERROR, &[1u8, 2, 3][..]), (NLMSG_DONE, &[0u8; 4][..])] {
-            data.extend(((HEADER_LEN + payload.len()) as u32).to_ne_bytes());
-            data.extend(kind.to_ne_bytes());
-            data.extend([0; 10]);
-            data.extend(payload);
-            data.resize((data.len() + 3) & !3, 0);
-        }
-        let got = messages(&data).unwrap();
+    fn a_request_is_a_header_and_an_inet_diag_req_v2() {
         assert_eq!(
-            got,
-            vec![(NLMSG_ERROR, &[1, 2, 3][..]), (NLMSG_DONE, &[0; 4][..])]
+            request(2, 1, 0, loopback_id(80, 81)).len(),
+            16 + REQUEST_LEN
         );
-        assert!(messages(&data[..HEADER_LEN + 2]).is_err());
-        assert_eq!(request(2, 1, 0, loopback_id(80, 81)).len(), REQUEST_LEN);
     }
 }

@@ -9,6 +9,7 @@ pub mod nginx;
 pub mod nginx_conf;
 pub mod nginx_dump;
 pub mod nginx_follows;
+pub mod redirected;
 pub mod upstreams;
 mod workers;
 

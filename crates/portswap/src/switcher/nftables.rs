@@ -11,19 +11,20 @@
 
 use std::cell::Cell;
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::nginx::NginxSwitcher;
+use super::redirected::{forget_stale, probe_reaches};
 use super::{boot_unit, upstreams, Fallback, Live, Switched, Switcher, Unswitched};
 use crate::config::Config;
 use crate::duration::show;
 use crate::error::{Error, NftError, Refusal, Result};
 use crate::process::resolve_program;
 use crate::state::StateDir;
-use crate::{fsio, procfs, sockdiag};
+use crate::{fsio, procfs};
 
 /// portswap's own table; nothing else in the ruleset is read or written.
 pub const TABLE: &str = "ip portswap";
@@ -212,31 +213,6 @@ impl Nft {
             }
         }
         true
-    }
-}
-
-/// Opens a connection to 127.0.0.1:`service_port` and returns which of `slots` accepted it:
-/// the one with a socket whose remote port is the probe's own.
-pub fn probe_reaches(service_port: u16, slots: [u16; 2]) -> Result<u16, String> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, service_port));
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .map_err(|e| format!("a connection to 127.0.0.1:{service_port} failed: {e}"))?;
-    let mine = stream.local_addr().map_err(|e| e.to_string())?.port();
-    let deadline = Instant::now() + Duration::from_secs(1);
-    loop {
-        for slot in slots {
-            match sockdiag::loopback_tcp_state(slot, mine) {
-                Ok(Some(_)) => return Ok(slot),
-                Ok(None) => {}
-                Err(e) => return Err(format!("cannot look the probe's connection up: {e}")),
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "a connection to 127.0.0.1:{service_port} was accepted, but by neither slot"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -500,6 +476,17 @@ impl Switcher for NftablesSwitcher {
             show(started.elapsed() - applied)
         );
         let mut caveat = None;
+        // The rule is in force; what conntrack would still send to the old slot goes now,
+        // before the switch says so.
+        match forget_stale(self.service_port(), port) {
+            Ok(forgotten) => detail.push_str(&format!("; {}", forgotten.describe())),
+            Err(e) => log::warn!(
+                "switched, but could not remove stale conntrack entries of port {} ({e}): \
+                 for up to 10 s a new connection from the client port of a connection the old \
+                 version reset may still reach it",
+                self.service_port()
+            ),
+        }
         if needs_include {
             // First switch in this mode (or nginx has not loaded the include): point nginx
             // at the service port and reload it.
