@@ -53,8 +53,19 @@ pub fn unused_hooks(spec: &AppSpec) -> Vec<&'static str> {
 
 /// Checks that every script location and `files` source of the appspec exists in `revision`.
 pub fn check_references(spec: &AppSpec, revision: &Path, appspec_path: &Path) -> Result<()> {
+    let outside = |path: &str| crate::revision::inside(Path::new(""), Path::new(path)).is_none();
     for (event, scripts) in &spec.hooks {
         for script in scripts {
+            if outside(script.location.trim_start_matches('/')) {
+                return Err(Error::input(
+                    appspec_path,
+                    format_args!(
+                        "{event} runs {}, which points outside the revision; a location is a \
+                         path inside it",
+                        script.location
+                    ),
+                ));
+            }
             let path = revision.join(script.location.trim_start_matches('/'));
             if !path.is_file() {
                 return Err(Error::input(
@@ -68,6 +79,12 @@ pub fn check_references(spec: &AppSpec, revision: &Path, appspec_path: &Path) ->
         }
     }
     for file in &spec.files {
+        if outside(file.source.trim_start_matches('/')) {
+            return Err(Error::input(
+                appspec_path,
+                format_args!("files source {} points outside the revision", file.source),
+            ));
+        }
         if !revision.join(file.source.trim_start_matches('/')).exists() {
             return Err(Error::input(
                 appspec_path,

@@ -31,7 +31,7 @@ pub struct Inputs {
 }
 
 /// Resolves `relative` against `base` lexically; `None` if it climbs out of the revision.
-fn inside(base: &Path, relative: &Path) -> Option<PathBuf> {
+pub(crate) fn inside(base: &Path, relative: &Path) -> Option<PathBuf> {
     let mut parts: Vec<std::ffi::OsString> = base
         .components()
         .map(|c| c.as_os_str().to_owned())
@@ -163,6 +163,7 @@ pub fn assemble(inputs: &Inputs, dir: &Path) -> Result<()> {
         copy_with_mode(&binary, &dir.join("hooks").join(hook), 0o755)?;
     }
     let mut names = Vec::new();
+    let mut placed: Vec<(PathBuf, &Path)> = Vec::new();
     for artifact in &inputs.artifacts {
         let name = artifact
             .file_name()
@@ -173,16 +174,109 @@ pub fn assemble(inputs: &Inputs, dir: &Path) -> Result<()> {
         let meta = fs::metadata(artifact).map_err(|e| Error::Invalid {
             problem: format!("artifact {}: {e}", artifact.display()),
         })?;
-        let destination = dir.join(artifact_destination(&patterns, name).map_err(in_config)?);
-        copy_with_mode(artifact, &destination, meta.permissions().mode() & 0o777)?;
+        let relative = artifact_destination(&patterns, name).map_err(in_config)?;
+        refuse_collision(&relative, artifact, &placed)?;
+        copy_with_mode(
+            artifact,
+            &dir.join(&relative),
+            meta.permissions().mode() & 0o777,
+        )?;
+        placed.push((relative, artifact));
         names.push(name.to_string());
     }
     check_patterns_used(&patterns, &names).map_err(in_config)?;
+    warn_several_matches(&patterns, &names, &inputs.config);
     checks::check_references(&spec, dir, &inputs.appspec)?;
     for hook in checks::unused_hooks(&spec) {
         log::warn!("{} never runs hooks/{hook}", inputs.appspec.display());
     }
+    log::info!("{}", unchecked(&config));
     Ok(())
+}
+
+/// The files of the revision portswap itself ships: no artifact may replace them (the
+/// hooks and the configuration were checked before they would be overwritten).
+fn reserved() -> Vec<PathBuf> {
+    let mut paths = vec![
+        PathBuf::from("appspec.yml"),
+        PathBuf::from("hooks/portswap.yml"),
+    ];
+    paths.extend(HOOKS.iter().map(|h| Path::new("hooks").join(h)));
+    paths
+}
+
+/// Refuses an artifact that would replace one of portswap's files or an artifact placed
+/// before it (two artifacts with one file name become one file).
+fn refuse_collision(relative: &Path, artifact: &Path, placed: &[(PathBuf, &Path)]) -> Result<()> {
+    if reserved().iter().any(|r| r == relative) {
+        return Err(Error::input(
+            artifact,
+            format_args!(
+                "would replace {} of the revision (portswap's own file): rename the artifact or \
+                 narrow app.artifacts",
+                relative.display()
+            ),
+        ));
+    }
+    if let Some((_, first)) = placed.iter().find(|(p, _)| p == relative) {
+        return Err(Error::input(
+            artifact,
+            format_args!(
+                "has the file name of {}: both would be {} in the revision; pass one of them",
+                first.display(),
+                relative.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Warns about a pattern that matches several artifacts: `{artifact}` is the newest match of
+/// the first pattern, which may be the wrong one (Gradle's `-plain.jar` beside the boot jar).
+fn warn_several_matches(patterns: &[String], names: &[String], config: &Path) {
+    for pattern in patterns {
+        let file_pattern = Path::new(pattern)
+            .file_name()
+            .and_then(|f| f.to_str())
+            .unwrap_or("");
+        let matched: Vec<&str> = names
+            .iter()
+            .filter(|n| release::matches(file_pattern, n))
+            .map(String::as_str)
+            .collect();
+        if matched.len() < 2 {
+            continue;
+        }
+        let plain = if matched.iter().any(|n| n.ends_with("-plain.jar")) {
+            " (a -plain.jar is Gradle's jar without dependencies, not the app)"
+        } else {
+            ""
+        };
+        log::warn!(
+            "{}: app.artifacts pattern {pattern} matches {} artifacts ({}){plain}; {{artifact}} \
+             is the newest match of the first pattern: pass only the one the app runs",
+            config.display(),
+            matched.len(),
+            matched.join(", ")
+        );
+    }
+}
+
+/// What only the instance can tell, in one line: the bundle checks the files, not the host.
+fn unchecked(config: &Config) -> String {
+    let user = config
+        .app
+        .user
+        .as_deref()
+        .map(|u| format!("that app.user `{u}` exists, "))
+        .unwrap_or_default();
+    let program = config.app.command.first().map(String::as_str).unwrap_or("");
+    format!(
+        "not checked here (only the instance can tell): {user}that `{program}` (app.command) runs \
+         there, that nginx includes {} and writes its pid to {}",
+        config.nginx.include.display(),
+        config.nginx.pid_file.display()
+    )
 }
 
 #[cfg(test)]
