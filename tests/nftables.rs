@@ -858,3 +858,95 @@ fn after_an_ok_switch_no_new_connection_reaches_the_old_version_despite_resets()
         );
     });
 }
+
+/// The pid of a child of `parent` whose command line contains `needle`, when one runs.
+fn child_running(parent: i32, needle: &str) -> Option<i32> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).ok()?;
+    children
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(needle)
+            })
+        })
+}
+
+/// Issue 15 item 10: `nft` hangs (here: the real one, stopped by SIGSTOP in the middle of the
+/// switch's transaction). The switch kills it after its limit, puts the previous rule back
+/// and fails with the command named, well within the budget `portswap-bundle` checks.
+#[test]
+fn a_hung_nft_is_killed_after_its_limit_and_the_rule_is_put_back() {
+    isolated("nftables hung nft", || {
+        let site = nftables_site();
+        let service = site.service_port;
+        site.deploy_ok("d-1");
+        site.run_until("d-2", "health");
+        for attempt in 0..20 {
+            let before = rule();
+            let mut switch = portswap_testkit::hooks::command("switch", &site.config_path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let pid = switch.id() as i32;
+            let started = std::time::Instant::now();
+            // Catch the transaction (`nft -f -`) while it runs.
+            let mut stopped = None;
+            while stopped.is_none() && started.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(_)) = switch.try_wait() {
+                    break;
+                }
+                if let Some(nft) = child_running(pid, "-f -") {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(nft),
+                        nix::sys::signal::Signal::SIGSTOP,
+                    );
+                    stopped = Some(nft);
+                }
+            }
+            let status = loop {
+                if let Some(status) = switch.try_wait().unwrap() {
+                    break status;
+                }
+                if started.elapsed() > Duration::from_secs(20) {
+                    let _ = switch.kill();
+                    panic!("switch still runs after 20 s with nft stopped");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            let took = started.elapsed();
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut switch.stderr.take().unwrap(), &mut stderr).unwrap();
+            let Some(nft) = stopped else {
+                // Missed it: the switch ran to its end; try again from where it left.
+                assert!(status.success(), "{stderr}");
+                continue;
+            };
+            let verdict = stderr.lines().last().unwrap_or("");
+            assert_eq!(status.code(), Some(1), "{stderr}");
+            assert!(
+                verdict.contains("nft -f -") && verdict.contains("did not finish within 2s"),
+                "{verdict}"
+            );
+            assert!(took < Duration::from_secs(5), "took {took:?}");
+            assert_eq!(rule(), before, "the previous rule is back");
+            assert!(
+                !std::path::Path::new(&format!("/proc/{nft}")).exists()
+                    || std::fs::read_to_string(format!("/proc/{nft}/stat"))
+                        .is_ok_and(|s| s.contains(") Z")),
+                "the stopped nft was killed"
+            );
+            println!("attempt {attempt}: {verdict} (after {took:?})");
+            // A switch after it works.
+            site.hook("switch", &[], None).ok();
+            assert_ne!(rule(), before);
+            assert_eq!(rule().map(|r| r.0), Some(service));
+            return;
+        }
+        panic!("never caught the switch's nft running");
+    });
+}

@@ -148,6 +148,25 @@ mod tests {
         assert!(check_timeouts(&spec(60, 116), &config, Path::new(APPSPEC)).is_ok());
     }
 
+    /// Issue 15 item 10: in nftables mode a switch also waits for `nft`, nginx's dump, the
+    /// confirmation connection and conntrack (a switch took 5.8 s against a 5 s budget the
+    /// bundle accepted): a timeout that fits reload mode does not fit them.
+    #[test]
+    fn the_nftables_waits_count_in_the_switch_budget() {
+        let base = "app: { command: [x], supervisor: process }\nstate: { lock_wait: 20s }\n";
+        let fits = |text: &str| check_timeouts(&spec(60, 90), &config(text), Path::new(APPSPEC));
+        assert!(fits(base).is_ok(), "45 s of reload mode fit 60 s");
+        let err = fits(&format!("{base}switch: {{ by: nftables }}\n")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("hooks/switch in ValidateService")
+                && text.contains("nft runs (2s each) 8s")
+                && text.contains("the confirmation connection and its lookup 3s")
+                && text.contains("= 67s"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn each_hook_has_its_own_budget() {
         let base = "app: { command: [x], supervisor: process }\nstate: { lock_wait: 20s }\n";

@@ -1,5 +1,5 @@
-//! Running an external command (nginx's config test and dump, a reload command) bounded in
-//! time: in its own process group, so the agent's SIGTERM to the hook's group does not cut it
+//! Running an external command (nginx's config test and dump, a reload command, `nft`)
+//! bounded in time: in its own process group, so the agent's SIGTERM to the hook's group does not cut it
 //! short (the hook decides when to stop); its stdout and stderr read while it runs, so output
 //! larger than a pipe never blocks it; the pipes' read ends closed on exec, so no child
 //! inherits them; and killed with its group and reaped on every way out, also when the
@@ -53,9 +53,34 @@ impl Running {
     /// Starts `program args` with stdin from /dev/null, stderr kept, and stdout kept when
     /// `keep_stdout` (else /dev/null), in a process group of its own.
     pub fn start(program: &Path, args: &[String], keep_stdout: bool) -> Result<Running, Failed> {
+        Running::spawn(program, args, keep_stdout, None)
+    }
+
+    /// Like [`Running::start`], with `input` on its stdin, then end of file. `input` must fit
+    /// in a pipe (64 KiB on Linux; a ruleset of a few lines): it is written at once, never
+    /// waiting for the command to read it.
+    pub fn start_with_input(
+        program: &Path,
+        args: &[String],
+        keep_stdout: bool,
+        input: &[u8],
+    ) -> Result<Running, Failed> {
+        Running::spawn(program, args, keep_stdout, Some(input))
+    }
+
+    fn spawn(
+        program: &Path,
+        args: &[String],
+        keep_stdout: bool,
+        input: Option<&[u8]>,
+    ) -> Result<Running, Failed> {
         let mut child = Command::new(program)
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(if keep_stdout {
                 Stdio::piped()
             } else {
@@ -65,6 +90,7 @@ impl Running {
             .process_group(0)
             .spawn()
             .map_err(Failed::Spawn)?;
+        let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         for fd in [
@@ -78,13 +104,20 @@ impl Running {
             // keeps them open cannot hold the reader.
             let _ = fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
         }
-        Ok(Running {
+        let running = Running {
             child: Some(child),
             stdout,
             stderr,
             out: Vec::new(),
             err: Vec::new(),
-        })
+        };
+        if let (Some(mut pipe), Some(input)) = (stdin, input) {
+            let _ = fcntl(pipe.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+            // Dropping `running` on an error kills and reaps the command; dropping the pipe
+            // gives it end of file.
+            std::io::Write::write_all(&mut pipe, input).map_err(Failed::Wait)?;
+        }
+        Ok(running)
     }
 
     /// The child's pid (its process group's id).
@@ -176,6 +209,17 @@ fn read_available(pipe: &mut Option<impl Read>, into: &mut Vec<u8>) {
     }
 }
 
+/// Runs `program args` with `input` on its stdin to its end, at most until `deadline`
+/// ([`Running::start_with_input`]).
+pub fn run_with_input(
+    program: &Path,
+    args: &[String],
+    input: &[u8],
+    deadline: Instant,
+) -> Result<Ran, Failed> {
+    Running::start_with_input(program, args, true, input)?.finish(deadline)
+}
+
 /// Runs `program args` to its end, at most until `deadline` ([`Running`]).
 pub fn run(
     program: &Path,
@@ -230,6 +274,19 @@ mod tests {
         unique.dedup();
         assert!(pipes.len() >= 2, "{listing}");
         assert_eq!(pipes.len(), unique.len(), "a pipe twice: {listing}");
+    }
+
+    #[test]
+    fn input_reaches_the_command_and_ends_with_end_of_file() {
+        let ran = run_with_input(
+            Path::new("/bin/cat"),
+            &[],
+            b"table ip t\n",
+            Instant::now() + Duration::from_secs(10),
+        )
+        .unwrap();
+        assert!(ran.status.success());
+        assert_eq!(ran.stdout, b"table ip t\n");
     }
 
     #[test]

@@ -5,10 +5,11 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::config::{Config, SupervisorChoice};
+use crate::config::{By, Config, SupervisorChoice};
 use crate::duration::show;
 use crate::health::{probe_limit, MIN_PROBE_TIMEOUT};
 use crate::process::KILL_WAIT;
+use crate::switcher::{nftables, nginx_dump, redirected};
 use crate::systemctl::CALL_LIMIT;
 use crate::watch;
 
@@ -31,6 +32,32 @@ pub struct Budget {
     pub hook: &'static str,
     /// Its waits.
     pub waits: Vec<Wait>,
+}
+
+/// What a switch in nftables mode waits for besides nginx, each bounded: `nft` itself, the
+/// read of nginx's configuration for upstream pools, the confirmation connection, the stale
+/// conntrack entries, and the boot unit's `systemctl` calls. None in reload mode.
+fn nftables_waits(config: &Config) -> Vec<Wait> {
+    if config.switch.by != By::Nftables {
+        return Vec::new();
+    }
+    let wait = |what, limit| Wait { what, limit };
+    vec![
+        wait(
+            "nft runs (2s each)",
+            nftables::NFT_LIMIT * nftables::NFT_RUNS,
+        ),
+        wait("nginx -V -T for upstream pools", nginx_dump::LIMIT),
+        wait(
+            "the confirmation connection and its lookup",
+            redirected::PROBE_CONNECT_LIMIT + redirected::PROBE_LOOKUP_LIMIT,
+        ),
+        wait(
+            "stale conntrack entries and in-flight old connections",
+            redirected::CLEANUP_LIMIT + redirected::IN_FLIGHT_LIMIT,
+        ),
+        wait("the boot unit's systemctl calls (3s each)", CALL_LIMIT * 2),
+    ]
 }
 
 impl Budget {
@@ -78,6 +105,8 @@ impl Budget {
                 }
                 waits.push(wait("nginx.reload_timeout", reload));
                 waits.push(wait("undoing a reload that timed out", reload * 2));
+                let nftables = nftables_waits(config);
+                waits.extend(nftables.iter().cloned());
                 let watch = &config.watch;
                 if !watch.duration.is_zero() {
                     // The watch, its last probe, then a rollback: the previous version's
@@ -94,6 +123,10 @@ impl Budget {
                         4
                     };
                     waits.push(wait("the rollback's nginx waits", reload * nginx));
+                    if !nftables.is_empty() {
+                        let total = nftables.iter().map(|w| w.limit).sum();
+                        waits.push(wait("the rollback's nftables waits", total));
+                    }
                 }
             }
             _ => {}
@@ -171,6 +204,30 @@ mod tests {
         let auto = config("app: { command: [x] }\n");
         let start = Budget::of("start", &auto).unwrap().to_string();
         assert!(start.contains("systemctl calls (3s each) 21s"), "{start}");
+    }
+
+    #[test]
+    fn nftables_mode_counts_nft_the_probe_and_conntrack() {
+        let base = "app: { command: [x], supervisor: process }\nnginx: { reload_timeout: 5s }\n";
+        let reload = Budget::of("switch", &config(base)).unwrap();
+        let nft = Budget::of(
+            "switch",
+            &config(&format!("{base}switch: {{ by: nftables }}\n")),
+        )
+        .unwrap();
+        // 4 nft runs × 2 s, nginx -V -T 3 s, connect 2 s + lookup 1 s, conntrack 1 s + 1 s,
+        // 2 systemctl calls × 3 s.
+        assert_eq!(nft.total() - reload.total(), Duration::from_secs(22));
+        let text = nft.to_string();
+        for what in ["nft runs (2s each) 8s", "nginx -V -T for upstream pools 3s"] {
+            assert!(text.contains(what), "{text}");
+        }
+        let watched = format!("{base}switch: {{ by: nftables }}\nwatch: {{ duration: 10s }}\n");
+        let watched = Budget::of("switch", &config(&watched)).unwrap().to_string();
+        assert!(
+            watched.contains("the rollback's nftables waits 22s"),
+            "{watched}"
+        );
     }
 
     #[test]

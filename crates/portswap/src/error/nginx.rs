@@ -193,6 +193,14 @@ pub enum NftError {
         /// The system's error.
         source: std::io::Error,
     },
+    /// `nft` did not finish in time: killed.
+    #[error("`{call}` did not finish within {}: killed", crate::duration::show(*limit))]
+    Hung {
+        /// The command line.
+        call: String,
+        /// Its time limit.
+        limit: std::time::Duration,
+    },
     /// `nft` was not allowed to change the ruleset.
     #[error("`{call}`: {first}: changing nftables needs CAP_NET_ADMIN; run the hook as root")]
     NotPermitted {

@@ -10,15 +10,14 @@
 //! serves `--rollback` and, when the rule is gone (reboot, `nft flush ruleset`), `--restore`.
 
 use std::cell::Cell;
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::nginx::NginxSwitcher;
 use super::redirected::{forget_stale, probe_reaches};
 use super::{boot_unit, upstreams, Fallback, Live, Switched, Switcher, Unswitched};
+use crate::bounded::{self, Failed};
 use crate::config::Config;
 use crate::duration::show;
 use crate::error::{Error, NftError, Refusal, Result};
@@ -104,6 +103,14 @@ impl Redirect {
     }
 }
 
+/// The longest one `nft` run may take (it takes ~10 ms): then it is killed and the switch
+/// fails, putting the previous rule back.
+pub const NFT_LIMIT: Duration = Duration::from_secs(2);
+
+/// `nft` runs in one switch, at most: the rule read to tell the live port, the transaction,
+/// the rule read back, and on a failure the previous rule put back.
+pub const NFT_RUNS: u32 = 4;
+
 /// The `nft` program.
 #[derive(Debug, Clone)]
 pub struct Nft {
@@ -123,33 +130,33 @@ impl Nft {
         &self.program
     }
 
+    /// Runs `nft ARGS` (with `input` on its stdin), bounded by [`NFT_LIMIT`] like every
+    /// external command of a switch ([`bounded`]); its stdout, or an error with nft's reason.
     fn run(&self, args: &[&str], input: Option<&str>) -> Result<String> {
         let shown = format!("nft {}", args.join(" "));
-        let mut child = Command::new(&self.program)
-            .args(args)
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| NftError::Spawn {
+        let argv: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let deadline = Instant::now() + NFT_LIMIT;
+        let ran = match input {
+            Some(text) => bounded::run_with_input(&self.program, &argv, text.as_bytes(), deadline),
+            None => bounded::run(&self.program, &argv, true, deadline),
+        }
+        .map_err(|failed| match failed {
+            Failed::Spawn(source) => NftError::Spawn {
                 call: shown.clone(),
                 source,
-            })?;
-        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-            // A write error shows up as nft's own failure below.
-            let _ = stdin.write_all(text.as_bytes());
-        }
-        let output = child.wait_with_output().map_err(|source| NftError::Wait {
-            call: shown.clone(),
-            source,
+            },
+            Failed::Hung => NftError::Hung {
+                call: shown.clone(),
+                limit: NFT_LIMIT,
+            },
+            Failed::Wait(source) => NftError::Wait {
+                call: shown.clone(),
+                source,
+            },
         })?;
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        if output.status.success() {
-            return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+        let stderr = String::from_utf8_lossy(&ran.stderr);
+        if ran.status.success() {
+            return Ok(String::from_utf8_lossy(&ran.stdout).into_owned());
         }
         let first = stderr
             .lines()
@@ -165,7 +172,7 @@ impl Nft {
         }
         Err(NftError::Failed {
             call: shown,
-            status: output.status.to_string(),
+            status: ran.status.to_string(),
             first: first.to_string(),
         }
         .into())
@@ -464,7 +471,11 @@ impl Switcher for NftablesSwitcher {
             slot: port,
         };
         let started = Instant::now();
-        nft.apply(&next.ruleset())?;
+        // A transaction that failed or was killed may still have been committed: put the
+        // previous rule back either way.
+        if let Err(e) = nft.apply(&next.ruleset()) {
+            return Err(put_back(&nft, previous, e));
+        }
         let applied = started.elapsed();
         if let Err(e) = self.confirm(&nft, next) {
             return Err(put_back(&nft, previous, e));
