@@ -813,7 +813,8 @@ fn fill(dir: &std::path::Path) -> std::path::PathBuf {
 #[test]
 fn disk_full_or_read_only_state_directory() {
     let site = Site::new();
-    let Some(tmpfs) = Tmpfs::mount(&site.state(), "40m") else {
+    // Room for two releases and `live/switch`, a copy of the (debug: ~20 MB) switch binary.
+    let Some(tmpfs) = Tmpfs::mount(&site.state(), "80m") else {
         portswap_testkit::skip(
             "disk full / read-only state dir",
             "`mount -t tmpfs` is not permitted here",

@@ -229,6 +229,26 @@ fn secrets_in_the_app_environment_never_appear_in_hook_output_or_state() {
     let pid = site.recorded_pid(site.ports[0]).unwrap();
     let environ = fs::read(format!("/proc/{pid}/environ")).unwrap();
     assert!(String::from_utf8_lossy(&environ).contains(&format!("API_TOKEN={SECRET}")));
+    // Only in the copies of the configuration kept to operate by hand, which are root's
+    // alone, as the configuration is (issue 17 item 5).
+    for entry in fs::read_dir(site.state().join("live")).unwrap().flatten() {
+        let meta = entry.metadata().unwrap();
+        if entry.file_name().to_string_lossy().ends_with(".yml") {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            assert_eq!(
+                meta.permissions().mode() & 0o777,
+                0o600,
+                "{:?}",
+                entry.path()
+            );
+            assert_eq!(
+                meta.uid(),
+                nix::unistd::geteuid().as_raw(),
+                "{:?}",
+                entry.path()
+            );
+        }
+    }
     // Not in any state file.
     for entry in fs::read_dir(site.state()).unwrap().flatten() {
         if entry.path().is_file() {

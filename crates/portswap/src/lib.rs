@@ -15,6 +15,7 @@ pub mod duration;
 pub mod error;
 pub mod fsio;
 pub mod health;
+pub mod live;
 pub mod netlink;
 pub mod ownership;
 pub mod process;

@@ -70,6 +70,7 @@ pub fn run(args: &Args) -> Result<String> {
             return Err(e);
         }
     };
+    crate::live::keep_slot_config(&ctx.state, idle.port, &ctx.config);
     // Never a directory a process runs from, recorded or not (a lost record heals itself).
     let mut in_use: Vec<PathBuf> = ctx
         .config

@@ -97,6 +97,14 @@ pub fn render(ctx: &Context) -> Result<String> {
                 .unwrap_or_default()
         );
     }
+    let by_hand = crate::live::command(&ctx.state);
+    if by_hand.is_file() {
+        let _ = writeln!(
+            out,
+            "by hand: sudo {} --status | --rollback (the live deployment's configuration)",
+            by_hand.display()
+        );
+    }
     for slot in &ctx.config.slots {
         let role = if live_port == Some(slot.port) {
             "live"

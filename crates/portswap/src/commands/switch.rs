@@ -208,6 +208,7 @@ fn switch(args: &Args) -> Result<String> {
     )?;
     timings::note_since_begin("switched");
     log::info!("{}", switched.detail);
+    crate::live::refresh(&ctx.state, target, &ctx.config);
     let was = match (now, &resumed) {
         (_, Some(_)) => previous.map_or("nothing live".to_string(), |p| format!("was {p}")),
         (Live::Slot(p), None) => format!("was {p}"),
@@ -268,7 +269,9 @@ fn watch_rollback(ctx: &Context, from: u16, to: u16, why: &str) -> Result<Switch
         previous_deployment: app_on(ctx, Some(from)).map(|(_, id)| id),
         before: Some(before_now(ctx)?),
     };
-    switch_recorded(ctx, &intent, &Fallback::AsFound)
+    let switched = switch_recorded(ctx, &intent, &Fallback::AsFound)?;
+    crate::live::refresh(&ctx.state, to, &ctx.config);
+    Ok(switched)
 }
 
 /// An answer proves nothing unless our app is what listens on `port`.
@@ -387,7 +390,10 @@ fn back_from_gone_target(ctx: &Context, intent: &SwitchRecord, why: Error) -> Er
         },
     );
     match outcome {
-        Ok(_) => gone(GoneOutcome::Back { back }),
+        Ok(_) => {
+            crate::live::refresh(&ctx.state, back, &ctx.config);
+            gone(GoneOutcome::Back { back })
+        }
         Err(e) => gone(GoneOutcome::BackFailed(Box::new(e))),
     }
 }

@@ -28,7 +28,7 @@ pub enum ConfigError {
         named_by: &'static str,
     },
     /// The file exists but cannot be read.
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("{}: cannot read: {source}{}", path.display(), sudo_hint(source))]
     Unreadable {
         /// The file.
         path: PathBuf,
@@ -132,6 +132,16 @@ impl ConfigError {
             key: key.to_string(),
             problem: problem.to_string(),
         }
+    }
+}
+
+/// For a permission denied to a user who is not root: the hooks' files are root's, so the
+/// command needs sudo (as it runs in CodeDeploy: as root).
+pub fn sudo_hint(source: &io::Error) -> &'static str {
+    if source.kind() == io::ErrorKind::PermissionDenied && !nix::unistd::geteuid().is_root() {
+        "; run it as the hooks run it: with sudo (or as the hooks' user)"
+    } else {
+        ""
     }
 }
 
