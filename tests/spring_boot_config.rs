@@ -97,3 +97,20 @@ fn the_spring_boot_configuration_fits_spring_boot_and_marks_what_to_change() {
         );
     }
 }
+
+/// The example directory has no Gradle wrapper (its jar is not needed to check portswap), so
+/// its README must not promise that it builds as is and must say how to get one (issue 17
+/// item 9).
+#[test]
+fn the_example_readme_says_how_it_builds() {
+    let readme = text("examples/spring-boot/README.md");
+    let has_wrapper = bins::workspace_root()
+        .join("examples/spring-boot/gradlew")
+        .is_file();
+    if !has_wrapper {
+        assert!(!readme.contains("builds a jar as is"), "{readme}");
+        assert!(readme.contains("no Gradle wrapper") && readme.contains("gradle wrapper"));
+    }
+    // The deploy workflow builds with the project's wrapper.
+    assert!(text("examples/github-actions/deploy.yml").contains("./gradlew"));
+}
