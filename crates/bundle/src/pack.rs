@@ -32,6 +32,12 @@ fn entries(dir: &Path) -> io::Result<Vec<PathBuf>> {
 
 /// Packs `dir` as a gzipped tar with its Unix modes.
 pub fn tgz(dir: &Path, out: &Path) -> Result<()> {
+    tgz_at(dir, out, None)
+}
+
+/// [`tgz`] with every entry's modification time set to `mtime` (seconds since the epoch,
+/// e.g. the commit's time) instead of tar's deterministic default (2006).
+pub fn tgz_at(dir: &Path, out: &Path, mtime: Option<u64>) -> Result<()> {
     let fail = |e: io::Error| Error::from(PortswapError::io("write", out, e));
     let gz = flate2::write::GzEncoder::new(
         File::create(out).map_err(fail)?,
@@ -46,6 +52,9 @@ pub fn tgz(dir: &Path, out: &Path) -> Result<()> {
         let mut header = tar::Header::new_gnu();
         header.set_metadata_in_mode(&meta, tar::HeaderMode::Deterministic);
         header.set_mode(meta.permissions().mode() & 0o7777);
+        if let Some(mtime) = mtime {
+            header.set_mtime(mtime);
+        }
         if meta.is_dir() {
             tar.append_data(&mut header, &entry, io::empty())
                 .map_err(fail)?;

@@ -1,6 +1,7 @@
 //! `xtask dist`: the release tarball, `portswap-<version>-x86_64-linux.tar.gz`, with the four
-//! static hooks and `portswap-bundle` under `bin/`, the examples, the README and `docs/`, and a
-//! `SHA256SUMS` beside it (the format `sha256sum -c` reads).
+//! static hooks and `portswap-bundle` under `bin/`, the examples, the README, LICENSE and
+//! `docs/`, every entry stamped with the commit's time, and a `SHA256SUMS` beside it (the
+//! format `sha256sum -c` reads).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -51,11 +52,13 @@ pub fn run(out: &Path) -> Result<Dist, String> {
     }
     let root = build::workspace_root();
     copy(&root.join("README.md"), &top.join("README.md"), 0o644)?;
+    copy(&root.join("LICENSE"), &top.join("LICENSE"), 0o644)?;
     copy_markdown(&root.join("docs"), &top.join("docs"))?;
     copy_tree(&root.join("examples"), &top.join("examples"))?;
 
     let tarball = out.join(format!("{name}.tar.gz"));
-    portswap_bundle::pack::tgz(&stage, &tarball).map_err(|e| e.to_string())?;
+    portswap_bundle::pack::tgz_at(&stage, &tarball, Some(source_time(&root)?))
+        .map_err(|e| e.to_string())?;
     remove(&stage)?;
     let bytes = fs::read(&tarball).map_err(|e| format!("{}: {e}", tarball.display()))?;
     let digest: String = Sha256::digest(&bytes)
@@ -66,6 +69,32 @@ pub fn run(out: &Path) -> Result<Dist, String> {
     fs::write(&sums, format!("{digest}  {name}.tar.gz\n"))
         .map_err(|e| format!("{}: {e}", sums.display()))?;
     Ok(Dist { tarball, sums })
+}
+
+/// The time stamp of every file in the tarball: `SOURCE_DATE_EPOCH` when set (reproducible
+/// builds), else the time of the commit checked out.
+pub fn source_time(root: &Path) -> Result<u64, String> {
+    if let Ok(value) = std::env::var("SOURCE_DATE_EPOCH") {
+        return value
+            .trim()
+            .parse()
+            .map_err(|_| format!("SOURCE_DATE_EPOCH={value:?} is not a number of seconds"));
+    }
+    let output = Command::new("git")
+        .args(["log", "-1", "--format=%ct"])
+        .current_dir(root)
+        .output()
+        .map_err(|e| format!("git log (for the tarball's time stamps): {e}"))?;
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| {
+            format!(
+                "no commit time from git log in {} (set SOURCE_DATE_EPOCH): {}",
+                root.display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            )
+        })
 }
 
 /// A release binary must be static and say this version.

@@ -59,12 +59,25 @@ fn dist_builds_a_release_whose_binaries_run_alone() {
     let top = unpacked.join(&name);
     for file in [
         "README.md",
+        "LICENSE",
         "docs/configuration.md",
         "examples/spring-boot/appspec.yml",
         "examples/spring-boot/portswap.yml",
         "examples/github-actions/deploy.yml",
     ] {
         assert!(top.join(file).is_file(), "{file} is not in the release");
+    }
+
+    // Every entry carries the commit's time (issue 17 item 9: they were all 2006).
+    let commit = xtask_source_time();
+    let listing = run(Command::new("tar")
+        .args(["--list", "--verbose", "--full-time", "--utc", "-zf"])
+        .arg(&tarball));
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let stamp = time_of(commit);
+    assert!(listing.lines().count() > 10, "{listing}");
+    for line in listing.lines() {
+        assert!(line.contains(&stamp), "not stamped {stamp}: {line}");
     }
 
     // Each binary: static, executable, the version, runs alone in an empty directory.
@@ -121,4 +134,21 @@ fn dist_builds_a_release_whose_binaries_run_alone() {
         );
     }
     assert!(Path::new(&revision.join("revision/portswap-example-0.0.1-SNAPSHOT.jar")).is_file());
+}
+
+/// The commit's time, as `git log` gives it.
+fn xtask_source_time() -> u64 {
+    let out = run(Command::new("git")
+        .args(["log", "-1", "--format=%ct"])
+        .current_dir(bins::workspace_root()));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// `seconds` as `tar --full-time --utc` prints it: `YYYY-MM-DD HH:MM:SS`.
+fn time_of(seconds: u64) -> String {
+    let out = run(Command::new("date")
+        .args(["-u", "-d"])
+        .arg(format!("@{seconds}"))
+        .arg("+%Y-%m-%d %H:%M:%S"));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
