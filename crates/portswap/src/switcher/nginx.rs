@@ -85,14 +85,16 @@ impl NginxSwitcher {
     /// The dump of the test started ahead, when it passed with an include that is one render
     /// of the template (the one before this switch, or the one it just wrote: nginx may have
     /// read either) or without the include; `None` (the test runs again) otherwise.
-    fn tested_ahead(&self) -> Option<NginxDump> {
+    fn tested_ahead(&self, deadline: Instant) -> Option<NginxDump> {
         let ahead = self
             .ahead
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()?;
-        let deadline = ahead.started + self.nginx.reload_timeout;
-        match ahead.running.finish(deadline) {
+        match ahead
+            .running
+            .finish(deadline.min(ahead.started + self.nginx.reload_timeout))
+        {
             Ok(ran) if ran.status.success() => {
                 let dump = NginxDump::of(&ran);
                 let renders = nginx_follows::text_of(&dump, self.include())
@@ -184,13 +186,20 @@ impl NginxSwitcher {
         Ok(pid)
     }
 
-    /// Runs `argv` (the config test or the reload command) to its end, bounded by
-    /// `nginx.reload_timeout` ([`bounded`]: its own process group, outputs read while it
-    /// runs, killed with its group when still running then).
-    fn run_bounded(&self, what: &str, argv: &[String], keep_stdout: bool) -> Result<Ran> {
+    /// Runs `argv` (the config test or the reload command) to its end, at most until
+    /// `deadline` (at most `nginx.reload_timeout` from when its step began) ([`bounded`]: its
+    /// own process group, outputs read while it runs, killed with its group when still
+    /// running then).
+    fn run_bounded(
+        &self,
+        what: &str,
+        argv: &[String],
+        keep_stdout: bool,
+        deadline: Instant,
+    ) -> Result<Ran> {
         let program = resolve_program(&argv[0])?;
         let limit = self.nginx.reload_timeout;
-        bounded::run(&program, &argv[1..], keep_stdout, Instant::now() + limit).map_err(|failed| {
+        bounded::run(&program, &argv[1..], keep_stdout, deadline).map_err(|failed| {
             let (what, argv) = (what.to_string(), argv.to_vec());
             Error::from(match failed {
                 Failed::Spawn(source) => NginxError::Spawn { what, argv, source },
@@ -200,9 +209,10 @@ impl NginxSwitcher {
         })
     }
 
-    /// Runs `argv` and fails unless it succeeds; the error carries nginx's reason.
-    fn run(&self, what: &str, argv: &[String]) -> Result<()> {
-        let ran = self.run_bounded(what, argv, false)?;
+    /// Runs `argv` and fails unless it succeeds by `deadline`; the error carries nginx's
+    /// reason.
+    fn run(&self, what: &str, argv: &[String], deadline: Instant) -> Result<()> {
+        let ran = self.run_bounded(what, argv, false, deadline)?;
         match ran.status.success() {
             true => Ok(()),
             false => Err(command_failed(what, argv, &ran)),
@@ -212,18 +222,18 @@ impl NginxSwitcher {
     /// The config test: `nginx.test_command` with `-t` turned into `-T` and `-V` added, one
     /// nginx run that tests the configuration and dumps it. When that form cannot run where
     /// the plain test can (a sudo rule for `nginx -t -q` only), the plain test runs and the
-    /// dump is missing; so it is when `test_command` has no `-t`.
-    fn config_test(&self) -> Result<Tested> {
+    /// dump is missing; so it is when `test_command` has no `-t`. All of it by `deadline`.
+    fn config_test(&self, deadline: Instant) -> Result<Tested> {
         const WHAT: &str = "nginx config test";
         let test = &self.nginx.test_command;
         let Some(dump_argv) = nginx_dump::argv(test) else {
-            self.run(WHAT, test)?;
+            self.run(WHAT, test, deadline)?;
             return Ok(Err(format!(
                 "nginx.test_command `{}` has no -t",
                 test.join(" ")
             )));
         };
-        let ran = self.run_bounded(WHAT, &dump_argv, true)?;
+        let ran = self.run_bounded(WHAT, &dump_argv, true, deadline)?;
         if ran.status.success() {
             return Ok(Ok(NginxDump::of(&ran)));
         }
@@ -239,13 +249,17 @@ impl NginxSwitcher {
             nginx_dump::last_line(&ran)
         );
         log::info!("{why}; running the config test as configured");
-        self.run(WHAT, test)?;
+        self.run(WHAT, test, deadline)?;
         Ok(Err(why))
     }
 
     fn reload(&self, master: i32) -> Result<()> {
         match &self.nginx.reload_command {
-            Some(argv) => self.run("nginx reload", argv),
+            Some(argv) => self.run(
+                "nginx reload",
+                argv,
+                Instant::now() + self.nginx.reload_timeout,
+            ),
             None => kill(Pid::from_raw(master), Signal::SIGHUP).map_err(|e| {
                 let hint = if e == nix::errno::Errno::EPERM {
                     "; run as the nginx user or set nginx.reload_command with a sudoers rule (see docs/non-root.md)"
@@ -297,9 +311,12 @@ impl NginxSwitcher {
             )
         })?;
         let tested = Instant::now();
-        let dump = match self.tested_ahead() {
+        // The whole test, ahead or not, within one nginx.reload_timeout from here (the
+        // switch's budget counts one).
+        let deadline = tested + self.nginx.reload_timeout;
+        let dump = match self.tested_ahead(deadline) {
             Some(dump) => Ok(dump),
-            None => match self.config_test() {
+            None => match self.config_test(deadline) {
                 Ok(dump) => dump,
                 Err(e) => return Err(self.undone(previous, e, true)),
             },
