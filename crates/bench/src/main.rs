@@ -164,11 +164,12 @@ pub struct Mechanism {
 }
 
 impl Mechanism {
-    /// The `switch:` section of portswap.yml for this mechanism.
+    /// The `switch:` section of portswap.yml for this mechanism (`{dir}`: the site's
+    /// directory, [`Site::configure`]).
     fn switch_yaml(&self) -> String {
         if self.nftables {
             format!(
-                "switch:\n  by: nftables\n  service_port: {}\n  boot_unit_dir: boot\n",
+                "switch:\n  by: nftables\n  service_port: {}\n  boot_unit_dir: {{dir}}/boot\n",
                 portswap_testkit::net::free_port()
             )
         } else {

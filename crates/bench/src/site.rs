@@ -136,7 +136,9 @@ impl Site {
             yaml_list(&self.nginx.test_command()),
             self.nginx.pid_file().display(),
             self.state().display(),
-            self.switch_yaml,
+            // Host paths are absolute (a relative one is refused).
+            self.switch_yaml
+                .replace("{dir}", &self.dir.path().display().to_string()),
         );
         fs::write(self.config(), text).expect("write portswap.yml");
     }
