@@ -172,7 +172,9 @@ pub fn say(mut out: impl Write, line: &str) {
 }
 
 /// Logs to stderr through env_logger (`RUST_LOG`, default info), each line tagged with the
-/// binary and `$DEPLOYMENT_ID` and a UTC time stamp.
+/// binary and `$DEPLOYMENT_ID` and a UTC time stamp. The health probe's HTTP client logs
+/// warnings only, unless `RUST_LOG` names it (`ureq=debug`): at debug it writes lines for
+/// every probe.
 pub fn init_logging(hook: &'static str) {
     let deployment = crate::deployment::current();
     let tag = if deployment.manual {
@@ -180,7 +182,10 @@ pub fn init_logging(hook: &'static str) {
     } else {
         format!("{hook} {}", deployment.id)
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    env_logger::Builder::new()
+        .filter_module("ureq", log::LevelFilter::Warn)
+        .filter_module("ureq_proto", log::LevelFilter::Warn)
+        .parse_env(env_logger::Env::default().default_filter_or("info"))
         .format(move |buf, record| {
             let level = record.level().to_string().to_lowercase();
             writeln!(buf, "[{} {tag}] {level}: {}", utc_now(), record.args())

@@ -18,6 +18,7 @@ pub mod health;
 pub mod live;
 pub mod netlink;
 pub mod ownership;
+pub mod probe_http;
 pub mod process;
 pub mod procfs;
 pub mod release;

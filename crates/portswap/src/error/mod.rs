@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 mod config;
 mod nginx;
+mod probe;
 mod refusal;
 mod state;
 mod supervisor;
@@ -13,6 +14,7 @@ mod switch;
 
 pub use config::{ConfigError, Exposure};
 pub use nginx::{NftError, NginxError};
+pub use probe::{Malformed, ProbeFailure};
 pub use refusal::{Refusal, UsageError};
 pub use state::{FileError, StateError};
 pub use supervisor::{NotServing, ProbeError, SupervisorError};
@@ -141,6 +143,7 @@ mod tests {
             ("mod.rs", include_str!("mod.rs")),
             ("config.rs", include_str!("config.rs")),
             ("nginx.rs", include_str!("nginx.rs")),
+            ("probe.rs", include_str!("probe.rs")),
             ("refusal.rs", include_str!("refusal.rs")),
             ("state.rs", include_str!("state.rs")),
             ("supervisor.rs", include_str!("supervisor.rs")),

@@ -5,7 +5,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::Error;
+use super::{Error, ProbeFailure};
 use crate::duration::show;
 
 /// Running the app failed (exit 1).
@@ -205,7 +205,7 @@ pub enum ProbeError {
     #[error("{problem}")]
     Answer {
         /// What the probe got.
-        problem: String,
+        problem: ProbeFailure,
     },
     /// What answers on the port is not the slot's app.
     #[error("{why}")]
@@ -221,7 +221,7 @@ pub enum ProbeError {
         /// Probes made.
         tries: u32,
         /// The last probe's result.
-        last: String,
+        last: ProbeFailure,
     },
 }
 

@@ -15,6 +15,12 @@ impl Checker<'_> {
                 format!("`{path}` must start with / and hold no spaces"),
             ));
         }
+        if !crate::probe_http::valid_path(&path) {
+            return Err(self.err(
+                "health.path",
+                format!("`{path}` is not a URL path (percent-encode other characters)"),
+            ));
+        }
         if let Some(status) = raw.status {
             if !(100..=599).contains(&status) {
                 return Err(self.err(
