@@ -173,6 +173,11 @@ const CASES: &[(&str, &str, &[&str])] = &[
         &["health.path", "start with /"],
     ),
     (
+        "health path not a URL path",
+        "{VALID}health:\n  path: \"/health<x>\"\n",
+        &["health.path", "not a URL path", "percent-encode"],
+    ),
+    (
         "health status range",
         "{VALID}health:\n  status: 99\n",
         &["health.status", "99"],

@@ -81,8 +81,8 @@ pub struct Target {
     pub met: bool,
 }
 
-/// Largest hook binary, in bytes (2 MB, decimal).
-pub const MAX_BINARY_BYTES: u64 = 2_000_000;
+/// Largest hook binary, in bytes (2.5 MB, decimal; 2 MB before ureq, issue 15).
+pub const MAX_BINARY_BYTES: u64 = 2_500_000;
 
 fn ratio(a: Duration, b: Duration) -> f64 {
     if b.is_zero() {
@@ -203,7 +203,7 @@ impl Report {
         if !self.binaries.is_empty() {
             let biggest = self.binaries.iter().map(|b| b.1).max().unwrap_or(0);
             out.push(Target {
-                what: format!("each hook binary <= 2 MB ({MAX_BINARY_BYTES} bytes)"),
+                what: format!("each hook binary <= 2.5 MB ({MAX_BINARY_BYTES} bytes)"),
                 measured: format!("largest {biggest} bytes"),
                 met: biggest <= MAX_BINARY_BYTES,
             });
@@ -660,7 +660,7 @@ mod tests {
             "[met ] 0 failed requests, client behaviours 1 and 2 (over 100 deployments): 0 + 0",
             "keepalive_no_retry per deployment: [1, 2]",
             "[met ] a crashing start is reported in <= 1 s: 60.0 ms",
-            "[met ] each hook binary <= 2 MB",
+            "[met ] each hook binary <= 2.5 MB",
             "extra nginx directives: keepalive_timeout 0",
         ] {
             assert!(table.contains(needle), "no {needle:?} in\n{table}");

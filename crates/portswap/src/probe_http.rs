@@ -352,6 +352,6 @@ mod tests {
             "conflicting Content-Length headers (100, 2)"
         );
         assert!(valid_path("/actuator/health?x=1"));
-        assert!(!valid_path("/a b"));
+        assert!(!valid_path("/a b") && !valid_path("/a<b>"));
     }
 }
