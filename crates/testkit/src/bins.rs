@@ -107,6 +107,13 @@ pub fn test_executables(selection: &[&str]) -> Vec<PathBuf> {
 /// The `cargo` arguments that rebuild the binaries into `profile_dir`
 /// (`<target-dir>[/<triple>]/<profile>`).
 fn build_args(profile_dir: &Path) -> Vec<String> {
+    build_args_for(profile_dir, env!("PORTSWAP_TESTKIT_TARGET"))
+}
+
+/// [`build_args`] for a crate compiled for `triple`. The layout is read from the path
+/// alone: a target directory restored from a cache may lack cargo's `CACHEDIR.TAG`, and
+/// guessing wrong builds a second tree the tests never look into.
+fn build_args_for(profile_dir: &Path, triple: &str) -> Vec<String> {
     let mut args = vec!["build".to_string(), "--bins".into(), "--workspace".into()];
     let profile = profile_dir
         .file_name()
@@ -122,16 +129,11 @@ fn build_args(profile_dir: &Path) -> Vec<String> {
         return args;
     };
     // `<target-dir>/<triple>/<profile>` when a target is named, else `<target-dir>/<profile>`.
-    let triple = parent
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .filter(|n| n.contains('-') && parent.join("../CACHEDIR.TAG").exists());
-    let target_dir = match &triple {
-        Some(t) => {
-            args.extend(["--target".into(), t.clone()]);
-            parent.parent()
-        }
-        None => Some(parent),
+    let target_dir = if parent.file_name().is_some_and(|n| n == triple) {
+        args.extend(["--target".into(), triple.to_string()]);
+        parent.parent()
+    } else {
+        Some(parent)
     };
     if let Some(dir) = target_dir {
         args.extend(["--target-dir".into(), dir.to_string_lossy().into_owned()]);
@@ -211,13 +213,10 @@ mod tests {
 
     #[test]
     fn build_args_follow_the_layout() {
-        let tmp = tempfile::tempdir().unwrap();
-        let target = tmp.path().join("target");
-        std::fs::create_dir_all(target.join("x86_64-unknown-linux-gnu/release")).unwrap();
-        std::fs::create_dir_all(target.join("debug")).unwrap();
-        std::fs::write(target.join("CACHEDIR.TAG"), "").unwrap();
-
-        let args = build_args(&target.join("x86_64-unknown-linux-gnu/release"));
+        // No CACHEDIR.TAG: a target directory restored from a CI cache has none.
+        let target = Path::new("/somewhere/target");
+        let triple = "x86_64-unknown-linux-gnu";
+        let args = build_args_for(&target.join("x86_64-unknown-linux-gnu/release"), triple);
         let t = target.to_string_lossy().into_owned();
         assert_eq!(
             args,
@@ -232,7 +231,7 @@ mod tests {
                 &t
             ]
         );
-        let args = build_args(&target.join("debug"));
+        let args = build_args_for(&target.join("debug"), triple);
         assert_eq!(args, ["build", "--bins", "--workspace", "--target-dir", &t]);
     }
 }
