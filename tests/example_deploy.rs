@@ -90,6 +90,9 @@ impl Instance {
         nginx["include"] = self.nginx.include_file().display().to_string().into();
         nginx["test_command"] = serde_yaml::to_value(self.nginx.test_command()).unwrap();
         nginx["pid_file"] = self.nginx.pid_file().display().to_string().into();
+        // The example's front-door check, on this nginx's port instead of 80.
+        assert!(nginx["front"].is_string(), "the example sets nginx.front");
+        nginx["front"] = format!("http://127.0.0.1:{}", self.nginx.port()).into();
         doc["state"]["dir"] = self.path("state").display().to_string().into();
         serde_yaml::to_string(&doc).unwrap()
     }
@@ -194,8 +197,11 @@ fn the_spring_boot_example_deploys_through_the_agent() {
     // The hook's verdict is the last line it wrote to the deployment's scripts.log.
     let log = fs::read_to_string(instance.agent.scripts_log("d-EXAMPLE1")).unwrap();
     assert!(
-        log.lines()
-            .any(|l| l.contains("[stderr]portswap switch: OK: all new requests now go to")),
+        log.lines().any(
+            |l| l.contains("[stderr]portswap switch: OK: all new requests now go to")
+                && l.contains("front door 127.0.0.1:")
+                && l.ends_with("reaches it")
+        ),
         "{log}"
     );
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::config::{By, Config, SupervisorChoice};
 use crate::duration::show;
+use crate::front;
 use crate::health::{probe_limit, MIN_PROBE_TIMEOUT};
 use crate::process::KILL_WAIT;
 use crate::switcher::{nftables, nginx_dump, redirected};
@@ -107,7 +108,30 @@ impl Budget {
                 waits.push(wait("undoing a reload that timed out", reload * 2));
                 let nftables = nftables_waits(config);
                 waits.extend(nftables.iter().cloned());
+                let nginx_waits = if config.nginx.reload_command.is_some() {
+                    5
+                } else {
+                    4
+                };
                 let watch = &config.watch;
+                if config.nginx.front.is_some() {
+                    waits.push(wait(
+                        "the front-door check's probes",
+                        probe_limit(config.health.timeout) * front::PROBES,
+                    ));
+                    // A failed check goes back by a second switch; with the watch on, its
+                    // rollback (counted below) waits longer and only one of them can happen.
+                    if watch.duration.is_zero() {
+                        waits.push(wait(
+                            "going back after the front-door check",
+                            reload * nginx_waits,
+                        ));
+                        if !nftables.is_empty() {
+                            let total = nftables.iter().map(|w| w.limit).sum();
+                            waits.push(wait("going back: the nftables waits", total));
+                        }
+                    }
+                }
                 if !watch.duration.is_zero() {
                     // The watch, its last probe, then a rollback: the previous version's
                     // health and the same nginx waits once more.
@@ -117,12 +141,7 @@ impl Budget {
                         "the rollback's health probe of the previous version",
                         config.health.timeout.min(watch::ROLLBACK_PATIENCE),
                     ));
-                    let nginx = if config.nginx.reload_command.is_some() {
-                        5
-                    } else {
-                        4
-                    };
-                    waits.push(wait("the rollback's nginx waits", reload * nginx));
+                    waits.push(wait("the rollback's nginx waits", reload * nginx_waits));
                     if !nftables.is_empty() {
                         let total = nftables.iter().map(|w| w.limit).sum();
                         waits.push(wait("the rollback's nftables waits", total));

@@ -34,14 +34,18 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// when it passes.
 pub fn probe(port: u16, rules: &Health, timeout: Duration) -> Result<u16, ProbeFailure> {
     let answer = probe_http::get(port, &rules.path, timeout)?;
+    judge(&answer, &probe_http::url(port, &rules.path), rules)
+}
+
+/// Whether `answer` (to the GET of `url`) passes the configured rules: its status when it does.
+pub fn judge(answer: &probe_http::Answer, url: &str, rules: &Health) -> Result<u16, ProbeFailure> {
     let status = answer.status;
-    let url = || probe_http::url(port, &rules.path);
     let status_ok = rules
         .status
         .map_or((200..300).contains(&status), |want| want == status);
     if !status_ok {
         return Err(ProbeFailure::Status {
-            url: url(),
+            url: url.to_string(),
             status,
             wanted: rules.status,
         });
@@ -49,7 +53,7 @@ pub fn probe(port: u16, rules: &Health, timeout: Duration) -> Result<u16, ProbeF
     if let Some(needle) = &rules.body_contains {
         if !contains(&answer.body, needle.as_bytes()) {
             return Err(ProbeFailure::BodyMissing {
-                url: url(),
+                url: url.to_string(),
                 status,
                 needle: needle.clone(),
             });

@@ -13,6 +13,7 @@ pub mod conntrack;
 pub mod deployment;
 pub mod duration;
 pub mod error;
+pub mod front;
 pub mod fsio;
 pub mod health;
 pub mod live;

@@ -1,6 +1,7 @@
 //! The one HTTP/1.1 GET of a health probe, by ureq: no TLS, no compression, no proxy, no
-//! redirects followed, `Connection: close`. Its resolver answers 127.0.0.1 and the URL's port
-//! without a name lookup, so no getaddrinfo is linked into the static hooks. What ureq lets
+//! redirects followed, `Connection: close`. Its resolver answers the one loopback address it
+//! is given (127.0.0.1 and the slot's port; `nginx.front` for the front door) without a name
+//! lookup, so no getaddrinfo is linked into the static hooks. What ureq lets
 //! through is checked here: the status line before ureq's parser sees it, disagreeing
 //! `Content-Length` headers, and a body cut short (named by its framing).
 
@@ -46,13 +47,31 @@ pub fn valid_path(path: &str) -> bool {
 /// `GET path` on 127.0.0.1:`port`, all of it (connect, headers, the body's first
 /// [`BODY_WINDOW`] bytes) within `limit`.
 pub fn get(port: u16, path: &str, limit: Duration) -> Result<Answer, ProbeFailure> {
-    let url = url(port, path);
+    get_at(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        None,
+        path,
+        limit,
+    )
+}
+
+/// `GET path` on `addr` (a loopback address: the caller checked it) with `host` as the Host
+/// header when given (else `addr`), within `limit` like [`get`].
+pub fn get_at(
+    addr: SocketAddr,
+    host: Option<&str>,
+    path: &str,
+    limit: Duration,
+) -> Result<Answer, ProbeFailure> {
+    let url = format!("http://{addr}{path}");
     let fail = |e: ureq::Error| failure(&url, limit, e);
-    let mut response = agent(limit)
+    let mut request = agent(limit, addr)
         .get(&url)
-        .header(header::CONNECTION, "close")
-        .call()
-        .map_err(fail)?;
+        .header(header::CONNECTION, "close");
+    if let Some(host) = host {
+        request = request.header(header::HOST, host);
+    }
+    let mut response = request.call().map_err(fail)?;
     let status = response.status().as_u16();
     let framing = Framing::of(response.version(), response.headers()).map_err(|problem| {
         ProbeFailure::Malformed {
@@ -83,7 +102,7 @@ pub fn get(port: u16, path: &str, limit: Duration) -> Result<Answer, ProbeFailur
 
 /// The agent of one probe: nothing from the environment (no proxy), statuses and redirects
 /// returned as they are, the head bounded, everything within `limit`.
-fn agent(limit: Duration) -> Agent {
+fn agent(limit: Duration, addr: SocketAddr) -> Agent {
     let config = Config::builder()
         .proxy(None)
         .max_redirects(0)
@@ -97,7 +116,7 @@ fn agent(limit: Duration) -> Agent {
     Agent::with_parts(
         config,
         TcpConnector::default().chain(StatusLineGuard),
-        Loopback,
+        Fixed(addr),
     )
 }
 
@@ -177,20 +196,19 @@ impl Framing {
     }
 }
 
-/// The only address a probe connects to: 127.0.0.1 and the URL's port, never a name lookup.
+/// The only address a probe connects to, whatever the URL says: never a name lookup.
 #[derive(Debug)]
-struct Loopback;
+struct Fixed(SocketAddr);
 
-impl Resolver for Loopback {
+impl Resolver for Fixed {
     fn resolve(
         &self,
-        uri: &Uri,
+        _: &Uri,
         _: &Config,
         _: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let port = uri.port_u16().ok_or(ureq::Error::HostNotFound)?;
         let mut addrs = self.empty();
-        addrs.push(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+        addrs.push(self.0);
         Ok(addrs)
     }
 }

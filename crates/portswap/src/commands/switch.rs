@@ -7,7 +7,10 @@ use super::{status, Context};
 use crate::cli::{self, Args, Hook};
 use crate::config::Health;
 use crate::duration::show;
-use crate::error::{Error, GoneOutcome, NotServing, ProbeError, Refusal, Result, SwitchError};
+use crate::error::{
+    Error, FrontOutcome, GoneOutcome, NotServing, ProbeError, Refusal, Result, SwitchError,
+};
+use crate::front;
 use crate::health;
 use crate::signals;
 use crate::state::{self, AppStamp, Before, SwitchRecord};
@@ -132,7 +135,9 @@ fn switch(args: &Args) -> Result<String> {
     };
     if !rollback && pending.is_none() {
         if let Some(done) = already_live(&ctx, live_port, idle.port) {
-            return Ok(done);
+            // already_live only answers for the live port.
+            let front = through_front(&ctx, live_port.unwrap_or(idle.port), None, true)?;
+            return Ok(format!("{done}; {front}"));
         }
     }
     if !rollback && !args.force && !ctx.manual {
@@ -209,6 +214,7 @@ fn switch(args: &Args) -> Result<String> {
     timings::note_since_begin("switched");
     log::info!("{}", switched.detail);
     crate::live::refresh(&ctx.state, target, &ctx.config);
+    let front = through_front(&ctx, target, previous, false)?;
     let was = match (now, &resumed) {
         (_, Some(_)) => previous.map_or("nothing live".to_string(), |p| format!("was {p}")),
         (Live::Slot(p), None) => format!("was {p}"),
@@ -219,7 +225,8 @@ fn switch(args: &Args) -> Result<String> {
         (Live::Nothing, None) => "nothing live".to_string(),
     };
     let verdict = format!(
-        "all new requests now go to port {target} ({was}{}{}, by {}); switch took {} ({} supervisor)",
+        "all new requests now go to port {target} ({was}{}{}, by {}); switch took {} ({} \
+         supervisor); {front}",
         match ctx.state.app_record(target).filter(|_| rollback) {
             Some(app) => format!(", rollback to deployment {}", app.deployment_id),
             None if rollback => ", rollback".to_string(),
@@ -258,20 +265,82 @@ fn watch_rollback(ctx: &Context, from: u16, to: u16, why: &str) -> Result<Switch
         source: Box::new(e),
     })?;
     ours(ctx, to)?;
-    let intent = SwitchRecord {
+    let intent = way_back(ctx, from, to, Some(why.to_string()))?;
+    let switched = switch_recorded(ctx, &intent, &Fallback::AsFound)?;
+    crate::live::refresh(&ctx.state, to, &ctx.config);
+    Ok(switched)
+}
+
+/// The front-door check ([`front::check`]) once the switch to `target` completed (`done`: it
+/// had completed in an earlier run). On failure the switch is undone by a recorded switch
+/// back to `previous`; with nothing live before, it stays. Returns the verdict's note.
+fn through_front(ctx: &Context, target: u16, previous: Option<u16>, done: bool) -> Result<String> {
+    let Some(front) = &ctx.config.nginx.front else {
+        return Ok("front door not checked (set nginx.front)".into());
+    };
+    let checked = timed("front door", || {
+        front::check(front, &ctx.config.health, target, previous)
+    });
+    let problem = match checked {
+        Ok(note) => {
+            log::info!("{note}");
+            return Ok(format!("front door {} reaches it", front.addr));
+        }
+        Err(problem) => problem,
+    };
+    let outcome = match previous.filter(|p| *p != target) {
+        None if done => FrontOutcome::Unchanged { target },
+        None => FrontOutcome::Stays { target },
+        Some(back) => match switch_back(ctx, target, back) {
+            Ok(()) => FrontOutcome::Back { back },
+            Err(e) => FrontOutcome::BackFailed(Box::new(e)),
+        },
+    };
+    Err(SwitchError::FrontDoor {
+        front: front.to_string(),
+        target,
+        problem: Box::new(problem),
+        outcome,
+    }
+    .into())
+}
+
+/// A recorded switch from `from` back to `to`, the port that served before (no health wait:
+/// it served a moment ago; it must still be ours).
+fn switch_back(ctx: &Context, from: u16, to: u16) -> Result<()> {
+    if ctx.config.slot(to).is_some() {
+        ours(ctx, to)?;
+    }
+    let record = way_back(ctx, from, to, None)?;
+    signals::critical_then(
+        || switch_recorded(ctx, &record, &Fallback::AsFound),
+        |result| match result {
+            Ok(_) => format!("nginx is back on port {to}"),
+            Err(e) => format!("going back to port {to} failed: {e}"),
+        },
+    )?;
+    crate::live::refresh(&ctx.state, to, &ctx.config);
+    Ok(())
+}
+
+/// The intent of a switch from `from` back to `to` (`rolled_back`: the watch's reason).
+fn way_back(
+    ctx: &Context,
+    from: u16,
+    to: u16,
+    rolled_back: Option<String>,
+) -> Result<SwitchRecord> {
+    Ok(SwitchRecord {
         live: to,
         previous: Some(from),
         deployment_id: ctx.deployment_id.clone(),
         at: state::now_secs(),
-        rolled_back: Some(why.to_string()),
+        rolled_back,
         app: ctx.state.app_record(to).map(|r| r.stamp()),
         previous_app: app_on(ctx, Some(from)).map(|(stamp, _)| stamp),
         previous_deployment: app_on(ctx, Some(from)).map(|(_, id)| id),
         before: Some(before_now(ctx)?),
-    };
-    let switched = switch_recorded(ctx, &intent, &Fallback::AsFound)?;
-    crate::live::refresh(&ctx.state, to, &ctx.config);
-    Ok(switched)
+    })
 }
 
 /// An answer proves nothing unless our app is what listens on `port`.

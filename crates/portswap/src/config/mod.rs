@@ -124,6 +124,29 @@ pub struct Nginx {
     /// Ask the old workers to quit as soon as the new ones accept, instead of letting nginx
     /// keep them accepting for ~100 ms more.
     pub quit_old_workers: bool,
+    /// nginx's own listener as the site's users reach it, for the front-door check after a
+    /// switch (`None`: not checked, and the verdict says so).
+    pub front: Option<Front>,
+}
+
+/// `nginx.front` and `nginx.front_host`: a loopback address nginx listens on for the site,
+/// and the Host header its users send there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Front {
+    /// Where the check connects (127.0.0.0/8 or ::1).
+    pub addr: std::net::SocketAddr,
+    /// The Host header (`None`: the address, as a client asking by IP sends).
+    pub host: Option<String>,
+}
+
+impl std::fmt::Display for Front {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}", self.addr)?;
+        match &self.host {
+            Some(host) => write!(f, " (Host: {host})"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The mechanism that points traffic at a slot (`switch.by`).
@@ -301,6 +324,8 @@ struct RawNginx {
     #[serde(default, deserialize_with = "duration::deserialize_opt")]
     reload_timeout: Option<Duration>,
     quit_old_workers: Option<bool>,
+    front: Option<String>,
+    front_host: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

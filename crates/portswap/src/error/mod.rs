@@ -18,7 +18,7 @@ pub use probe::{Malformed, ProbeFailure};
 pub use refusal::{Refusal, UsageError};
 pub use state::{FileError, StateError};
 pub use supervisor::{NotServing, ProbeError, SupervisorError};
-pub use switch::{GoneOutcome, SwitchError, WatchOutcome};
+pub use switch::{FrontOutcome, FrontProblem, GoneOutcome, SwitchError, WatchOutcome};
 
 /// What the operator must do about an error; it decides the hook's exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

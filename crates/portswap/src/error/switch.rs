@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Error, Kind};
+use super::{Error, Kind, ProbeFailure};
 use crate::duration::show;
 
 /// `switch` failed or refused; nginx is as the message says.
@@ -75,6 +75,24 @@ pub enum SwitchError {
         why: Box<Error>,
         /// What portswap did about it.
         outcome: GoneOutcome,
+    },
+    /// The switch completed, but a request through nginx's front door does not reach the new
+    /// version (the front-door check).
+    #[error(
+        "the front door {front} does not reach port {target}: {problem}; {outcome}; fix: make \
+         the server block that includes the include nginx's default_server for that listen \
+         address, or remove the distribution's default site (README, step 1), then re-run \
+         `switch`"
+    )]
+    FrontDoor {
+        /// `nginx.front` and its Host header.
+        front: String,
+        /// The switch's target.
+        target: u16,
+        /// What the front answered.
+        problem: Box<FrontProblem>,
+        /// What became of the switch.
+        outcome: FrontOutcome,
     },
     /// The intent could not be recorded, so nothing was switched.
     #[error("cannot record the switch before making it ({source}); nginx unchanged")]
@@ -148,6 +166,69 @@ impl SwitchError {
             _ => Kind::Failed,
         }
     }
+}
+
+/// How the answer through the front door differs from the new version's own.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontProblem {
+    /// No answer that passes the health check came through the front.
+    #[error("{0}")]
+    Unhealthy(ProbeFailure),
+    /// The new version itself did not answer when asked directly, to compare.
+    #[error("port {port} itself did not answer, to compare: {source}")]
+    SlotSilent {
+        /// The new version's port.
+        port: u16,
+        /// Why.
+        source: ProbeFailure,
+    },
+    /// Another status than the new version's.
+    #[error("it answered {through} where port {port} answers {direct}")]
+    OtherStatus {
+        /// Through the front.
+        through: u16,
+        /// The port asked directly.
+        port: u16,
+        /// The new version's status.
+        direct: u16,
+    },
+    /// Another body than the new version's (which answers the same body each time).
+    #[error(
+        "its body is not port {port}'s{}",
+        like.map_or(String::new(), |p| format!(" but port {p}'s: nginx still sends it there"))
+    )]
+    OtherBody {
+        /// The new version's port.
+        port: u16,
+        /// The previous version's port, when the front's body is its body.
+        like: Option<u16>,
+    },
+}
+
+/// What became of a switch whose front-door check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontOutcome {
+    /// Switched back to the version that served before.
+    #[error("nginx is back on port {back}, which served before; the new version is not live")]
+    Back {
+        /// The port nginx serves again.
+        back: u16,
+    },
+    /// Nothing was live before: nothing to go back to.
+    #[error("nothing was live before, so nginx stays on port {target}")]
+    Stays {
+        /// The switch's target.
+        target: u16,
+    },
+    /// The switch had completed in an earlier run; this run changed nothing.
+    #[error("the switch to port {target} had completed earlier; nothing changed")]
+    Unchanged {
+        /// The live port.
+        target: u16,
+    },
+    /// The way back failed.
+    #[error("going back failed: {0}")]
+    BackFailed(Box<Error>),
 }
 
 /// What became of a cut-short switch whose target is gone.

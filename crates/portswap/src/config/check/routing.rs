@@ -1,9 +1,10 @@
 //! The `switch` and `nginx` sections: how traffic is pointed at a slot.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::{Checker, UNIT_DIR};
-use crate::config::{By, Nginx, RawNginx, RawSwitch, Slot, Switch};
+use crate::config::{By, Front, Nginx, RawNginx, RawSwitch, Slot, Switch};
 use crate::error::Result;
 use crate::switcher::nftables::REDIRECTED_ADDRESS;
 use crate::template::{self, Template};
@@ -123,6 +124,72 @@ impl Checker<'_> {
             pid_file,
             reload_timeout,
             quit_old_workers: raw.quit_old_workers.unwrap_or(true),
+            front: self.front(raw.front, raw.front_host)?,
         })
+    }
+
+    /// `nginx.front: http://127.0.0.1:80` (plain HTTP, a loopback IP, the port 80 when left
+    /// out) and `nginx.front_host`, a Host header value.
+    fn front(&self, front: Option<String>, host: Option<String>) -> Result<Option<Front>> {
+        let Some(url) = front else {
+            return match host {
+                Some(_) => Err(self.err(
+                    "nginx.front_host",
+                    "needs nginx.front (e.g. front: http://127.0.0.1:80)",
+                )),
+                None => Ok(None),
+            };
+        };
+        let bad = |why: &str| {
+            self.err(
+                "nginx.front",
+                format!(
+                    "`{url}` {why}; give nginx's plain-HTTP listener on this host, e.g. \
+                     http://127.0.0.1:80 (the site's name goes in nginx.front_host)"
+                ),
+            )
+        };
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| bad("is not an http:// URL"))?;
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        let addr = authority
+            .parse::<SocketAddr>()
+            .or_else(|_| {
+                authority
+                    .parse::<IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 80))
+            })
+            .or_else(|_| {
+                let ip = authority
+                    .strip_prefix('[')
+                    .and_then(|a| a.strip_suffix(']'));
+                ip.and_then(|ip| ip.parse::<IpAddr>().ok())
+                    .map(|ip| SocketAddr::new(ip, 80))
+                    .ok_or(())
+            })
+            .map_err(|_| bad("is not an IP address and port (no name is looked up, no path)"))?;
+        if !addr.ip().is_loopback() {
+            return Err(bad("is not a loopback address (127.0.0.0/8 or [::1])"));
+        }
+        if addr.port() == 0 {
+            return Err(bad("has port 0"));
+        }
+        let host = host
+            .map(|h| {
+                let ok = !h.is_empty()
+                    && h.len() <= 255
+                    && h.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-.:[]_".contains(c));
+                match ok {
+                    true => Ok(h),
+                    false => Err(self.err(
+                        "nginx.front_host",
+                        format!("`{h}` is not a host name (letters, digits, - . _ and a :port)"),
+                    )),
+                }
+            })
+            .transpose()?;
+        Ok(Some(Front { addr, host }))
     }
 }
