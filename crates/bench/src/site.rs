@@ -127,7 +127,7 @@ impl Site {
             "slots:\n  - {{ port: {}, profile: real1 }}\n  - {{ port: {}, profile: real2 }}\n\
              app:\n  artifacts: [\"revision/fixture-app\"]\n  command: {}\n  supervisor: process\n\
              health:\n  path: /health\n  timeout: 30s\n\
-             nginx:\n  include: {}\n  test_command: {}\n  pid_file: {}\n\
+             nginx:\n  include: {}\n  test_command: {}\n  pid_file: {}\n  front: http://127.0.0.1:{}\n\
              stop:\n  grace: 5s\nstate:\n  dir: {}\n  lock_wait: 5s\n{}{yaml}",
             self.ports[0],
             self.ports[1],
@@ -135,6 +135,8 @@ impl Site {
             self.include().display(),
             yaml_list(&self.nginx.test_command()),
             self.nginx.pid_file().display(),
+            // The example configuration's front-door check, on this nginx's port.
+            self.nginx.port(),
             self.state().display(),
             // Host paths are absolute (a relative one is refused).
             self.switch_yaml
