@@ -111,6 +111,16 @@ fn a_default_site_that_answers_200_is_caught_by_its_body() {
         out.last_line()
     );
     assert_eq!(site.included_port(), live);
+    // --force skips the target's health check, and so the front door's, and says so.
+    let forced = site.hook("switch", &["--force"], Some("d-2")).ok();
+    assert!(
+        forced
+            .last_line()
+            .ends_with("front door not checked (--force)"),
+        "{}",
+        forced.last_line()
+    );
+    assert_eq!(site.included_port(), Some(target));
 }
 
 #[test]

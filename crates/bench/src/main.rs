@@ -29,7 +29,7 @@ const HELP: &str =
 
 Usage: bench [--deployments N] [--rate R] [--connections C] [--ready-ms MS] [--gap-ms MS]
              [--mechanisms LIST] [--nginx PATH] [--min-timeout T] [--directive D]...
-             [--legacy [N]] [--no-legacy-crash] [--no-netns] [--hook-logs DIR]
+             [--legacy [N]] [--no-legacy-crash] [--no-front] [--no-netns] [--hook-logs DIR]
              [--json PATH] [--svg-dir DIR] [--watch-rounds N]
        bench --fleet [--deployments N] [--rate R] [--connections C] [--nginx PATH] ...
        bench --supervised [ROUNDS]
@@ -50,6 +50,7 @@ Usage: bench [--deployments N] [--rate R] [--connections C] [--ready-ms MS] [--g
   --legacy [N]        legacy-script deployments under load (default 2, also for a bare
                       --legacy; each costs >= 15 s; 0 skips)
   --no-legacy-crash   skip timing the legacy scripts on a crashing start (~100 s)
+  --no-front          leave nginx.front unset: switches without the front-door check
   --no-netns          run on the host's network namespace (skips nftables)
   --hook-logs DIR     run the hooks with RUST_LOG=debug and keep each hook's stderr in DIR
   --json PATH         where to write the JSON report (default target/bench-report.json)
@@ -75,6 +76,7 @@ pub struct Options {
     directives: Vec<String>,
     legacy: usize,
     legacy_crash: bool,
+    front: bool,
     netns: bool,
     hook_logs: Option<PathBuf>,
     json: String,
@@ -98,6 +100,7 @@ fn options() -> Result<Options, String> {
         directives: Vec::new(),
         legacy: 2,
         legacy_crash: true,
+        front: true,
         netns: true,
         hook_logs: None,
         json: "target/bench-report.json".into(),
@@ -142,6 +145,7 @@ fn options() -> Result<Options, String> {
                 }
             }
             "--no-legacy-crash" => o.legacy_crash = false,
+            "--no-front" => o.front = false,
             "--no-netns" => o.netns = false,
             "--hook-logs" => o.hook_logs = Some(value()?.into()),
             "--json" => o.json = value()?,
@@ -344,7 +348,7 @@ fn mechanism_phase(
     origin: Instant,
     crash_cases: bool,
 ) -> (Phase, Crashes) {
-    let site = Site::new(
+    let mut site = Site::new(
         m.name,
         &m.nginx,
         &m.directives,
@@ -352,6 +356,7 @@ fn mechanism_phase(
         o.hook_logs.clone(),
         None,
     );
+    site.front = o.front;
     site.configure(o.ready_ms, &[]);
     let first = site.deploy("v0", origin);
     assert!(

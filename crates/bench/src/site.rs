@@ -36,6 +36,8 @@ pub struct Site {
     pub nginx: NginxSandbox,
     /// The two slot ports.
     pub ports: [u16; 2],
+    /// Whether the configuration sets `nginx.front` (as the examples do): on by default.
+    pub front: bool,
 }
 
 impl Site {
@@ -91,6 +93,7 @@ impl Site {
             dir,
             nginx,
             ports,
+            front: true,
         }
     }
 
@@ -127,7 +130,7 @@ impl Site {
             "slots:\n  - {{ port: {}, profile: real1 }}\n  - {{ port: {}, profile: real2 }}\n\
              app:\n  artifacts: [\"revision/fixture-app\"]\n  command: {}\n  supervisor: process\n\
              health:\n  path: /health\n  timeout: 30s\n\
-             nginx:\n  include: {}\n  test_command: {}\n  pid_file: {}\n  front: http://127.0.0.1:{}\n\
+             nginx:\n  include: {}\n  test_command: {}\n  pid_file: {}\n{}\
              stop:\n  grace: 5s\nstate:\n  dir: {}\n  lock_wait: 5s\n{}{yaml}",
             self.ports[0],
             self.ports[1],
@@ -136,7 +139,10 @@ impl Site {
             yaml_list(&self.nginx.test_command()),
             self.nginx.pid_file().display(),
             // The example configuration's front-door check, on this nginx's port.
-            self.nginx.port(),
+            match self.front {
+                true => format!("  front: http://127.0.0.1:{}\n", self.nginx.port()),
+                false => String::new(),
+            },
             self.state().display(),
             // Host paths are absolute (a relative one is refused).
             self.switch_yaml

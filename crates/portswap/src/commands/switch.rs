@@ -36,8 +36,8 @@ pub const HOOK: Hook = Hook {
         ),
         (
             "--force",
-            "skip the target's health check (and, with --rollback, the check that it served\n                  \
-             before); never switches to a port where nothing listens",
+            "skip the target's health check and the front-door check (and, with --rollback, the\n                  \
+             check that it served before); never switches to a port where nothing listens",
         ),
         ("--status", "print the live port and each slot's app, change nothing"),
         (
@@ -214,7 +214,10 @@ fn switch(args: &Args) -> Result<String> {
     timings::note_since_begin("switched");
     log::info!("{}", switched.detail);
     crate::live::refresh(&ctx.state, target, &ctx.config);
-    let front = through_front(&ctx, target, previous, false)?;
+    let front = match args.force {
+        true => "front door not checked (--force)".to_string(),
+        false => through_front(&ctx, target, previous, false)?,
+    };
     let was = match (now, &resumed) {
         (_, Some(_)) => previous.map_or("nothing live".to_string(), |p| format!("was {p}")),
         (Live::Slot(p), None) => format!("was {p}"),
