@@ -10,7 +10,7 @@ use std::io::{BufReader, Write};
 use std::net::TcpStream;
 
 use portswap_testkit::net::read_response;
-use support::Site;
+use support::{Outcome, Site};
 
 /// The version that answers `/` through nginx on `port` for Host `host`.
 fn version_through(port: u16, host: &str) -> Option<String> {
@@ -71,46 +71,54 @@ fn up_to_switch(site: &Site, id: &str) -> (u16, Option<u16>) {
     (target, live)
 }
 
-#[test]
-fn a_stock_default_site_fails_the_switch_and_nginx_goes_back() {
+/// d-1 live, then a stock default site answering with `location`, `nginx.front` set without
+/// a Host header, and d-2 up to its switch, which must fail (exit 1) on the front door.
+/// Returns the site, d-2's port, d-1's port and the switch's outcome.
+fn front_fails_for_d2(location: &str) -> (Site, u16, u16, Outcome) {
     let site = Site::new();
     site.deploy_ok("d-1");
-    with_stock_default_site(&site, "location / { try_files $uri $uri/ =404; }");
+    with_stock_default_site(&site, location);
     set_front(&site, None);
     let (target, live) = up_to_switch(&site, "d-2");
     let out = site.hook("switch", &[], Some("d-2")).fails(1, "front door");
+    (site, target, live.expect("d-1 is live"), out)
+}
+
+#[test]
+fn a_stock_default_site_fails_the_switch_and_nginx_goes_back() {
+    let (site, target, live, out) = front_fails_for_d2("location / { try_files $uri $uri/ =404; }");
     let verdict = out.last_line();
     for needle in [
         &format!("does not reach port {target}"),
         "answered 404",
-        &format!("nginx is back on port {}", live.unwrap()),
+        &format!("nginx is back on port {live}"),
         "default_server",
     ] {
         assert!(verdict.contains(needle), "lacks `{needle}`: {verdict}");
     }
-    assert_eq!(site.included_port(), live, "the include names the old port");
-    assert_eq!(site.version_on(live.unwrap()).as_deref(), Some("d-1"));
+    assert_eq!(
+        site.included_port(),
+        Some(live),
+        "the include names the old port"
+    );
+    assert_eq!(site.version_on(live).as_deref(), Some("d-1"));
     // Nothing is left pending: the next deployment goes on, onto the same idle slot.
     assert!(!site.state().join("switch-intent.yml").exists());
     site.hook("stop", &[], Some("d-3")).ok();
-    assert_eq!(site.version_on(live.unwrap()).as_deref(), Some("d-1"));
+    assert_eq!(site.version_on(live).as_deref(), Some("d-1"));
 }
 
 #[test]
 fn a_default_site_that_answers_200_is_caught_by_its_body() {
-    let site = Site::new();
-    site.deploy_ok("d-1");
-    with_stock_default_site(&site, "location / { return 200 \"Welcome to nginx!\"; }");
-    set_front(&site, None);
-    let (target, live) = up_to_switch(&site, "d-2");
-    let out = site.hook("switch", &[], Some("d-2")).fails(1, "front door");
+    let (site, target, live, out) =
+        front_fails_for_d2("location / { return 200 \"Welcome to nginx!\"; }");
     assert!(
         out.last_line()
             .contains(&format!("its body is not port {target}'s")),
         "{}",
         out.last_line()
     );
-    assert_eq!(site.included_port(), live);
+    assert_eq!(site.included_port(), Some(live));
     // --force skips the target's health check, and so the front door's, and says so.
     let forced = site.hook("switch", &["--force"], Some("d-2")).ok();
     assert!(
@@ -181,6 +189,16 @@ fn the_sites_name_or_default_server_passes_and_the_verdict_says_so() {
 #[test]
 fn front_keys_are_checked_at_load() {
     let site = Site::new();
+    // Accepted: an IP alone (port 80), a trailing slash, IPv6 loopback.
+    for value in [
+        "http://127.0.0.1",
+        "http://127.0.0.2:8080/",
+        "http://[::1]",
+        "http://[::1]:81",
+    ] {
+        site.set_key("nginx", "front", value);
+        site.hook("switch", &["--status"], None).ok();
+    }
     for (key, value, needle) in [
         ("front", "https://127.0.0.1:443", "is not an http:// URL"),
         ("front", "http://10.0.0.5:80", "is not a loopback address"),
@@ -194,12 +212,21 @@ fn front_keys_are_checked_at_load() {
             "http://127.0.0.1:80/health",
             "is not an IP address and port",
         ),
+        ("front", "http://127.0.0.1:0", "has port 0"),
         ("front_host", "bad host", "nginx.front_host"),
     ] {
         site.set_key("nginx", "front", "http://127.0.0.1:80");
         site.set_key("nginx", key, value);
         site.hook("switch", &["--status"], None).fails(2, needle);
     }
+    // A Host header without a front to send it to.
+    site.edit_config(|map| {
+        let nginx = map.get_mut("nginx").unwrap().as_mapping_mut().unwrap();
+        nginx.remove("front");
+        nginx.insert("front_host".into(), "example.com".into());
+    });
+    site.hook("switch", &["--status"], None)
+        .fails(2, "nginx.front_host: needs nginx.front");
 }
 
 /// The site's nginx.conf with its server block replaced by README step 1's

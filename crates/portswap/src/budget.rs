@@ -108,6 +108,7 @@ impl Budget {
                 waits.push(wait("undoing a reload that timed out", reload * 2));
                 let nftables = nftables_waits(config);
                 waits.extend(nftables.iter().cloned());
+                let nftables_total: Duration = nftables.iter().map(|w| w.limit).sum();
                 let nginx_waits = if config.nginx.reload_command.is_some() {
                     5
                 } else {
@@ -127,8 +128,7 @@ impl Budget {
                             reload * nginx_waits,
                         ));
                         if !nftables.is_empty() {
-                            let total = nftables.iter().map(|w| w.limit).sum();
-                            waits.push(wait("going back: the nftables waits", total));
+                            waits.push(wait("going back: the nftables waits", nftables_total));
                         }
                     }
                 }
@@ -143,8 +143,7 @@ impl Budget {
                     ));
                     waits.push(wait("the rollback's nginx waits", reload * nginx_waits));
                     if !nftables.is_empty() {
-                        let total = nftables.iter().map(|w| w.limit).sum();
-                        waits.push(wait("the rollback's nftables waits", total));
+                        waits.push(wait("the rollback's nftables waits", nftables_total));
                     }
                 }
             }

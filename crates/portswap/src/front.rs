@@ -30,7 +30,7 @@ pub fn check(
         port: target,
         source,
     })?;
-    let url = format!("http://{}{}", front.addr, rules.path);
+    let url = probe_http::url_at(front.addr, &rules.path);
     let through = probe_http::get_at(front.addr, front.host.as_deref(), &rules.path, limit)
         .and_then(|answer| health::judge(&answer, &url, rules).map(|_| answer))
         .map_err(FrontProblem::Unhealthy)?;

@@ -34,9 +34,14 @@ pub struct Answer {
     pub body: Vec<u8>,
 }
 
-/// `http://127.0.0.1:{port}{path}`, the URL a probe asks.
+/// `http://127.0.0.1:{port}{path}`, the URL a probe of a slot asks.
 pub fn url(port: u16, path: &str) -> String {
-    format!("http://127.0.0.1:{port}{path}")
+    url_at(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), path)
+}
+
+/// `http://{addr}{path}`, the URL a probe of `addr` asks (brackets around an IPv6 address).
+pub fn url_at(addr: SocketAddr, path: &str) -> String {
+    format!("http://{addr}{path}")
 }
 
 /// Whether `path` makes a URL the probe can ask (checked at config load).
@@ -63,7 +68,7 @@ pub fn get_at(
     path: &str,
     limit: Duration,
 ) -> Result<Answer, ProbeFailure> {
-    let url = format!("http://{addr}{path}");
+    let url = url_at(addr, path);
     let fail = |e: ureq::Error| failure(&url, limit, e);
     let mut request = agent(limit, addr)
         .get(&url)

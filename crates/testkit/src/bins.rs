@@ -111,8 +111,9 @@ fn build_args(profile_dir: &Path) -> Vec<String> {
 }
 
 /// [`build_args`] for a crate compiled for `triple`. The layout is read from the path
-/// alone: a target directory restored from a cache may lack cargo's `CACHEDIR.TAG`, and
-/// guessing wrong builds a second tree the tests never look into.
+/// alone, not from cargo's `CACHEDIR.TAG`: cargo writes that only into a target directory it
+/// creates, and `.ci/run` creates `target/` first (`npm install --prefix target/ci-tools`).
+/// Guessing wrong builds a second tree the tests never look into.
 fn build_args_for(profile_dir: &Path, triple: &str) -> Vec<String> {
     let mut args = vec!["build".to_string(), "--bins".into(), "--workspace".into()];
     let profile = profile_dir
@@ -213,7 +214,7 @@ mod tests {
 
     #[test]
     fn build_args_follow_the_layout() {
-        // No CACHEDIR.TAG: a target directory restored from a CI cache has none.
+        // No CACHEDIR.TAG, as in a target directory cargo did not create (.ci/run's).
         let target = Path::new("/somewhere/target");
         let triple = "x86_64-unknown-linux-gnu";
         let args = build_args_for(&target.join("x86_64-unknown-linux-gnu/release"), triple);

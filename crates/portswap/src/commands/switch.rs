@@ -134,9 +134,8 @@ fn switch(args: &Args) -> Result<String> {
         None => now.port(),
     };
     if !rollback && pending.is_none() {
-        if let Some(done) = already_live(&ctx, live_port, idle.port) {
-            // already_live only answers for the live port.
-            let front = through_front(&ctx, live_port.unwrap_or(idle.port), None, true)?;
+        if let Some((port, done)) = already_live(&ctx, live_port, idle.port) {
+            let front = through_front(&ctx, port, None, true)?;
             return Ok(format!("{done}; {front}"));
         }
     }
@@ -491,8 +490,9 @@ fn restore(ctx: &Context) -> Result<String> {
 /// "Nothing to do" when a switch to the live port was recorded as complete and the live
 /// slot runs this deployment's app (a run by hand never counts: its id is made up), unless
 /// the idle slot holds an app of the same id started no earlier: then the id was reused
-/// (agent 2.x's `local-<pid>`) and this is a new deployment.
-fn already_live(ctx: &Context, live_port: Option<u16>, idle_port: u16) -> Option<String> {
+/// (agent 2.x's `local-<pid>`) and this is a new deployment. Returns the live port and the
+/// verdict.
+fn already_live(ctx: &Context, live_port: Option<u16>, idle_port: u16) -> Option<(u16, String)> {
     let last = ctx.state.switch_record()?;
     let live_app = ctx.state.app_record(last.live)?;
     let newer_on_idle = ctx.state.app_record(idle_port).is_some_and(|r| {
@@ -503,10 +503,11 @@ fn already_live(ctx: &Context, live_port: Option<u16>, idle_port: u16) -> Option
         && live_app.deployment_id == ctx.deployment_id
         && !newer_on_idle;
     done.then(|| {
-        format!(
+        let verdict = format!(
             "port {} already serves deployment {} (switch completed); nothing to do",
             last.live, ctx.deployment_id
-        )
+        );
+        (last.live, verdict)
     })
 }
 

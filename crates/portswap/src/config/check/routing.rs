@@ -153,22 +153,18 @@ impl Checker<'_> {
             .strip_prefix("http://")
             .ok_or_else(|| bad("is not an http:// URL"))?;
         let authority = rest.strip_suffix('/').unwrap_or(rest);
+        // `IP:PORT` (`[IPv6]:PORT`), or an IP alone for port 80.
         let addr = authority
             .parse::<SocketAddr>()
-            .or_else(|_| {
-                authority
-                    .parse::<IpAddr>()
-                    .map(|ip| SocketAddr::new(ip, 80))
-            })
-            .or_else(|_| {
+            .ok()
+            .or_else(|| {
                 let ip = authority
                     .strip_prefix('[')
                     .and_then(|a| a.strip_suffix(']'));
-                ip.and_then(|ip| ip.parse::<IpAddr>().ok())
-                    .map(|ip| SocketAddr::new(ip, 80))
-                    .ok_or(())
+                let ip = ip.unwrap_or(authority).parse::<IpAddr>().ok()?;
+                Some(SocketAddr::new(ip, 80))
             })
-            .map_err(|_| bad("is not an IP address and port (no name is looked up, no path)"))?;
+            .ok_or_else(|| bad("is not an IP address and port (no name is looked up, no path)"))?;
         if !addr.ip().is_loopback() {
             return Err(bad("is not a loopback address (127.0.0.0/8 or [::1])"));
         }
