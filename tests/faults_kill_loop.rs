@@ -280,13 +280,14 @@ fn a_killed_switch_rerun_whose_config_test_fails_keeps_the_intent_unless_nginx_a
         }
         // The config fixed, the same deployment's switch completes whatever was left.
         site.write_config();
-        site.hook("switch", &[], Some(&id)).ok();
+        let completed = site.hook("switch", &[], Some(&id)).ok();
         assert!(!site.state().join("switch-intent.yml").exists());
         let included = site.included_port().unwrap();
         assert_eq!(
             settled_version(&site),
             site.version_on(included),
-            "iteration {i} (seed {seed})"
+            "iteration {i} (seed {seed}): {}",
+            completed.stderr
         );
     }
     println!("killed switch + failing re-run: intent kept {kept}, cleared {cleared} (seed {seed})");

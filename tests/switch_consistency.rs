@@ -7,6 +7,7 @@
 mod support;
 
 use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -448,4 +449,120 @@ fn a_fifo_or_directory_at_the_include_or_a_record_is_refused_at_once() {
     fs::remove_file(&record).unwrap();
     fs::write(&record, saved_record).unwrap();
     assert_nginx_serves(&site, "d-1");
+}
+
+/// True when signal `number` is pending for the whole process `pid` (/proc's `ShdPnd:`).
+fn signal_pending(pid: i32, number: i32) -> bool {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("ShdPnd:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask >> (number - 1) & 1 == 1)
+}
+
+#[test]
+fn a_reload_already_under_way_is_not_taken_for_the_switchs_own() {
+    // Issue (switch truth): a reload another process started (certbot's hook, an operator's
+    // `nginx -s reload`, a killed switch's) reads the include before the switch writes it;
+    // its workers appeared after the switch's snapshot and passed for the switch's own, so
+    // the switch said OK while nginx served the old port until the master, which blocks
+    // SIGHUP inside a reload, got to the switch's own signal.
+    let site = Site::with(Settings {
+        // The gate below would hold `nginx -t` too: no config test.
+        test_command: Some(vec!["true".into()]),
+        ..Settings::default()
+    });
+    site.deploy_ok("d-1");
+    site.run_until("d-2", "health");
+    let target = site.ports[1];
+    // nginx opens its log files once it has read the whole configuration; while a log file
+    // is a FIFO without a reader, the master sits inside its reload with the old include.
+    let gate = site.root().join("gate.log");
+    fs::write(&gate, "").unwrap();
+    let conf = site.nginx.conf_path();
+    let text = fs::read_to_string(conf).unwrap();
+    let include_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("include ") && l.contains("service-url"))
+        .unwrap()
+        .to_string();
+    let gated = text.replace(
+        &include_line,
+        &format!(
+            "{include_line}\n        error_log \"{}\" emerg;",
+            gate.display()
+        ),
+    );
+    fs::write(conf, gated).unwrap();
+    site.nginx.reload_and_wait(Duration::from_secs(5)).unwrap();
+    let fifo = site.root().join("gate.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    fs::remove_file(&gate).unwrap();
+    fs::hard_link(&fifo, &gate).unwrap();
+    let master = site.nginx.pid();
+    site.nginx.reload();
+    wait(
+        Duration::from_secs(10),
+        "the master to wait at the gate",
+        || {
+            fs::read_to_string(format!("/proc/{master}/wchan"))
+                .is_ok_and(|w| w == "wait_for_partner")
+        },
+    );
+    let mut child = hooks::command("switch", &site.config_path())
+        .env("DEPLOYMENT_ID", "d-2")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    // Until the switch has either signalled the busy master (SIGHUP pending) or said that
+    // it waits for that reload to end.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut waits = false;
+    while !waits && !signal_pending(master, Signal::SIGHUP as i32) {
+        assert!(
+            Instant::now() < deadline,
+            "the switch neither signalled nor waited"
+        );
+        if let Ok(line) = seen.recv_timeout(Duration::from_millis(5)) {
+            waits = line.contains("inside another reload");
+        }
+    }
+    // The gate opens: the next open finds a file, and this reader lets the master finish
+    // the reload it was in (with the old include).
+    fs::remove_file(&gate).unwrap();
+    fs::write(&gate, "").unwrap();
+    let gate_reader = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let status = child.wait().unwrap();
+    let served: Vec<Option<String>> = (0..20).map(|_| site.live_version()).collect();
+    drop(gate_reader);
+    let stderr = reader.join().unwrap();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(site.included_port(), Some(target));
+    assert!(
+        served.iter().all(|v| v.as_deref() == Some("d-2")),
+        "nginx served {served:?} right after: {stderr}"
+    );
+    assert!(waits, "{stderr}");
 }

@@ -82,6 +82,16 @@ pub fn uids(pid: i32) -> Option<[u32; 4]> {
     ids.try_into().ok()
 }
 
+/// Whether `pid` blocks signal number `signal` now (the `SigBlk:` mask of
+/// /proc/PID/status); `None` when unreadable.
+pub fn blocks_signal(pid: i32, signal: i32) -> Option<bool> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mask = text.lines().find_map(|l| l.strip_prefix("SigBlk:"))?.trim();
+    let mask = u64::from_str_radix(mask, 16).ok()?;
+    let bit = u32::try_from(signal).ok()?.checked_sub(1)?;
+    Some(mask.checked_shr(bit)? & 1 == 1)
+}
+
 /// The argv of `pid` (for nginx: its process title), empty when unreadable.
 pub fn cmdline(pid: i32) -> Vec<String> {
     fs::read(format!("/proc/{pid}/cmdline"))
@@ -250,6 +260,27 @@ pub fn describe(pid: i32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_a_blocked_signal_from_the_mask() {
+        use std::os::unix::process::CommandExt;
+        let mut command = std::process::Command::new("sleep");
+        command.arg("30");
+        // SAFETY: between fork and exec only sigprocmask runs (async-signal-safe).
+        unsafe {
+            command.pre_exec(|| {
+                let mut set = nix::sys::signal::SigSet::empty();
+                set.add(nix::sys::signal::Signal::SIGUSR2);
+                set.thread_block().map_err(std::io::Error::from)
+            });
+        }
+        let mut child = command.spawn().unwrap();
+        let pid = child.id() as i32;
+        let seen = [nix::libc::SIGUSR2, nix::libc::SIGUSR1, 0].map(|s| blocks_signal(pid, s));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(seen, [Some(true), Some(false), None]);
+    }
 
     #[test]
     fn sees_itself_and_its_listener() {

@@ -108,6 +108,19 @@ pub enum NginxError {
         /// A pointer to the fix, when permission is the problem.
         hint: &'static str,
     },
+    /// The master stayed inside another reload (SIGHUP blocked) until the reload's limit.
+    #[error(
+        "the nginx master {master} was still inside another reload after {} (SIGHUP blocked): \
+         it may have read the include before this switch wrote it, so no reload was sent; \
+         re-run switch once nginx has settled",
+        show(*limit)
+    )]
+    MasterBusy {
+        /// The master's pid.
+        master: i32,
+        /// `nginx.reload_timeout`.
+        limit: Duration,
+    },
     /// The reload that undoes a timed-out one did not complete either.
     #[error("the second reload did not complete within {}", show(*limit))]
     SecondReload {

@@ -11,7 +11,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::nginx_dump::{self, NginxDump};
-use super::workers::Workers;
+use super::workers::{self, Workers};
 use super::{keepalive, nginx_follows, Fallback, Live, Switched, Switcher, Unswitched};
 use crate::bounded::{self, Failed, Ran, Running};
 use crate::config::{Config, Nginx};
@@ -279,11 +279,12 @@ impl NginxSwitcher {
     /// `nginx.reload_timeout`, until new workers serve and none of `stale` (the workers that
     /// read the new include) still does.
     fn reload_again(&self, master: i32, stale: &[i32]) -> Result<()> {
-        let before = Workers::of(master);
+        let before =
+            self.workers_between_reloads(master, Instant::now() + self.nginx.reload_timeout)?;
         self.reload(master)?;
         let applied = crate::process::wait_for(self.nginx.reload_timeout, || {
             let now = Workers::of(master);
-            now.serving.iter().any(|p| !before.serving.contains(p))
+            now.new_since(&before).next().is_some()
                 && !now.serving.iter().any(|p| stale.contains(p))
         });
         if applied {
@@ -294,6 +295,31 @@ impl NginxSwitcher {
             }
             .into())
         }
+    }
+
+    /// The master's workers once it is between reloads ([`workers::between_reloads`]; at
+    /// once when /proc does not say), waiting for that until `deadline`. Taken after the
+    /// include is written, this snapshot holds every worker of a reload that read the
+    /// include before it: the workers that appear after it read the include as written.
+    fn workers_between_reloads(&self, master: i32, deadline: Instant) -> Result<Workers> {
+        let started = Instant::now();
+        if workers::between_reloads(master) == Some(false) {
+            log::info!("nginx master {master} is inside another reload: waiting for it to end");
+        }
+        while workers::between_reloads(master) == Some(false) {
+            if Instant::now() >= deadline {
+                return Err(NginxError::MasterBusy {
+                    master,
+                    limit: self.nginx.reload_timeout,
+                }
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if started.elapsed() >= Duration::from_millis(1) {
+            log::info!("that reload ended after {}", show(started.elapsed()));
+        }
+        Ok(Workers::of(master))
     }
 
     /// The include written, tested with nginx's dump of it, checked and reloaded; returns
@@ -329,8 +355,14 @@ impl NginxSwitcher {
                 return Err(self.undone(previous, e, true));
             }
         }
-        let before = Workers::of(master);
         let reload_started = Instant::now();
+        let deadline = reload_started + self.nginx.reload_timeout;
+        // A reload already under way may have read the old include: nothing proves what it
+        // serves once it ends, so the include stays to be settled by a re-run.
+        let before = match self.workers_between_reloads(master, deadline) {
+            Ok(before) => before,
+            Err(e) => return Err(self.undone(previous, e, false)),
+        };
         if let Err(e) = self.reload(master) {
             // A failed reload command may still have signalled nginx: proven only while the
             // workers are those from before.
@@ -344,7 +376,6 @@ impl NginxSwitcher {
         let mut now;
         let mut retired = !self.nginx.quit_old_workers;
         let mut ready: Option<Instant> = None;
-        let deadline = reload_started + self.nginx.reload_timeout;
         let done = loop {
             now = Workers::of(master);
             if ready.is_none() && now.replacements_ready(&before) {
@@ -370,10 +401,7 @@ impl NginxSwitcher {
         };
         if !done {
             let restored = self.restore(previous);
-            let stale: Vec<i32> = (now.serving.iter())
-                .filter(|p| !before.serving.contains(p))
-                .copied()
-                .collect();
+            let stale: Vec<i32> = now.new_since(&before).collect();
             let mut settled = restored;
             let reloaded = if stale.is_empty() {
                 String::new()
