@@ -163,7 +163,8 @@ impl SupervisedSite {
     }
 
     /// Writes portswap.yml for the fixture app (version = deployment id) with `app_args`,
-    /// the systemd supervisor, [`SECRET`] in `app.env`, and `extra` raw YAML at the end.
+    /// the systemd supervisor, [`SECRET`] in `app.env`, `nginx.front` at its nginx (as the
+    /// examples set it), and `extra` raw YAML at the end.
     pub fn configure<S: AsRef<str>>(&self, app_args: &[S], extra: &str) {
         self.configure_command(
             fixture_command("{deployment_id}", app_args),
@@ -226,6 +227,7 @@ impl SupervisedSite {
              \x20 env: {{ SECRET_TOKEN: {secret:?} }}\n\
              health:\n  path: /health\n  timeout: 10s\n\
              nginx:\n  include: {include}\n  test_command: {test}\n  pid_file: {pid}\n{reload}\
+             \x20 front: http://127.0.0.1:{front}\n\
              stop:\n  grace: 5s\n\
              state:\n  dir: {state}\n  lock_wait: 5s\n{extra}",
             p0 = self.ports[0],
@@ -234,6 +236,7 @@ impl SupervisedSite {
             secret = SECRET,
             test = yaml_list(&test),
             pid = self.root().join("nginx/nginx.pid").display(),
+            front = self.nginx_port,
             include = self.root().join("service-url.inc").display(),
             state = self.state().display(),
         );

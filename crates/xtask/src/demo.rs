@@ -80,7 +80,7 @@ fn demo_config(dir: &Path, nginx: &NginxSandbox, ports: [u16; 2], version: &str)
          command: [\"{{artifact}}\", \"--port\", \"{{port}}\", \"--profile\", \"{{profile}}\", \"--version\", \"{version}\"]\n\
          \x20 supervisor: process\n\
          health:\n  path: /health\n  timeout: 20s\n\
-         nginx:\n  include: {include}\n  test_command: {test}\n  pid_file: {pid}\n  reload_timeout: 5s\n\
+         nginx:\n  include: {include}\n  test_command: {test}\n  pid_file: {pid}\n  reload_timeout: 5s\n  front: http://127.0.0.1:{front}\n\
          stop:\n  grace: 10s\n\
          state:\n  dir: {state}\n  lock_wait: 10s\n",
         p0 = ports[0],
@@ -88,6 +88,7 @@ fn demo_config(dir: &Path, nginx: &NginxSandbox, ports: [u16; 2], version: &str)
         include = nginx.include_file().display(),
         test = yaml_list(&nginx.test_command()),
         pid = nginx.pid_file().display(),
+        front = nginx.port(),
         state = dir.join("state").display(),
     )
 }
