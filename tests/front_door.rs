@@ -10,7 +10,7 @@ use std::io::{BufReader, Write};
 use std::net::TcpStream;
 
 use portswap_testkit::net::read_response;
-use support::{Outcome, Site};
+use support::{Outcome, Settings, Site};
 
 /// The version that answers `/` through nginx on `port` for Host `host`.
 fn version_through(port: u16, host: &str) -> Option<String> {
@@ -184,6 +184,63 @@ fn the_sites_name_or_default_server_passes_and_the_verdict_says_so() {
         version_through(site.nginx.port(), "portswap.test").as_deref(),
         Some("d-3")
     );
+}
+
+#[test]
+fn a_block_that_still_proxies_to_the_old_port_is_named_by_its_body() {
+    // Apps whose health body tells versions apart (`UP <version>`): a hand-made block that
+    // nginx picks for the front and that proxies to the old port is caught, and the verdict
+    // says that nginx still sends requests to the old port.
+    let site = Site::with(Settings {
+        app_args: vec!["--health-body".into(), "version".into()],
+        ..Settings::default()
+    });
+    site.deploy_ok("d-1");
+    let old = site.included_port().unwrap();
+    with_stock_default_site(
+        &site,
+        &format!("location / {{ proxy_pass http://127.0.0.1:{old}; }}"),
+    );
+    set_front(&site, None);
+    let (target, _) = up_to_switch(&site, "d-2");
+    let out = site.hook("switch", &[], Some("d-2")).fails(1, "front door");
+    let verdict = out.last_line();
+    for needle in [
+        format!("its body is not port {target}'s but port {old}'s: nginx still sends it there"),
+        format!("nginx is back on port {old}"),
+    ] {
+        assert!(verdict.contains(&needle), "lacks `{needle}`: {verdict}");
+    }
+    assert_eq!(site.included_port(), Some(old));
+}
+
+#[test]
+fn a_failed_way_back_leaves_nginx_on_the_new_version_and_says_so() {
+    // The front fails and the version that served before is gone meanwhile (it crashed):
+    // nothing to go back to that is ours; nginx stays on the new version, which passed its
+    // own health check, and the verdict says why the way back failed.
+    let site = Site::new();
+    site.deploy_ok("d-1");
+    let old = site.included_port().unwrap();
+    with_stock_default_site(&site, "location / { try_files $uri $uri/ =404; }");
+    set_front(&site, None);
+    let (target, _) = up_to_switch(&site, "d-2");
+    let pid = site.recorded_pid(old).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    support::wait(std::time::Duration::from_secs(5), "d-1 to be gone", || {
+        site.version_on(old).is_none()
+    });
+    let out = site.hook("switch", &[], Some("d-2")).fails(1, "front door");
+    let verdict = out.last_line();
+    for needle in [
+        format!("does not reach port {target}"),
+        format!("going back to port {old} did not happen"),
+        format!("nginx stays on port {target}"),
+    ] {
+        assert!(verdict.contains(&needle), "lacks `{needle}`: {verdict}");
+    }
+    assert_eq!(site.included_port(), Some(target));
+    assert!(!site.state().join("switch-intent.yml").exists());
 }
 
 #[test]

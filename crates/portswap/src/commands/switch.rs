@@ -295,7 +295,11 @@ fn through_front(ctx: &Context, target: u16, previous: Option<u16>, done: bool) 
         None => FrontOutcome::Stays { target },
         Some(back) => match switch_back(ctx, target, back) {
             Ok(()) => FrontOutcome::Back { back },
-            Err(e) => FrontOutcome::BackFailed(Box::new(e)),
+            Err(e) => FrontOutcome::BackFailed {
+                back,
+                target,
+                source: Box::new(e),
+            },
         },
     };
     Err(SwitchError::FrontDoor {

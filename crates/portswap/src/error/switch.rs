@@ -226,9 +226,19 @@ pub enum FrontOutcome {
         /// The live port.
         target: u16,
     },
-    /// The way back failed.
-    #[error("going back failed: {0}")]
-    BackFailed(Box<Error>),
+    /// The way back failed: nginx stays on the new version.
+    #[error(
+        "going back to port {back} did not happen ({source}); nginx stays on port {target}, which \
+         answers its health check when asked directly"
+    )]
+    BackFailed {
+        /// The port that served before.
+        back: u16,
+        /// The switch's target, where nginx stays.
+        target: u16,
+        /// Why going back failed.
+        source: Box<Error>,
+    },
 }
 
 /// What became of a cut-short switch whose target is gone.
