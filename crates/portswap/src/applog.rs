@@ -9,6 +9,7 @@ use std::path::Path;
 
 use nix::libc;
 
+use crate::error::{AppGone, GoneHow, Written};
 use crate::state::AppRecord;
 
 /// Last lines of the app log shown when it fails.
@@ -82,19 +83,16 @@ pub fn log_tail(record: &AppRecord) {
     }
 }
 
-/// One line for an app that died: `how`, and the last line it wrote.
-pub fn died(record: &AppRecord, how: &str) -> String {
-    let tail = tail_since(&record.log_file, record.log_offset, 1);
-    let last = tail
-        .last()
-        .map(|l| format!("; last log line: {l}"))
-        .unwrap_or_else(|| "; it wrote nothing to its log".into());
-    format!(
-        "the app on port {} (pid {}) {how}{last} (log {})",
-        record.port,
-        record.pid,
-        record.log_file.display()
-    )
+/// The app of `record` gone `how`, with the last line it wrote to its log.
+pub fn died(record: &AppRecord, how: GoneHow) -> AppGone {
+    AppGone {
+        port: record.port,
+        pid: record.pid,
+        unit: None,
+        how,
+        last: tail_since(&record.log_file, record.log_offset, 1).pop(),
+        written: Written::Log(record.log_file.clone()),
+    }
 }
 
 #[cfg(test)]

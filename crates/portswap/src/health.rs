@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Health;
 use crate::duration::show;
-use crate::error::{ProbeError, Result};
+use crate::error::{AppGone, ProbeError, Result};
 use crate::probe_http;
 
 pub use crate::error::ProbeFailure;
@@ -69,7 +69,7 @@ pub fn judge(answer: &probe_http::Answer, url: &str, rules: &Health) -> Result<u
 pub fn wait_healthy(
     port: u16,
     rules: &Health,
-    mut dead: impl FnMut() -> Option<String>,
+    mut dead: impl FnMut() -> Option<AppGone>,
 ) -> Result<(u16, Duration)> {
     let started = Instant::now();
     let deadline = started + rules.timeout;
@@ -83,8 +83,11 @@ pub fn wait_healthy(
             Ok(status) => return Ok((status, started.elapsed())),
             Err(failure) => failure,
         };
-        if let Some(reason) = dead() {
-            return Err(ProbeError::Died { reason }.into());
+        if let Some(gone) = dead() {
+            return Err(ProbeError::Died {
+                gone: Box::new(gone),
+            }
+            .into());
         }
         let now = Instant::now();
         if now >= deadline {

@@ -46,7 +46,10 @@ pub fn run(args: &Args) -> Result<String> {
         // Healthy, but only if the app is still the one `start` launched (a crash that
         // systemd restarted meanwhile is a failure, not a pass).
         match dead() {
-            Some(reason) => Err(ProbeError::Died { reason }.into()),
+            Some(gone) => Err(ProbeError::Died {
+                gone: Box::new(gone),
+            }
+            .into()),
             None => Ok(answer),
         }
     });

@@ -133,7 +133,7 @@ fn launch_checked(ctx: &Context, idle: &Slot, release: &Release) -> Result<AppRe
         died = ctx.supervisor.gone(&record);
         died.is_some()
     });
-    let Some(reason) = died else {
+    let Some(gone) = died.map(Box::new) else {
         return Ok(record);
     };
     applog::log_tail(&record);
@@ -143,7 +143,7 @@ fn launch_checked(ctx: &Context, idle: &Slot, release: &Release) -> Result<AppRe
             // Nothing of it runs right now, but its supervisor may still restart it (a unit
             // crash-looping between restarts): the stop disables what is left.
             return Err(SupervisorError::DiedAtStart {
-                reason,
+                gone,
                 port: idle.port,
                 cleanup: ctx.supervisor.stop(idle.port, false).err().map(Box::new),
             }
@@ -151,7 +151,7 @@ fn launch_checked(ctx: &Context, idle: &Slot, release: &Release) -> Result<AppRe
         }
     };
     Err(SupervisorError::Daemonized {
-        reason,
+        gone,
         pid: left.pid,
         port: idle.port,
         stopped: ctx.supervisor.stop(idle.port, false).map_err(Box::new),

@@ -643,8 +643,11 @@ fn target_health(ctx: &Context, port: u16, rollback: bool) -> Result<()> {
         .app_record(port)
         .filter(|_| !rollback)
         .and_then(|r| ctx.supervisor.gone(&r));
-    if let Some(reason) = restarted {
-        Err(ProbeError::Died { reason }.into())
+    if let Some(gone) = restarted {
+        Err(ProbeError::Died {
+            gone: Box::new(gone),
+        }
+        .into())
     } else if rollback {
         let quick = Health {
             timeout: rules.timeout.min(Duration::from_secs(10)),

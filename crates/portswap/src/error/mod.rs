@@ -17,7 +17,7 @@ pub use nginx::{NftError, NginxError};
 pub use probe::{Malformed, ProbeFailure};
 pub use refusal::{Refusal, UsageError};
 pub use state::{FileError, StateError};
-pub use supervisor::{NotServing, ProbeError, SupervisorError};
+pub use supervisor::{AppGone, GoneHow, NotServing, ProbeError, SupervisorError, Written};
 pub use switch::{FrontOutcome, FrontProblem, GoneOutcome, SwitchError, WatchOutcome};
 
 /// What the operator must do about an error; it decides the hook's exit code.

@@ -8,6 +8,115 @@ use std::time::Duration;
 use super::{Error, ProbeFailure};
 use crate::duration::show;
 
+/// An app that no longer runs as it was started, as its supervisor saw it: one line with
+/// what happened and the last line it wrote.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the app on port {port} ({}) {how}{} ({})", self.who(), self.last_words(), self.written.place())]
+pub struct AppGone {
+    /// The slot.
+    pub port: u16,
+    /// Its recorded pid (0: a unit that never recorded one).
+    pub pid: i32,
+    /// Its systemd unit, under the systemd supervisor.
+    pub unit: Option<String>,
+    /// What happened to it.
+    pub how: GoneHow,
+    /// The last line it wrote since it started, if any.
+    pub last: Option<String>,
+    /// Where its output goes.
+    pub written: Written,
+}
+
+impl AppGone {
+    fn who(&self) -> String {
+        match (&self.unit, self.pid) {
+            (None, pid) => format!("pid {pid}"),
+            (Some(unit), 0) => unit.clone(),
+            (Some(unit), pid) => format!("{unit}, pid {pid}"),
+        }
+    }
+
+    fn last_words(&self) -> String {
+        let (said, silent) = match self.written {
+            Written::Log(_) => ("last log line", "it wrote nothing to its log"),
+            Written::Output(_) => ("last output line", "no output"),
+        };
+        match &self.last {
+            Some(line) => format!("; {said}: {line}"),
+            None => format!("; {silent}"),
+        }
+    }
+}
+
+/// What happened to an app that is gone.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GoneHow {
+    /// The process `start` launched exited before the start check ended.
+    #[error("exited at once ({status})")]
+    ExitedAtOnce {
+        /// Its exit status, as the OS words it.
+        status: String,
+    },
+    /// The recorded process no longer runs.
+    #[error("has exited")]
+    Exited,
+    /// The unit failed for good.
+    #[error("failed ({result}, exit status {status}, NRestarts={restarts})")]
+    UnitFailed {
+        /// systemd's `Result`.
+        result: String,
+        /// `ExecMainStatus`.
+        status: String,
+        /// `NRestarts`.
+        restarts: String,
+    },
+    /// The unit's main process crashed and systemd is about to restart it.
+    #[error(
+        "crashed (exit status {status}); systemd restarts it (NRestarts={restarts}), which does \
+         not make this version good"
+    )]
+    Restarting {
+        /// `ExecMainStatus`.
+        status: String,
+        /// `NRestarts`.
+        restarts: String,
+    },
+    /// systemd restarted it: another process is the unit's main one now.
+    #[error("crashed and was restarted by systemd as pid {pid} (NRestarts={restarts})")]
+    Restarted {
+        /// The unit's `MainPID` now.
+        pid: String,
+        /// `NRestarts`.
+        restarts: String,
+    },
+    /// The unit ended in another state.
+    #[error("exited (unit {active}/{sub})")]
+    UnitEnded {
+        /// `ActiveState`.
+        active: String,
+        /// `SubState`.
+        sub: String,
+    },
+}
+
+/// Where a gone app's output went, for the one line that names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// Its log file (process supervisor).
+    Log(PathBuf),
+    /// Its unit's output (systemd): `log FILE` or the `journalctl` command that shows it.
+    Output(String),
+}
+
+impl Written {
+    fn place(&self) -> String {
+        match self {
+            Written::Log(path) => format!("log {}", path.display()),
+            Written::Output(place) => place.clone(),
+        }
+    }
+}
+
 /// Running the app failed (exit 1).
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -122,26 +231,26 @@ pub enum SupervisorError {
         unit: String,
     },
     /// The app died or was restarted (its supervisor's one line, with its last output).
-    #[error("{reason}")]
+    #[error("{gone}")]
     Gone {
         /// What the supervisor saw.
-        reason: String,
+        gone: Box<AppGone>,
     },
     /// The new app died right after `start` launched it.
-    #[error("{reason}{}", cleanup.as_ref().map(|e| format!("; cleaning up failed: {e}; run `stop --port {port}`")).unwrap_or_default())]
+    #[error("{gone}{}", cleanup.as_ref().map(|e| format!("; cleaning up failed: {e}; run `stop --port {port}`")).unwrap_or_default())]
     DiedAtStart {
         /// What the supervisor saw.
-        reason: String,
+        gone: Box<AppGone>,
         /// The slot.
         port: u16,
         /// Why stopping what it left failed, if it did.
         cleanup: Option<Box<Error>>,
     },
     /// The new app put itself in the background: what it left was stopped (or not).
-    #[error("{}", daemonized(reason, *pid, *port, stopped))]
+    #[error("{}", daemonized(gone, *pid, *port, stopped))]
     Daemonized {
         /// What the supervisor saw.
-        reason: String,
+        gone: Box<AppGone>,
         /// The process it left running.
         pid: i32,
         /// The slot.
@@ -180,13 +289,13 @@ pub enum SupervisorError {
     },
 }
 
-fn daemonized(reason: &str, pid: i32, port: u16, stopped: &Result<String, Box<Error>>) -> String {
+fn daemonized(gone: &AppGone, pid: i32, port: u16, stopped: &Result<String, Box<Error>>) -> String {
     let hint = "an app that puts itself in the background cannot be supervised: run it in the \
                 foreground";
     match stopped {
-        Ok(done) => format!("{reason}; it left pid {pid} running ({hint}): {done}"),
+        Ok(done) => format!("{gone}; it left pid {pid} running ({hint}): {done}"),
         Err(e) => format!(
-            "{reason}; it left pid {pid} running ({hint}), and stopping it failed: {e}; run \
+            "{gone}; it left pid {pid} running ({hint}), and stopping it failed: {e}; run \
              `stop --port {port}` once the cause is fixed"
         ),
     }
@@ -196,10 +305,10 @@ fn daemonized(reason: &str, pid: i32, port: u16, stopped: &Result<String, Box<Er
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     /// The app died or was restarted while it was probed.
-    #[error("{reason}")]
+    #[error("{gone}")]
     Died {
         /// What its supervisor saw.
-        reason: String,
+        gone: Box<AppGone>,
     },
     /// A probe's answer did not pass (or no answer came).
     #[error("{problem}")]
@@ -277,4 +386,44 @@ pub enum NotServing {
         /// The unit's cgroup, when it runs.
         cgroup: Option<String>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gone_app_reads_as_one_line_in_either_supervisors_words() {
+        let process = AppGone {
+            port: 8081,
+            pid: 42,
+            unit: None,
+            how: GoneHow::ExitedAtOnce {
+                status: "exit status: 3".into(),
+            },
+            last: Some("boom".into()),
+            written: Written::Log("/var/log/app-8081.log".into()),
+        };
+        assert_eq!(
+            process.to_string(),
+            "the app on port 8081 (pid 42) exited at once (exit status: 3); last log line: boom \
+             (log /var/log/app-8081.log)"
+        );
+        let unit = AppGone {
+            pid: 0,
+            unit: Some("portswap-8081.service".into()),
+            how: GoneHow::Restarted {
+                pid: "77".into(),
+                restarts: "1".into(),
+            },
+            last: None,
+            written: Written::Output("journalctl -u portswap-8081.service".into()),
+            ..process
+        };
+        assert_eq!(
+            unit.to_string(),
+            "the app on port 8081 (portswap-8081.service) crashed and was restarted by systemd \
+             as pid 77 (NRestarts=1); no output (journalctl -u portswap-8081.service)"
+        );
+    }
 }

@@ -9,7 +9,7 @@ pub mod systemd;
 use std::path::PathBuf;
 
 use crate::config::{Config, Slot, SupervisorChoice};
-use crate::error::{ConfigError, NotServing, Result};
+use crate::error::{AppGone, ConfigError, NotServing, Result};
 use crate::ownership::Holder;
 use crate::state::{AppRecord, StateDir};
 use crate::systemctl::Manager;
@@ -83,7 +83,7 @@ pub trait Supervisor {
 
     /// `None` while the app of `record` runs as started; else why not (exited, restarted by
     /// its supervisor), in one line naming its last log line.
-    fn gone(&self, record: &AppRecord) -> Option<String>;
+    fn gone(&self, record: &AppRecord) -> Option<AppGone>;
 
     /// `Ok` when what listens on `port` is the app of this slot (so an answer there is its
     /// answer); else why not.

@@ -14,7 +14,7 @@ use super::{Launch, Supervisor};
 use crate::applog;
 use crate::config::Config;
 use crate::duration::show;
-use crate::error::{NotServing, Refusal, Result, SupervisorError};
+use crate::error::{AppGone, GoneHow, NotServing, Refusal, Result, SupervisorError};
 use crate::ownership::{self, Holder, UnitCgroup};
 use crate::process::{self, LaunchSpec};
 use crate::procfs::{self, ProcId};
@@ -196,13 +196,13 @@ impl Supervisor for ProcessSupervisor {
         Ok(launch.record(pid, start_time))
     }
 
-    fn gone(&self, record: &AppRecord) -> Option<String> {
+    fn gone(&self, record: &AppRecord) -> Option<AppGone> {
         let mut child = self.child.borrow_mut();
         if let Some(c) = child.as_mut().filter(|c| c.id() as i32 == record.pid) {
-            let status = c.try_wait().ok().flatten()?;
-            return Some(applog::died(record, &format!("exited at once ({status})")));
+            let status = c.try_wait().ok().flatten()?.to_string();
+            return Some(applog::died(record, GoneHow::ExitedAtOnce { status }));
         }
-        (!record.process().is_alive()).then(|| applog::died(record, "has exited"))
+        (!record.process().is_alive()).then(|| applog::died(record, GoneHow::Exited))
     }
 
     fn serves(&self, port: u16) -> std::result::Result<(), NotServing> {

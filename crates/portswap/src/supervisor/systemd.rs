@@ -21,7 +21,9 @@ use super::process::ProcessSupervisor;
 use super::{Launch, Supervisor};
 use crate::config::{self, Config, Output};
 use crate::duration::show;
-use crate::error::{Error, NotServing, Refusal, Result, SupervisorError};
+use crate::error::{
+    AppGone, Error, GoneHow, NotServing, Refusal, Result, SupervisorError, Written,
+};
 use crate::ownership::{self, Holder, UnitCgroup};
 use crate::procfs::{self, ProcId};
 use crate::state::{AppRecord, StateDir};
@@ -376,8 +378,10 @@ impl Supervisor for SystemdSupervisor {
             .map_err(|e| {
                 // The app may have crashed before the start job returned: say so as `gone` does
                 // (its output and where to read more), not only that systemctl failed.
-                if let Some(reason) = self.gone(&record) {
-                    return Error::from(SupervisorError::Gone { reason });
+                if let Some(gone) = self.gone(&record) {
+                    return Error::from(SupervisorError::Gone {
+                        gone: Box::new(gone),
+                    });
                 }
                 let tail = self.output_tail(&record, 1);
                 SupervisorError::UnitStart {
@@ -399,7 +403,9 @@ impl Supervisor for SystemdSupervisor {
             main.or_else(|| SystemdSupervisor::oldest_member(&self.unit_cgroup(port)))
         else {
             return Err(match self.gone(&record) {
-                Some(reason) => SupervisorError::Gone { reason },
+                Some(gone) => SupervisorError::Gone {
+                    gone: Box::new(gone),
+                },
                 None => SupervisorError::UnitEmpty {
                     unit: unit.to_string(),
                 },
@@ -411,7 +417,7 @@ impl Supervisor for SystemdSupervisor {
         Ok(record)
     }
 
-    fn gone(&self, record: &AppRecord) -> Option<String> {
+    fn gone(&self, record: &AppRecord) -> Option<AppGone> {
         if record.pid > 0 && record.process().is_alive() {
             return None;
         }
@@ -425,50 +431,47 @@ impl Supervisor for SystemdSupervisor {
             {
                 return None
             }
-            ("failed", _) => format!(
-                "failed ({}, exit status {}, NRestarts={})",
-                get("Result"),
-                get("ExecMainStatus"),
-                get("NRestarts")
-            ),
-            (_, "auto-restart") => format!(
-                "crashed (exit status {}); systemd restarts it (NRestarts={}), which does not \
-                 make this version good",
-                get("ExecMainStatus"),
-                get("NRestarts")
-            ),
-            ("active" | "activating", _) if get("MainPID") != record.pid.to_string() => format!(
-                "crashed and was restarted by systemd as pid {} (NRestarts={})",
-                get("MainPID"),
-                get("NRestarts")
-            ),
-            (active, sub) => format!("exited (unit {active}/{sub})"),
+            ("failed", _) => GoneHow::UnitFailed {
+                result: get("Result").to_string(),
+                status: get("ExecMainStatus").to_string(),
+                restarts: get("NRestarts").to_string(),
+            },
+            (_, "auto-restart") => GoneHow::Restarting {
+                status: get("ExecMainStatus").to_string(),
+                restarts: get("NRestarts").to_string(),
+            },
+            ("active" | "activating", _) if get("MainPID") != record.pid.to_string() => {
+                GoneHow::Restarted {
+                    pid: get("MainPID").to_string(),
+                    restarts: get("NRestarts").to_string(),
+                }
+            }
+            (active, sub) => GoneHow::UnitEnded {
+                active: active.to_string(),
+                sub: sub.to_string(),
+            },
         };
-        let tail = self.output_tail(record, 8);
+        let mut tail = self.output_tail(record, 8);
         if self.systemd.output == Output::Journal {
             for line in &tail {
                 log::error!("app output: {line}");
             }
         }
-        let last = tail
-            .last()
-            .map(|l| format!("; last output line: {l}"))
-            .unwrap_or_else(|| "; no output".into());
-        let source = match self.systemd.output {
+        let place = match self.systemd.output {
             Output::File => format!("log {}", record.log_file.display()),
             Output::Journal if self.manager == Manager::User => {
                 format!("journalctl --user -u {unit}")
             }
             Output::Journal => format!("journalctl -u {unit}"),
         };
-        let pid = match record.pid {
-            0 => String::new(),
-            pid => format!(", pid {pid}"),
-        };
-        Some(format!(
-            "the app on port {} ({unit}{pid}) {how}{last} ({source})",
-            record.port
-        ))
+        Some(AppGone {
+            port: record.port,
+            pid: record.pid,
+            unit: Some(unit.to_string()),
+            how,
+            last: tail.pop(),
+            written: Written::Output(place),
+        })
     }
 
     fn serves(&self, port: u16) -> std::result::Result<(), NotServing> {

@@ -82,13 +82,14 @@ pub fn watch(ctx: &Context, port: u16) -> std::result::Result<Watched, Failure> 
         }
         checks += 1;
         if let Some(why) = gone() {
-            return Err(failed(why));
+            return Err(failed(why.to_string()));
         }
         if let Err(why) = health::probe(port, &ctx.config.health, PROBE_LIMIT) {
             // A crash shows first as a refused probe: name the crash when it is one.
-            return Err(failed(
-                gone().unwrap_or_else(|| format!("its health check failed: {why}")),
-            ));
+            return Err(failed(gone().map_or_else(
+                || format!("its health check failed: {why}"),
+                |g| g.to_string(),
+            )));
         }
         if let Some(Ok(log)) = errors.as_mut() {
             if let Some(why) = log.check() {
