@@ -39,7 +39,7 @@ impl AppGone {
     fn last_words(&self) -> String {
         let (said, silent) = match self.written {
             Written::Log(_) => ("last log line", "it wrote nothing to its log"),
-            Written::Output(_) => ("last output line", "no output"),
+            Written::UnitFile(_) | Written::Journal { .. } => ("last output line", "no output"),
         };
         match &self.last {
             Some(line) => format!("; {said}: {line}"),
@@ -104,15 +104,23 @@ pub enum GoneHow {
 pub enum Written {
     /// Its log file (process supervisor).
     Log(PathBuf),
-    /// Its unit's output (systemd): `log FILE` or the `journalctl` command that shows it.
-    Output(String),
+    /// The file its unit's output is appended to (systemd).
+    UnitFile(PathBuf),
+    /// The journal, under its unit's name (systemd); `user`: a user unit.
+    Journal {
+        /// The unit.
+        unit: String,
+        /// Whether the unit is the hook user's own (`journalctl --user`).
+        user: bool,
+    },
 }
 
 impl Written {
     fn place(&self) -> String {
         match self {
-            Written::Log(path) => format!("log {}", path.display()),
-            Written::Output(place) => place.clone(),
+            Written::Log(path) | Written::UnitFile(path) => format!("log {}", path.display()),
+            Written::Journal { unit, user: true } => format!("journalctl --user -u {unit}"),
+            Written::Journal { unit, user: false } => format!("journalctl -u {unit}"),
         }
     }
 }
@@ -417,7 +425,10 @@ mod tests {
                 restarts: "1".into(),
             },
             last: None,
-            written: Written::Output("journalctl -u portswap-8081.service".into()),
+            written: Written::Journal {
+                unit: "portswap-8081.service".into(),
+                user: false,
+            },
             ..process
         };
         assert_eq!(

@@ -457,12 +457,12 @@ impl Supervisor for SystemdSupervisor {
                 log::error!("app output: {line}");
             }
         }
-        let place = match self.systemd.output {
-            Output::File => format!("log {}", record.log_file.display()),
-            Output::Journal if self.manager == Manager::User => {
-                format!("journalctl --user -u {unit}")
-            }
-            Output::Journal => format!("journalctl -u {unit}"),
+        let written = match self.systemd.output {
+            Output::File => Written::UnitFile(record.log_file.clone()),
+            Output::Journal => Written::Journal {
+                unit: unit.to_string(),
+                user: self.manager == Manager::User,
+            },
         };
         Some(AppGone {
             port: record.port,
@@ -470,7 +470,7 @@ impl Supervisor for SystemdSupervisor {
             unit: Some(unit.to_string()),
             how,
             last: tail.pop(),
-            written: Written::Output(place),
+            written,
         })
     }
 
