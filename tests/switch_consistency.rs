@@ -461,6 +461,73 @@ fn signal_pending(pid: i32, number: i32) -> bool {
         .is_some_and(|mask| mask >> (number - 1) & 1 == 1)
 }
 
+/// A site whose nginx master is held inside a reload that read the include naming d-1's
+/// port, with d-2 started and healthy on the idle slot, until [`Gate::open`].
+struct Gate {
+    site: Site,
+    path: std::path::PathBuf,
+    fifo: std::path::PathBuf,
+}
+
+impl Gate {
+    /// nginx opens its log files once it has read the whole configuration; while a log file
+    /// is a FIFO without a reader, the master sits inside its reload with the old include.
+    fn hold() -> Gate {
+        let site = Site::with(Settings {
+            // The gate would hold `nginx -t` too: no config test.
+            test_command: Some(vec!["true".into()]),
+            ..Settings::default()
+        });
+        site.deploy_ok("d-1");
+        site.run_until("d-2", "health");
+        let path = site.root().join("gate.log");
+        fs::write(&path, "").unwrap();
+        let conf = site.nginx.conf_path();
+        let text = fs::read_to_string(conf).unwrap();
+        let include_line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("include ") && l.contains("service-url"))
+            .unwrap()
+            .to_string();
+        let gated = text.replace(
+            &include_line,
+            &format!(
+                "{include_line}\n        error_log \"{}\" emerg;",
+                path.display()
+            ),
+        );
+        fs::write(conf, gated).unwrap();
+        site.nginx.reload_and_wait(Duration::from_secs(5)).unwrap();
+        let fifo = site.root().join("gate.fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        fs::remove_file(&path).unwrap();
+        fs::hard_link(&fifo, &path).unwrap();
+        let master = site.nginx.pid();
+        site.nginx.reload();
+        wait(
+            Duration::from_secs(10),
+            "the master to wait at the gate",
+            || {
+                fs::read_to_string(format!("/proc/{master}/wchan"))
+                    .is_ok_and(|w| w == "wait_for_partner")
+            },
+        );
+        Gate { site, path, fifo }
+    }
+
+    /// Opens the gate: the next open finds a file, and the reader returned lets the master
+    /// finish the reload it is in (with the old include) while it is held.
+    fn open(&self) -> fs::File {
+        fs::remove_file(&self.path).unwrap();
+        fs::write(&self.path, "").unwrap();
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(&self.fifo)
+            .unwrap()
+    }
+}
+
 #[test]
 fn a_reload_already_under_way_is_not_taken_for_the_switchs_own() {
     // Issue (switch truth): a reload another process started (certbot's hook, an operator's
@@ -468,48 +535,10 @@ fn a_reload_already_under_way_is_not_taken_for_the_switchs_own() {
     // its workers appeared after the switch's snapshot and passed for the switch's own, so
     // the switch said OK while nginx served the old port until the master, which blocks
     // SIGHUP inside a reload, got to the switch's own signal.
-    let site = Site::with(Settings {
-        // The gate below would hold `nginx -t` too: no config test.
-        test_command: Some(vec!["true".into()]),
-        ..Settings::default()
-    });
-    site.deploy_ok("d-1");
-    site.run_until("d-2", "health");
-    let target = site.ports[1];
-    // nginx opens its log files once it has read the whole configuration; while a log file
-    // is a FIFO without a reader, the master sits inside its reload with the old include.
-    let gate = site.root().join("gate.log");
-    fs::write(&gate, "").unwrap();
-    let conf = site.nginx.conf_path();
-    let text = fs::read_to_string(conf).unwrap();
-    let include_line = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("include ") && l.contains("service-url"))
-        .unwrap()
-        .to_string();
-    let gated = text.replace(
-        &include_line,
-        &format!(
-            "{include_line}\n        error_log \"{}\" emerg;",
-            gate.display()
-        ),
-    );
-    fs::write(conf, gated).unwrap();
-    site.nginx.reload_and_wait(Duration::from_secs(5)).unwrap();
-    let fifo = site.root().join("gate.fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-    fs::remove_file(&gate).unwrap();
-    fs::hard_link(&fifo, &gate).unwrap();
+    let gate = Gate::hold();
+    let site = &gate.site;
     let master = site.nginx.pid();
-    site.nginx.reload();
-    wait(
-        Duration::from_secs(10),
-        "the master to wait at the gate",
-        || {
-            fs::read_to_string(format!("/proc/{master}/wchan"))
-                .is_ok_and(|w| w == "wait_for_partner")
-        },
-    );
+    let target = site.ports[1];
     let mut child = hooks::command("switch", &site.config_path())
         .env("DEPLOYMENT_ID", "d-2")
         .env("RUST_LOG", "info")
@@ -545,15 +574,7 @@ fn a_reload_already_under_way_is_not_taken_for_the_switchs_own() {
             waits = line.contains("inside another reload");
         }
     }
-    // The gate opens: the next open finds a file, and this reader lets the master finish
-    // the reload it was in (with the old include).
-    fs::remove_file(&gate).unwrap();
-    fs::write(&gate, "").unwrap();
-    let gate_reader = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(&fifo)
-        .unwrap();
+    let gate_reader = gate.open();
     let status = child.wait().unwrap();
     let served: Vec<Option<String>> = (0..20).map(|_| site.live_version()).collect();
     drop(gate_reader);
@@ -565,4 +586,24 @@ fn a_reload_already_under_way_is_not_taken_for_the_switchs_own() {
         "nginx served {served:?} right after: {stderr}"
     );
     assert!(waits, "{stderr}");
+}
+
+#[test]
+fn a_reload_that_does_not_end_in_time_leaves_the_include_restored_and_the_intent() {
+    // The other reload outlasts nginx.reload_timeout: nothing proves which include it read,
+    // so the switch sends no reload, puts the include back, keeps its intent (stop refuses)
+    // and fails; once nginx has settled the re-run completes it.
+    let gate = Gate::hold();
+    let site = &gate.site;
+    let [live, target] = site.ports;
+    site.set_key("nginx", "reload_timeout", "1s");
+    let out = site.hook("switch", &[], Some("d-2"));
+    let out = out.fails(1, "was still inside another reload after 1s");
+    assert_eq!(site.include_text(), Some(render(live)), "{}", out.stderr);
+    assert!(site.state().join("switch-intent.yml").exists());
+    site.hook("stop", &[], Some("d-3")).fails(4, "cut short");
+    let _reader = gate.open();
+    site.hook("switch", &[], Some("d-2")).ok();
+    assert_eq!(site.included_port(), Some(target));
+    assert_nginx_serves(site, "d-2");
 }

@@ -302,22 +302,18 @@ impl NginxSwitcher {
     /// include is written, this snapshot holds every worker of a reload that read the
     /// include before it: the workers that appear after it read the include as written.
     fn workers_between_reloads(&self, master: i32, deadline: Instant) -> Result<Workers> {
-        let started = Instant::now();
-        if workers::between_reloads(master) == Some(false) {
+        let between = || workers::between_reloads(master) != Some(false);
+        if !between() {
             log::info!("nginx master {master} is inside another reload: waiting for it to end");
-        }
-        while workers::between_reloads(master) == Some(false) {
-            if Instant::now() >= deadline {
+            let waited = Instant::now();
+            if !crate::process::wait_for(deadline.saturating_duration_since(waited), between) {
                 return Err(NginxError::MasterBusy {
                     master,
                     limit: self.nginx.reload_timeout,
                 }
                 .into());
             }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        if started.elapsed() >= Duration::from_millis(1) {
-            log::info!("that reload ended after {}", show(started.elapsed()));
+            log::info!("that reload ended after {}", show(waited.elapsed()));
         }
         Ok(Workers::of(master))
     }
@@ -357,8 +353,8 @@ impl NginxSwitcher {
         }
         let reload_started = Instant::now();
         let deadline = reload_started + self.nginx.reload_timeout;
-        // A reload already under way may have read the old include: nothing proves what it
-        // serves once it ends, so the include stays to be settled by a re-run.
+        // A reload still under way may read either include: putting the old one back proves
+        // nothing about what nginx serves once it ends, so the intent stays for a re-run.
         let before = match self.workers_between_reloads(master, deadline) {
             Ok(before) => before,
             Err(e) => return Err(self.undone(previous, e, false)),
